@@ -1,0 +1,250 @@
+"""Settings, driven by the environment.
+
+With nothing set, the service runs in *embedded* mode: SQLite under ``AC_DATA_DIR``, artifacts
+on the local filesystem and a Celery broker on the filesystem (kombu's filesystem transport),
+so ``make run`` works on a laptop with no servers. Setting ``DATABASE_URL`` means a real
+deployment: then ``SECRET_KEY`` and ``TOKEN_PEPPER`` must come from the environment too.
+"""
+
+import json
+import os
+import secrets
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(os.environ.get("AC_DATA_DIR", BASE_DIR / "var")).resolve()
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return default if value in (None, "") else int(value)
+
+
+def env_list(name: str, default: str = "") -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+DATABASE_URL = os.environ.get("DATABASE_URL", "")
+EMBEDDED = not DATABASE_URL or DATABASE_URL.startswith("sqlite")
+
+
+def _embedded_secrets() -> dict[str, str]:
+    """Generate once and persist the embedded mode's secrets, so restarts keep tokens valid."""
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    path = DATA_DIR / "secrets.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    values = {"SECRET_KEY": secrets.token_urlsafe(50), "TOKEN_PEPPER": secrets.token_urlsafe(32)}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(values, fh)
+    return values
+
+
+def _secret(name: str) -> str:
+    value = os.environ.get(name, "")
+    if value:
+        if not EMBEDDED and (len(value) < 32 or value.startswith("django-insecure")):
+            raise ImproperlyConfigured(
+                f"{name} is too weak for a deployment: use at least 32 random characters."
+            )
+        return value
+    if EMBEDDED:
+        return _embedded_secrets()[name]
+    raise ImproperlyConfigured(
+        f"{name} is not set. A deployment (DATABASE_URL is set) refuses to start without a real "
+        f"secret; generate one with: python -c 'import secrets; print(secrets.token_urlsafe(50))'"
+    )
+
+
+SECRET_KEY = _secret("SECRET_KEY")
+# Keyed hash for API tokens: only HMAC-SHA256(TOKEN_PEPPER, token) is stored.
+TOKEN_PEPPER = _secret("TOKEN_PEPPER")
+
+DEBUG = env_bool("DEBUG")
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+# Absolute base for links the service hands out (pre-signed URLs, status_url in webhooks).
+PUBLIC_BASE_URL = os.environ.get("PUBLIC_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "tokens",
+    "builds",
+    "artifacts",
+    "webhooks",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "artifactcourier.urls"
+WSGI_APPLICATION = "artifactcourier.wsgi.application"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+if EMBEDDED and not DATABASE_URL:
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": DATA_DIR / "db.sqlite3",
+            # WAL lets the web process read while the worker writes; IMMEDIATE avoids
+            # "database is locked" on lock upgrade inside transactions.
+            "OPTIONS": {
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 20,
+            },
+        }
+    }
+else:
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+PASSWORD_HASHERS = [
+    "django.contrib.auth.hashers.Argon2PasswordHasher",
+    "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+]
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+
+# --- Storage --------------------------------------------------------------------------------
+STORAGE_BACKEND = os.environ.get("STORAGE_BACKEND", "filesystem")
+ARTIFACT_ROOT = Path(os.environ.get("ARTIFACT_ROOT", DATA_DIR / "artifacts"))
+if STORAGE_BACKEND == "s3":
+    _artifact_storage = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": os.environ.get("AWS_STORAGE_BUCKET_NAME", "artifactcourier"),
+            "endpoint_url": os.environ.get("AWS_S3_ENDPOINT_URL") or None,
+            "region_name": os.environ.get("AWS_S3_REGION_NAME") or None,
+            "access_key": os.environ.get("AWS_ACCESS_KEY_ID") or None,
+            "secret_key": os.environ.get("AWS_SECRET_ACCESS_KEY") or None,
+            "file_overwrite": True,
+            "querystring_expire": env_int("AWS_QUERYSTRING_EXPIRE", 60),
+        },
+    }
+elif STORAGE_BACKEND == "filesystem":
+    _artifact_storage = {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": ARTIFACT_ROOT},
+    }
+else:
+    raise ImproperlyConfigured("STORAGE_BACKEND must be 'filesystem' or 's3'.")
+STORAGES = {
+    "default": _artifact_storage,
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+
+# --- Celery ---------------------------------------------------------------------------------
+REDIS_URL = os.environ.get("REDIS_URL", "")
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL or "filesystem://")
+CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", REDIS_URL or None)
+CELERY_TASK_IGNORE_RESULT = CELERY_RESULT_BACKEND is None
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    _broker_dir = DATA_DIR / "broker"
+    (_broker_dir / "queue").mkdir(parents=True, exist_ok=True)
+    (_broker_dir / "processed").mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_broker_dir / "queue"),
+        "data_folder_out": str(_broker_dir / "queue"),
+        "processed_folder": str(_broker_dir / "processed"),
+        "store_processed": False,
+    }
+CELERY_BEAT_SCHEDULE: dict = {}
+
+# --- API ------------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["tokens.authentication.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["tokens.permissions.HasScope"],
+    "DEFAULT_PAGINATION_CLASS": "artifactcourier.api.Pagination",
+    "PAGE_SIZE": 100,
+    "EXCEPTION_HANDLER": "artifactcourier.api.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "artifactcourier API",
+    "DESCRIPTION": "Artifact storage for CI with credentials scoped to the least a job needs.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+    "APPEND_COMPONENTS": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+    },
+    "SECURITY": [{"bearer": []}],
+}
+
+# --- Credentials ----------------------------------------------------------------------------
+# last_used_at / last_used_ip are written at most this often per key.
+KEY_LAST_USED_INTERVAL = env_int("KEY_LAST_USED_INTERVAL", 60)
+
+# --- Logging: tokens and signatures never reach a log line ------------------------------------
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"redact": {"()": "tokens.logging.RedactSecretsFilter"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "filters": ["redact"]},
+    },
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+}
+# Deploy tokens live at most this long (they are rotated well before).
+DEPLOY_TOKEN_MAX_DAYS = env_int("DEPLOY_TOKEN_MAX_DAYS", 365)
+# Tripwire: this many denied write attempts by one key within the window revoke it.
+TRIPWIRE_WRITE_DENIALS = env_int("TRIPWIRE_WRITE_DENIALS", 5)
+TRIPWIRE_WINDOW_SECONDS = env_int("TRIPWIRE_WINDOW_SECONDS", 3600)

@@ -1,0 +1,111 @@
+from django.db import models
+from django.db.models import Count, Sum
+from django.db.models.functions import Coalesce
+
+from tokens import access
+
+
+class Project(models.Model):
+    slug = models.SlugField(max_length=100, unique=True)
+    name = models.CharField(max_length=200, blank=True)
+    deploy_tokens_enabled = models.BooleanField(
+        default=False,
+        help_text="Opt in to a long-lived, read-only deploy token for CD systems. It is handed to "
+        "every new build's runner to pass on.",
+    )
+    untrusted_webhooks = models.BooleanField(
+        default=False,
+        help_text="Also send downstream webhooks for untrusted builds (forks, pull requests).",
+    )
+    retention_days = models.PositiveIntegerField(
+        default=90, help_text="Builds' artifacts (and build keys) expire after this many days."
+    )
+    build_counter = models.PositiveIntegerField(default=0, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.slug
+
+
+class BuildQuerySet(models.QuerySet):
+    def for_key(self, key):
+        """Only the builds ``key`` reaches: everything else is 404 to it."""
+        return access.visible_builds(self, key)
+
+    def running(self):
+        return self.filter(state=Build.State.RUNNING)
+
+    def with_totals(self):
+        return self.annotate(
+            artifact_count=Count("artifacts"),
+            total_size=Coalesce(Sum("artifacts__blob__size"), 0),
+        )
+
+
+class Build(models.Model):
+    class State(models.TextChoices):
+        RUNNING = "running", "running"
+        SUCCEEDED = "succeeded", "succeeded"
+        FAILED = "failed", "failed"
+        CANCELED = "canceled", "canceled"
+
+    FINAL_STATES = (State.SUCCEEDED, State.FAILED, State.CANCELED)
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="builds")
+    number = models.PositiveIntegerField(help_text="Sequential per project.")
+    ref = models.CharField(max_length=255, blank=True)
+    commit = models.CharField(max_length=64, blank=True)
+    trusted = models.BooleanField(
+        default=True,
+        help_text="False for forks' pull requests: their keys cannot mint, and no downstream "
+        "webhooks fire unless the project allows it.",
+    )
+    state = models.CharField(max_length=16, choices=State.choices, default=State.RUNNING)
+    metadata = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = BuildQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "number"], name="build_number_per_project")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.project.slug}#{self.number}"
+
+    @property
+    def is_running(self) -> bool:
+        return self.state == self.State.RUNNING
+
+
+class StatusCheck(models.Model):
+    """A downstream verdict on a build, like a commit status."""
+
+    class State(models.TextChoices):
+        PENDING = "pending", "pending"
+        SUCCESS = "success", "success"
+        FAILURE = "failure", "failure"
+        ERROR = "error", "error"
+
+    build = models.ForeignKey(Build, on_delete=models.CASCADE, related_name="statuses")
+    context = models.CharField(max_length=255)
+    state = models.CharField(max_length=16, choices=State.choices)
+    description = models.CharField(max_length=1000, blank=True)
+    target_url = models.URLField(max_length=2000, blank=True)
+    key = models.ForeignKey(
+        "tokens.ApiKey", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["build", "context", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.context}: {self.state}"

@@ -1,0 +1,13 @@
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path(
+        "projects/<slug:project_slug>/builds/",
+        views.BuildCreateView.as_view(),
+        name="build-create",
+    ),
+    path("builds/<int:build_id>/", views.BuildDetailView.as_view(), name="build-detail"),
+    path("builds/<int:build_id>/finish", views.BuildFinishView.as_view(), name="build-finish"),
+]

@@ -1,0 +1,71 @@
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import extend_schema
+from rest_framework import status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from tokens.access import visible_projects
+from tokens.scopes import Scope
+
+from . import services
+from .models import Build, Project
+from .serializers import (
+    BuildCreatedSerializer,
+    BuildCreateSerializer,
+    BuildFinishSerializer,
+    BuildSerializer,
+)
+
+
+def build_for_key(request, build_id: int) -> Build:
+    """A build the request's key reaches, or 404 (also for builds that exist elsewhere)."""
+    return get_object_or_404(Build.objects.for_key(request.auth).with_totals(), pk=build_id)
+
+
+class BuildCreateView(APIView):
+    required_scopes = {Scope.BUILDS_CREATE}
+
+    @extend_schema(request=BuildCreateSerializer, responses={201: BuildCreatedSerializer})
+    def post(self, request, project_slug: str):
+        project = get_object_or_404(
+            visible_projects(Project.objects, request.auth), slug=project_slug
+        )
+        params = BuildCreateSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        created = services.build_create(project=project, **params.validated_data)
+        body = BuildSerializer(created.build).data
+        body["key"] = {
+            "id": created.key.pk,
+            "token": created.token,
+            "scopes": created.key.scopes,
+            "expires_at": created.key.expires_at,
+        }
+        if created.deploy_key is not None:
+            body["deploy_token"] = {
+                "id": created.deploy_key.pk,
+                "token": created.deploy_token,
+                "expires_at": created.deploy_key.expires_at,
+            }
+        return Response(body, status=status.HTTP_201_CREATED)
+
+
+class BuildDetailView(APIView):
+    required_scopes = {Scope.ARTIFACTS_READ}
+
+    @extend_schema(responses=BuildSerializer)
+    def get(self, request, build_id: int):
+        return Response(BuildSerializer(build_for_key(request, build_id)).data)
+
+
+class BuildFinishView(APIView):
+    required_scopes = {Scope.BUILD_FINISH}
+    # A build key retrying finish on its finished build gets 409, not a tripwire-counted 403.
+    conflict_if_build_finished = True
+
+    @extend_schema(request=BuildFinishSerializer, responses=BuildSerializer)
+    def post(self, request, build_id: int):
+        build = build_for_key(request, build_id)
+        params = BuildFinishSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        services.build_finish(build=build, state=Build.State(params.validated_data["state"]))
+        return Response(BuildSerializer(build_for_key(request, build_id)).data)

@@ -1,0 +1,76 @@
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tokens import crypto
+from tokens.logging import RedactSecretsFilter
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def start_django(env_overrides: dict, tmp_path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "TOKEN_PEPPER"}}
+    env.update({"AC_DATA_DIR": str(tmp_path), **env_overrides})
+    return subprocess.run(
+        [sys.executable, "-c", "import django; django.setup(); print('started')"],
+        cwd=ROOT,
+        env={**env, "DJANGO_SETTINGS_MODULE": "artifactcourier.settings"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_deployment_without_a_secret_refuses_to_start(tmp_path):
+    result = start_django({"DATABASE_URL": "postgres://postgres@127.0.0.1:5432/test"}, tmp_path)
+    assert result.returncode != 0
+    assert "SECRET_KEY is not set" in result.stderr
+
+
+def test_deployment_with_a_weak_secret_refuses_to_start(tmp_path):
+    result = start_django(
+        {
+            "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/test",
+            "SECRET_KEY": "django-insecure-changeme",
+        },
+        tmp_path,
+    )
+    assert result.returncode != 0
+    assert "too weak" in result.stderr
+
+
+def test_embedded_mode_generates_and_keeps_its_secrets(tmp_path):
+    env = {"DATABASE_URL": ""}
+    assert start_django(env, tmp_path).stdout.strip() == "started"
+    first = (tmp_path / "secrets.json").read_text()
+    assert start_django(env, tmp_path).returncode == 0
+    assert (tmp_path / "secrets.json").read_text() == first
+    assert oct((tmp_path / "secrets.json").stat().st_mode & 0o777) == "0o600"
+
+
+def test_argon2_hashes_admin_passwords(settings):
+    assert settings.PASSWORD_HASHERS[0].endswith("Argon2PasswordHasher")
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "auth with {token}",
+        "GET /dl/build/1?exp=1&kid=2&sig=c2VjcmV0c2ln HTTP/1.1",
+        "header Authorization: Bearer {token}",
+    ],
+)
+def test_logging_filter_redacts_tokens_and_signatures(message, caplog):
+    token = crypto.token_generate("build")
+    logger = logging.getLogger("artifactcourier.test")
+    logger.addFilter(RedactSecretsFilter())
+    with caplog.at_level(logging.INFO, logger="artifactcourier.test"):
+        logger.info(message.format(token=token))
+    text = caplog.text
+    assert token not in text
+    assert "c2VjcmV0c2ln" not in text
+    assert "redacted" in text

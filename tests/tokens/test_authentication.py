@@ -1,0 +1,145 @@
+from datetime import timedelta
+
+import pytest
+from django.conf import settings
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from tokens import crypto
+from tokens.models import ApiKey, AuditEvent
+from tokens.services import key_revoke
+
+pytestmark = pytest.mark.django_db
+
+
+def corrupt_checksum(token: str) -> str:
+    last = token[-1]
+    return token[:-1] + ("A" if last != "A" else "B")
+
+
+def test_bad_checksum_is_rejected_before_any_query(api, build, django_assert_num_queries):
+    client = api.as_key(corrupt_checksum(build.token))
+    with django_assert_num_queries(0):
+        response = client.get(f"/api/v1/builds/{build.build.pk}/")
+    assert response.status_code == 401
+    assert response.json() == {"detail": "Invalid API token.", "code": "invalid_token"}
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Bearer",
+        "Bearer a b",
+        "Bearer acb_short",
+        "Bearer xyz_" + "a" * 38,
+        "Bearer acq_" + "a" * 38,
+        "Bearer " + "é" * 42,
+        "Bearer acb_" + "!" * 38,
+    ],
+)
+def test_malformed_credentials_are_401_without_a_query(
+    api, build, header, django_assert_num_queries
+):
+    with django_assert_num_queries(0):
+        response = api.get(f"/api/v1/builds/{build.build.pk}/", HTTP_AUTHORIZATION=header)
+    assert response.status_code == 401
+
+
+def test_well_formed_unknown_token_is_401(api, build):
+    response = api.as_key(crypto.token_generate("build")).get(f"/api/v1/builds/{build.build.pk}/")
+    assert response.status_code == 401
+    assert response.json()["code"] == "invalid_token"
+
+
+def test_expired_key_is_401(api, build):
+    ApiKey.objects.filter(pk=build.key.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    response = api.as_key(build.token).get(f"/api/v1/builds/{build.build.pk}/")
+    assert response.status_code == 401
+    assert response.json()["code"] == "expired"
+    assert AuditEvent.objects.filter(key=build.key, action="denied", reason="expired").exists()
+
+
+def test_revoked_key_is_401_on_the_next_request(api, build):
+    client = api.as_key(build.token)
+    assert client.get(f"/api/v1/builds/{build.build.pk}/").status_code == 200
+    key_revoke(key=build.key, reason="test", actor="test")
+    response = client.get(f"/api/v1/builds/{build.build.pk}/")
+    assert response.status_code == 401
+    assert response.json()["code"] == "revoked"
+
+
+def test_token_with_another_kinds_prefix_is_rejected(api, build):
+    """A build token re-labelled as a project token does not authenticate (different digest)."""
+    entropy = build.token[4:-6]
+    forged = f"acp_{entropy}{build.token[-6:]}"
+    assert api.as_key(forged).get("/api/v1/keys/self").status_code == 401
+
+
+def test_token_is_stored_only_as_its_digest(build):
+    table = ApiKey._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT * FROM {table}")
+        rows = cursor.fetchall()
+    dump = repr(rows)
+    assert build.token not in dump
+    assert build.token[4:-6] not in dump
+    assert crypto.token_digest(build.token, pepper="x") not in dump  # pepper matters
+    key = ApiKey.objects.get(pk=build.key.pk)
+    assert crypto.token_verify(build.token, key.digest, pepper=settings.TOKEN_PEPPER)
+
+
+def test_token_is_returned_exactly_once(api, project, project_token):
+    created = (
+        api.as_key(project_token)
+        .post("/api/v1/projects/app/builds/", {"ref": "refs/heads/main"}, format="json")
+        .json()
+    )
+    token = created["key"]["token"]
+    client = api.as_key(token)
+    for url in [f"/api/v1/builds/{created['id']}/", "/api/v1/keys/self"]:
+        assert token not in client.get(url).content.decode()
+
+
+def test_keys_self_shows_the_effective_scopes(api, build):
+    body = api.as_key(build.token).get("/api/v1/keys/self").json()
+    assert body["kind"] == "build"
+    assert body["build"] == build.build.pk
+    assert body["project"] == "app"
+    assert body["scopes"] == [
+        "artifacts:read",
+        "artifacts:write",
+        "build:finish",
+        "build:status",
+        "keys:mint",
+    ]
+    assert body["state"] == "active"
+    assert body["parent"] is None
+
+
+def test_last_used_is_written_at_most_once_per_interval(api, build):
+    client = api.as_key(build.token)
+    client.get("/api/v1/keys/self")
+    first = ApiKey.objects.get(pk=build.key.pk).last_used_at
+    assert first is not None
+    with CaptureQueriesContext(connection) as queries:
+        client.get("/api/v1/keys/self")
+    assert not [q for q in queries if q["sql"].lstrip().upper().startswith("UPDATE")]
+    assert ApiKey.objects.get(pk=build.key.pk).last_used_at == first
+
+
+@pytest.mark.parametrize("kind", ["project", "build", "derived", "deploy"])
+def test_generated_tokens_round_trip_their_kind_and_carry_160_bits(kind):
+    token = crypto.token_generate(kind)
+    assert crypto.token_kind(token) == kind
+    assert len(token) == crypto.TOKEN_LENGTH
+    import math
+
+    assert crypto.ENTROPY_LENGTH * math.log2(62) >= 160
+
+
+def test_a_single_typo_is_caught_by_the_checksum():
+    token = crypto.token_generate("build")
+    typo = token[:10] + ("a" if token[10] != "a" else "b") + token[11:]
+    with pytest.raises(crypto.InvalidToken):
+        crypto.token_kind(typo)

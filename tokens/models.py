@@ -1,0 +1,271 @@
+from datetime import timedelta
+from functools import cache
+
+from django.apps import apps
+from django.conf import settings
+from django.db import connections, models
+from django.db.models import Q
+from django.utils import timezone
+
+from .scopes import FINISHED_BUILD_KEY_SCOPES, FINISHED_BUILD_REVOKES, Scope
+
+
+def _digest_lookup(connection) -> "_DigestLookup":
+    return _DigestLookup.for_connection(connection.alias, connection.vendor)
+
+
+class _DigestLookup:
+    """SQL and row decoding for "the key with this digest, and its build", prepared once.
+
+    This runs on every authenticated request; compiling the equivalent ORM query costs more than
+    executing it, so the statement is composed once from the models' metadata (so columns stay
+    in step with the models) and the per-column database converters are looked up once.
+    """
+
+    @classmethod
+    @cache
+    def for_connection(cls, alias: str, vendor: str) -> "_DigestLookup":
+        return cls(connections[alias])
+
+    def __init__(self, connection) -> None:
+        q = connection.ops.quote_name
+        Build = apps.get_model("builds", "Build")
+        self.key_fields = ApiKey._meta.concrete_fields
+        self.build_fields = Build._meta.concrete_fields
+        self.build_model = Build
+        columns = [f"k.{q(f.column)}" for f in self.key_fields]
+        columns += [f"b.{q(f.column)}" for f in self.build_fields]
+        self.sql = (
+            f"SELECT {', '.join(columns)} FROM {q(ApiKey._meta.db_table)} k "  # noqa: S608
+            f"LEFT JOIN {q(Build._meta.db_table)} b ON b.id = k.build_id WHERE k.digest = %s"
+        )
+        self.converters = []
+        for i, field in enumerate([*self.key_fields, *self.build_fields]):
+            expression = field.get_col(field.model._meta.db_table)
+            found = connection.ops.get_db_converters(expression)
+            found += expression.get_db_converters(connection)
+            if found:
+                self.converters.append((i, found, expression))
+
+    def fetch(self, connection, digest: str) -> "ApiKey | None":
+        with connection.cursor() as cursor:
+            cursor.execute(self.sql, [digest])
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        values = list(row)
+        for i, converters, expression in self.converters:
+            for converter in converters:
+                values[i] = converter(values[i], expression, connection)
+        n = len(self.key_fields)
+        key = ApiKey.from_db(connection.alias, [f.attname for f in self.key_fields], values[:n])
+        if key.build_id is not None:
+            key.build = self.build_model.from_db(
+                connection.alias, [f.attname for f in self.build_fields], values[n:]
+            )
+        return key
+
+
+class ApiKeyQuerySet(models.QuerySet):
+    def get_by_digest(self, digest: str) -> "ApiKey | None":
+        """One indexed query: the key (with its build loaded) or None."""
+        connection = connections[self.db]
+        return _digest_lookup(connection).fetch(connection, digest)
+
+    def active(self):
+        now = timezone.now()
+        return self.filter(revoked_at__isnull=True).filter(
+            Q(expires_at__isnull=True) | Q(expires_at__gt=now)
+        )
+
+    def for_build(self, build):
+        return self.filter(build=build)
+
+    def for_project(self, project):
+        return self.filter(project=project)
+
+    def descendants_of(self, key: "ApiKey"):
+        return self.filter(lineage__startswith=key.subtree_lineage)
+
+    def subtree_of(self, key: "ApiKey"):
+        return self.filter(Q(pk=key.pk) | Q(lineage__startswith=key.subtree_lineage))
+
+    def dead_among(self, ids):
+        """Keys among ``ids`` that can no longer authorise anything."""
+        return self.filter(pk__in=ids).filter(
+            Q(revoked_at__isnull=False) | Q(expires_at__lte=timezone.now())
+        )
+
+
+class ApiKey(models.Model):
+    """A credential. The token itself is never stored: only its keyed digest."""
+
+    class Kind(models.TextChoices):
+        PROJECT = "project", "project"
+        BUILD = "build", "build"
+        DERIVED = "derived", "derived"
+        DEPLOY = "deploy", "deploy"
+
+    class State(models.TextChoices):
+        ACTIVE = "active", "active"
+        READ_ONLY = "read-only", "read-only"
+        EXPIRED = "expired", "expired"
+        REVOKED = "revoked", "revoked"
+
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    name = models.CharField(max_length=200, blank=True)
+    project = models.ForeignKey(
+        "builds.Project",
+        on_delete=models.CASCADE,
+        related_name="keys",
+        help_text="Every key is confined to one project.",
+    )
+    build = models.ForeignKey(
+        "builds.Build",
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="keys",
+        help_text="Set for build keys and keys derived from them: the key reaches this build only.",
+    )
+    parent = models.ForeignKey(
+        "self",
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="children",
+        help_text="The key this one was derived from; revoking the parent revokes this key.",
+    )
+    lineage = models.CharField(
+        max_length=512,
+        default="/",
+        db_index=True,
+        help_text="Ancestor ids, root first ('/3/17/'): finds a subtree in one query.",
+    )
+    scopes = models.JSONField(default=list, help_text="Scopes granted at creation.")
+    path_prefix = models.CharField(
+        max_length=1024, blank=True, help_text="If set, only artifacts under this path."
+    )
+    ref_pattern = models.CharField(
+        max_length=255,
+        blank=True,
+        help_text="Deploy tokens: only builds whose ref matches this glob (e.g. refs/tags/*).",
+    )
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    seed = models.CharField(
+        max_length=64,
+        blank=True,
+        editable=False,
+        help_text="Re-derivable tokens (deploy) only: a random seed; deriving needs the pepper.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True
+    )
+    expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_reason = models.CharField(max_length=200, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    last_used_ip = models.GenericIPAddressField(null=True, blank=True)
+
+    objects = ApiKeyQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-id"]
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.kind} key {self.pk}" + (f" ({self.name})" if self.name else "")
+
+    @property
+    def subtree_lineage(self) -> str:
+        return f"{self.lineage}{self.pk}/"
+
+    @property
+    def ancestor_ids(self) -> list[int]:
+        return [int(part) for part in self.lineage.strip("/").split("/") if part]
+
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    def is_expired(self, now=None) -> bool:
+        return self.expires_at is not None and self.expires_at <= (now or timezone.now())
+
+    @property
+    def effective_scopes(self) -> frozenset[Scope]:
+        """Scopes this key holds *now*, from what it was granted and the live state of what it is
+        bound to. A finished build removes write scopes; nothing is flipped by a background job."""
+        if self.is_revoked() or self.is_expired():
+            return frozenset()
+        scopes = frozenset(Scope(s) for s in self.scopes)
+        build = self.build
+        if build is not None:
+            if not build.is_running:
+                scopes -= FINISHED_BUILD_REVOKES
+                if self.kind == self.Kind.BUILD:
+                    scopes &= FINISHED_BUILD_KEY_SCOPES
+            if not build.trusted:
+                scopes -= {Scope.KEYS_MINT}
+        return scopes
+
+    @property
+    def state(self) -> "ApiKey.State":
+        if self.is_revoked():
+            return self.State.REVOKED
+        if self.is_expired():
+            return self.State.EXPIRED
+        if self.effective_scopes <= {Scope.ARTIFACTS_READ, Scope.KEYS_MINT}:
+            return self.State.READ_ONLY
+        return self.State.ACTIVE
+
+    def touch(self, *, ip: str | None) -> None:
+        """Record last use, at most once per KEY_LAST_USED_INTERVAL (no write per request)."""
+        now = timezone.now()
+        interval = timedelta(seconds=settings.KEY_LAST_USED_INTERVAL)
+        if self.last_used_at is not None and now - self.last_used_at < interval:
+            return
+        ApiKey.objects.filter(pk=self.pk).filter(
+            Q(last_used_at__isnull=True) | Q(last_used_at__lt=now - interval)
+        ).update(last_used_at=now, last_used_ip=ip)
+        self.last_used_at, self.last_used_ip = now, ip
+
+
+class AuditEvent(models.Model):
+    """Who did what with which key. Never holds a token: only key ids."""
+
+    class Action(models.TextChoices):
+        MINT = "mint", "mint"
+        DERIVE = "derive", "derive"
+        ROTATE = "rotate", "rotate"
+        REVOKE = "revoke", "revoke"
+        DENIED = "denied", "denied"
+        WRITE_DENIED = "write_denied", "write denied"
+        TRIPWIRE = "tripwire", "tripwire"
+        SHARE = "share", "share"
+        STATUS = "status", "status"
+        EXPIRY_WARNING = "expiry_warning", "expiry warning"
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    action = models.CharField(max_length=32, choices=Action.choices, db_index=True)
+    key = models.ForeignKey(
+        ApiKey, on_delete=models.SET_NULL, null=True, blank=True, related_name="audit_events"
+    )
+    project = models.ForeignKey(
+        "builds.Project", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    build = models.ForeignKey(
+        "builds.Build", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    actor = models.CharField(
+        max_length=200, blank=True, help_text="Who acted: 'key:<id>', 'user:<name>' or 'system'."
+    )
+    reason = models.CharField(max_length=200, blank=True)
+    detail = models.JSONField(default=dict, blank=True)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["key", "action", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.action} key={self.key_id} {self.reason}".strip()
