@@ -251,3 +251,25 @@ DEPLOY_TOKEN_MAX_DAYS = env_int("DEPLOY_TOKEN_MAX_DAYS", 365)
 # Tripwire: this many denied write attempts by one key within the window revoke it.
 TRIPWIRE_WRITE_DENIALS = env_int("TRIPWIRE_WRITE_DENIALS", 5)
 TRIPWIRE_WINDOW_SECONDS = env_int("TRIPWIRE_WINDOW_SECONDS", 3600)
+
+# --- Artifacts ------------------------------------------------------------------------------
+MiB = 1024 * 1024
+ARTIFACT_MAX_SIZE = env_int("ARTIFACT_MAX_SIZE", 10 * 1024 * MiB)
+BUILD_ARTIFACTS_QUOTA = env_int("BUILD_ARTIFACTS_QUOTA", 50 * 1024 * MiB)
+PROJECT_ARTIFACTS_QUOTA = env_int("PROJECT_ARTIFACTS_QUOTA", 1024 * 1024 * MiB)
+ARTIFACT_PATH_MAX_LENGTH = 1024
+ARTIFACT_PATH_SEGMENT_MAX_LENGTH = 255
+# Bytes read from the request body per step; hashing runs one step behind on a helper thread.
+ARTIFACT_UPLOAD_CHUNK_SIZE = env_int("ARTIFACT_UPLOAD_CHUNK_SIZE", 4 * MiB)
+ARTIFACT_S3_PART_SIZE = env_int("ARTIFACT_S3_PART_SIZE", 16 * MiB)
+# S3 only: answer artifact GETs with a 302 to a pre-signed URL valid this long, so the bytes
+# never pass through Django. Off by default: the API promises its own headers on the response.
+ARTIFACT_S3_REDIRECT = env_bool("ARTIFACT_S3_REDIRECT")
+ARTIFACT_REDIRECT_EXPIRES = env_int("ARTIFACT_REDIRECT_EXPIRES", 60)
+# Retention keeps an unreferenced blob this long after an upload last touched it, so an upload
+# of the same bytes in flight never loses them (also the age of abandoned staging files).
+ARTIFACT_BLOB_GRACE_SECONDS = env_int("ARTIFACT_BLOB_GRACE_SECONDS", 24 * 3600)
+CELERY_BEAT_SCHEDULE["artifacts.retention_purge"] = {
+    "task": "artifacts.retention_purge",
+    "schedule": env_int("ARTIFACT_RETENTION_EVERY_SECONDS", 3600),
+}

@@ -1,16 +1,46 @@
 from django.db import models
+from django.db.models import Count, Sum
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+
+class BlobQuerySet(models.QuerySet):
+    def with_reference_count(self):
+        return self.annotate(reference_count=Count("artifacts"))
+
+    def unreferenced(self):
+        return self.filter(artifacts__isnull=True)
 
 
 class Blob(models.Model):
     """Content-addressed bytes: the same file uploaded by many builds is stored once."""
 
-    sha256 = models.CharField(max_length=64, primary_key=True)
-    size = models.BigIntegerField()
-    storage_name = models.CharField(max_length=255, unique=True)
+    sha256 = models.CharField(max_length=64, primary_key=True, help_text="Lowercase hex SHA-256.")
+    size = models.BigIntegerField(help_text="Bytes.")
+    storage_name = models.CharField(
+        max_length=255, unique=True, help_text="Object name in the artifact storage."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
+    referenced_at = models.DateTimeField(
+        default=timezone.now,
+        help_text="Last time an upload linked (or began to link) these bytes. Retention keeps an "
+        "unreferenced blob for a grace period after this, so an upload of the same bytes in "
+        "flight never loses it.",
+    )
+
+    objects = BlobQuerySet.as_manager()
 
     def __str__(self) -> str:
         return self.sha256
+
+
+class ArtifactQuerySet(models.QuerySet):
+    def total_size(self) -> int:
+        """Logical bytes (a blob shared by two artifacts counts twice: quotas are per use)."""
+        return self.aggregate(total=Coalesce(Sum("blob__size"), 0))["total"]
+
+    def with_prefix(self, prefix: str):
+        return self.filter(path__startswith=prefix) if prefix else self
 
 
 class Artifact(models.Model):
@@ -22,6 +52,8 @@ class Artifact(models.Model):
     content_type = models.CharField(max_length=255, default="application/octet-stream")
     created_at = models.DateTimeField(auto_now_add=True)
 
+    objects = ArtifactQuerySet.as_manager()
+
     class Meta:
         ordering = ["path"]
         constraints = [
@@ -30,3 +62,11 @@ class Artifact(models.Model):
 
     def __str__(self) -> str:
         return self.path
+
+    @property
+    def size(self) -> int:
+        return self.blob.size
+
+    @property
+    def sha256(self) -> str:
+        return self.blob.sha256

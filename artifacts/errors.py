@@ -1,0 +1,49 @@
+"""Domain errors of the artifact layer; the API's exception handler renders them."""
+
+from rest_framework import exceptions, status
+
+
+class InvalidArtifactPath(exceptions.APIException):
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_detail = "Invalid artifact path."
+    default_code = "invalid_path"
+
+
+class ChecksumMismatch(exceptions.APIException):
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_detail = "The body's SHA-256 does not match X-Checksum-Sha256; nothing was stored."
+    default_code = "checksum_mismatch"
+
+
+class IncompleteBody(exceptions.APIException):
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_detail = "The request body ended before Content-Length bytes; nothing was stored."
+    default_code = "incomplete_body"
+
+
+class ArtifactConflict(exceptions.APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "This path already holds different bytes; artifacts are immutable."
+    default_code = "artifact_exists"
+
+
+class QuotaExceeded(exceptions.APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_detail = "The artifact is over quota."
+    default_code = "quota_exceeded"
+
+
+class BuildNotWritable(exceptions.PermissionDenied):
+    default_detail = "The build has finished: its artifacts are read-only."
+    default_code = "build_finished"
+
+
+class PathNotAllowed(exceptions.PermissionDenied):
+    default_detail = "This key may not write outside its path prefix."
+    default_code = "path_not_allowed"
+
+
+class BlobVanished(exceptions.APIException):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = "The stored copy of these bytes was purged during the upload; retry it."
+    default_code = "retry"

@@ -1,0 +1,243 @@
+"""Blob bytes in the configured Django storage (``STORAGES["default"]``).
+
+Uploads stream into a *staging* object that only becomes a blob once its SHA-256 is known and
+verified; anything that goes wrong before that (checksum mismatch, quota, a client that hangs
+up) aborts the staging object, so nothing is ever visible half-written. Each backend does that
+the cheapest way it can: a rename on a filesystem, a multipart upload that is completed or
+aborted on S3. Neither copies the bytes a second time.
+"""
+
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.core.files.storage import FileSystemStorage, Storage, storages
+from django.utils.http import content_disposition_header
+
+STAGING_DIR = "incoming"
+
+
+def blob_storage() -> Storage:
+    # Looked up on every call: tests (and settings overrides) swap STORAGES at runtime.
+    return storages["default"]
+
+
+def blob_name(sha256: str) -> str:
+    """A fresh storage name for these bytes. Unique per write, so deleting a purged blob's
+    object can never remove bytes a concurrent upload of the same content just stored."""
+    return f"blobs/{sha256[:2]}/{sha256}.{uuid.uuid4().hex[:12]}"
+
+
+class BlobWriter:
+    """Receives an upload's bytes in order; ``commit`` publishes them, ``abort`` discards."""
+
+    def write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def commit(self, *, sha256: str) -> str:
+        """Make the bytes visible under a blob name; return that name."""
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+
+class DiscardingWriter(BlobWriter):
+    """For bytes the store already holds: they are only hashed (to verify them), not stored."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def commit(self, *, sha256: str) -> str:
+        raise RuntimeError("a discarding writer has nothing to commit")
+
+    def abort(self) -> None:
+        pass
+
+
+class FileSystemBlobWriter(BlobWriter):
+    def __init__(self, storage: FileSystemStorage) -> None:
+        self.storage = storage
+        self.staging = Path(storage.path(f"{STAGING_DIR}/{uuid.uuid4().hex}"))
+        self.staging.parent.mkdir(parents=True, exist_ok=True)
+        self.fd: int | None = os.open(self.staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view) :]
+
+    def _close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def commit(self, *, sha256: str) -> str:
+        self._close()
+        name = blob_name(sha256)
+        target = Path(self.storage.path(name))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        mode = self.storage.file_permissions_mode
+        os.chmod(self.staging, mode if mode is not None else 0o644)
+        # Same filesystem, so this is atomic: the blob appears whole or not at all.
+        os.replace(self.staging, target)
+        return name
+
+    def abort(self) -> None:
+        self._close()
+        self.staging.unlink(missing_ok=True)
+
+
+class S3BlobWriter(BlobWriter):
+    """A multipart upload; parts are buffered to ``ARTIFACT_S3_PART_SIZE`` (S3 needs >= 5 MiB).
+
+    The object key is final from the start (S3 cannot rename), but an object only exists once
+    the multipart upload is completed; an aborted one leaves nothing.
+    """
+
+    def __init__(self, storage) -> None:
+        self.storage = storage
+        self.client = storage.connection.meta.client
+        self.bucket = storage.bucket_name
+        self.name = f"blobs/staged/{uuid.uuid4().hex}"
+        self.key = storage._normalize_name(self.name)
+        self.part_size = settings.ARTIFACT_S3_PART_SIZE
+        self.buffer = bytearray()
+        self.parts: list[dict] = []
+        self.upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key)[
+            "UploadId"
+        ]
+
+    def _flush(self) -> None:
+        number = len(self.parts) + 1
+        response = self.client.upload_part(
+            Bucket=self.bucket,
+            Key=self.key,
+            UploadId=self.upload_id,
+            PartNumber=number,
+            Body=bytes(self.buffer),
+        )
+        self.parts.append({"PartNumber": number, "ETag": response["ETag"]})
+        self.buffer.clear()
+
+    def write(self, data: bytes) -> None:
+        self.buffer += data
+        if len(self.buffer) >= self.part_size:
+            self._flush()
+
+    def commit(self, *, sha256: str) -> str:
+        if self.buffer or not self.parts:
+            self._flush()
+        self.client.complete_multipart_upload(
+            Bucket=self.bucket,
+            Key=self.key,
+            UploadId=self.upload_id,
+            MultipartUpload={"Parts": self.parts},
+        )
+        return self.name
+
+    def abort(self) -> None:
+        self.buffer = bytearray()
+        if self.upload_id is None:
+            return
+        upload_id, self.upload_id = self.upload_id, None
+        self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=upload_id)
+
+
+def _is_s3(storage: Storage) -> bool:
+    try:
+        from storages.backends.s3 import S3Storage
+    except ImportError:  # pragma: no cover - django-storages is a dependency
+        return False
+    return isinstance(storage, S3Storage)
+
+
+def blob_writer_open() -> BlobWriter:
+    storage = blob_storage()
+    if isinstance(storage, FileSystemStorage):
+        return FileSystemBlobWriter(storage)
+    if _is_s3(storage):
+        return S3BlobWriter(storage)
+    raise ImproperlyConfigured(
+        f"Artifact storage {type(storage).__name__} is not supported: use FileSystemStorage or "
+        "django-storages' S3Storage."
+    )
+
+
+def blob_local_path(name: str) -> str | None:
+    """The blob's path on local disk (served with sendfile), or None for remote storage."""
+    storage = blob_storage()
+    if isinstance(storage, FileSystemStorage):
+        return storage.path(name)
+    return None
+
+
+def blob_read(name: str, *, start: int, length: int, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+    """Stream ``length`` bytes of a blob from ``start`` without holding them all in memory."""
+    storage = blob_storage()
+    if length <= 0:
+        return
+    if _is_s3(storage):
+        # S3File would download the whole object to a temporary file first; a ranged GET
+        # streams exactly the bytes asked for.
+        response = storage.connection.meta.client.get_object(
+            Bucket=storage.bucket_name,
+            Key=storage._normalize_name(name),
+            Range=f"bytes={start}-{start + length - 1}",
+        )
+        body = response["Body"]
+        try:
+            yield from body.iter_chunks(chunk_size)
+        finally:
+            body.close()
+        return
+    with storage.open(name, "rb") as fh:
+        fh.seek(start)
+        remaining = length
+        while remaining:
+            data = fh.read(min(chunk_size, remaining))
+            if not data:
+                break
+            remaining -= len(data)
+            yield data
+
+
+def blob_presigned_url(name: str, *, filename: str, expires: int) -> str | None:
+    """A short-lived URL straight to the storage (S3), or None when the storage has none."""
+    storage = blob_storage()
+    if not _is_s3(storage):
+        return None
+    return storage.url(
+        name,
+        parameters={
+            "ResponseContentDisposition": content_disposition_header(True, filename),
+            "ResponseContentType": "application/octet-stream",
+        },
+        expire=expires,
+    )
+
+
+def blob_delete(name: str) -> None:
+    blob_storage().delete(name)
+
+
+def staging_purge(*, older_than_seconds: int) -> int:
+    """Remove staging files a crashed worker left behind (filesystem only: on S3 use a bucket
+    lifecycle rule AbortIncompleteMultipartUpload). Returns how many were removed."""
+    storage = blob_storage()
+    if not isinstance(storage, FileSystemStorage):
+        return 0
+    directory = Path(storage.path(STAGING_DIR))
+    if not directory.is_dir():
+        return 0
+    cutoff = time.time() - older_than_seconds
+    removed = 0
+    for entry in directory.iterdir():
+        if entry.is_file() and entry.stat().st_mtime < cutoff:
+            entry.unlink(missing_ok=True)
+            removed += 1
+    return removed

@@ -1,0 +1,17 @@
+from django.urls import path, re_path
+
+from . import views
+
+urlpatterns = [
+    path(
+        "builds/<int:build_id>/artifacts/",
+        views.ArtifactListView.as_view(),
+        name="artifact-list",
+    ),
+    # (?s:...) so that a path with a newline reaches the path rules (400), not a 404.
+    re_path(
+        r"^builds/(?P<build_id>[0-9]+)/artifacts/(?P<artifact_path>(?s:.+))$",
+        views.ArtifactView.as_view(),
+        name="artifact",
+    ),
+]

@@ -1,0 +1,133 @@
+import re
+
+from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import exceptions, status
+from rest_framework.generics import ListAPIView
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from builds.models import Build
+from tokens.access import path_allowed, visible_artifacts
+from tokens.scopes import Scope
+
+from . import services
+from .downloads import artifact_response
+from .errors import PathNotAllowed
+from .models import Artifact
+from .paths import artifact_path_clean
+from .serializers import ArtifactSerializer
+
+_CONTENT_TYPE = re.compile(r"^[\w.+-]+/[\w.+-]+(\s*;[ -~]*)?$")
+
+
+def build_for_key(request, build_id: int) -> Build:
+    return get_object_or_404(Build.objects.for_key(request.auth), pk=build_id)
+
+
+def artifacts_for_key(request, build: Build):
+    return visible_artifacts(Artifact.objects.filter(build=build), request.auth).select_related(
+        "blob"
+    )
+
+
+class DeclaredMethodsOnly:
+    """405 for a method the view does not declare, before permissions ask for its scopes
+    (which would otherwise fail closed with a server error, not a client one)."""
+
+    def initial(self, request, *args, **kwargs):
+        declared = self.required_scopes
+        if isinstance(declared, dict):
+            method = "GET" if request.method == "HEAD" else request.method
+            if method not in declared:
+                raise exceptions.MethodNotAllowed(request.method)
+        super().initial(request, *args, **kwargs)
+
+
+class ArtifactListView(ListAPIView):
+    required_scopes = {Scope.ARTIFACTS_READ}
+    serializer_class = ArtifactSerializer
+
+    def get_queryset(self):
+        build = build_for_key(self.request, self.kwargs["build_id"])
+        prefix = self.request.query_params.get("prefix", "")
+        return artifacts_for_key(self.request, build).with_prefix(prefix)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("prefix", str, description="Only paths starting with this.")]
+    )
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
+
+class ArtifactView(DeclaredMethodsOnly, APIView):
+    required_scopes = {"GET": {Scope.ARTIFACTS_READ}, "PUT": {Scope.ARTIFACTS_WRITE}}
+    # The body is read by the service straight from the WSGI input, never by a parser.
+    parser_classes = []
+
+    @extend_schema(
+        responses={
+            (200, "application/octet-stream"): OpenApiTypes.BINARY,
+            (206, "application/octet-stream"): OpenApiTypes.BINARY,
+            304: OpenApiResponse(description="If-None-Match matched the ETag (= sha256)."),
+            416: OpenApiResponse(description="Range not satisfiable."),
+        },
+        parameters=[
+            OpenApiParameter("Range", str, OpenApiParameter.HEADER, description="bytes=a-b"),
+            OpenApiParameter("If-None-Match", str, OpenApiParameter.HEADER),
+        ],
+    )
+    def get(self, request, build_id: int, artifact_path: str):
+        build = build_for_key(request, build_id)
+        artifact = get_object_or_404(artifacts_for_key(request, build), path=artifact_path)
+        return artifact_response(request, artifact)
+
+    @extend_schema(
+        request={"application/octet-stream": OpenApiTypes.BINARY},
+        parameters=[
+            OpenApiParameter(
+                "X-Checksum-Sha256",
+                str,
+                OpenApiParameter.HEADER,
+                description="Lowercase hex SHA-256 of the body; a mismatch stores nothing (400).",
+            )
+        ],
+        responses={201: ArtifactSerializer, 200: ArtifactSerializer},
+    )
+    def put(self, request, build_id: int, artifact_path: str):
+        build = build_for_key(request, build_id)
+        path = artifact_path_clean(artifact_path)
+        if not path_allowed(request.auth, path):
+            raise PathNotAllowed()
+        stored = services.artifact_store(
+            build=build,
+            path=path,
+            stream=request.META["wsgi.input"],
+            content_length=_content_length(request),
+            content_type=_content_type(request),
+            expected_sha256=request.headers.get("X-Checksum-Sha256"),
+        )
+        return Response(
+            ArtifactSerializer(stored.artifact).data,
+            status=status.HTTP_201_CREATED if stored.created else status.HTTP_200_OK,
+        )
+
+
+def _content_length(request) -> int | None:
+    """The body's length, or None when it comes with chunked transfer encoding (read to EOF)."""
+    if "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
+        return None
+    value = request.META.get("CONTENT_LENGTH") or "0"
+    if not value.isdigit():
+        raise exceptions.ParseError("Content-Length must be a number of bytes.")
+    return int(value)
+
+
+def _content_type(request) -> str:
+    value = request.META.get("CONTENT_TYPE", "").strip()
+    if not value:
+        return "application/octet-stream"
+    if len(value) > 255 or not _CONTENT_TYPE.match(value):
+        raise exceptions.ParseError("Content-Type is not a valid media type.")
+    return value
