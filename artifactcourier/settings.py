@@ -251,6 +251,21 @@ DEPLOY_TOKEN_MAX_DAYS = env_int("DEPLOY_TOKEN_MAX_DAYS", 365)
 # Tripwire: this many denied write attempts by one key within the window revoke it.
 TRIPWIRE_WRITE_DENIALS = env_int("TRIPWIRE_WRITE_DENIALS", 5)
 TRIPWIRE_WINDOW_SECONDS = env_int("TRIPWIRE_WINDOW_SECONDS", 3600)
+# Derived keys (POST /api/v1/keys/) live at most this long, and never beyond their parent.
+KEY_DERIVED_MAX_SECONDS = env_int("KEY_DERIVED_MAX_SECONDS", 30 * 86400)
+# How many derivations deep a key may sit (a build key is depth 0).
+KEY_DERIVE_MAX_DEPTH = env_int("KEY_DERIVE_MAX_DEPTH", 8)
+# After a deploy token is rotated, the previous one keeps working this long, then is dead.
+DEPLOY_TOKEN_ROTATION_GRACE_SECONDS = env_int("DEPLOY_TOKEN_ROTATION_GRACE_SECONDS", 86400)
+# Long-lived keys (deploy, project) expiring within these many days are reported and audited
+# once per threshold (manage.py key_expiry_warnings, and the periodic task below).
+KEY_EXPIRY_WARNING_DAYS = [int(d) for d in env_list("KEY_EXPIRY_WARNING_DAYS", "30,7")]
+CELERY_BEAT_SCHEDULE["tokens.key_expiry_warn"] = {
+    "task": "tokens.key_expiry_warn",
+    "schedule": env_int("KEY_EXPIRY_WARNING_EVERY_SECONDS", 6 * 3600),
+}
+# No OPTIONS metadata: DRF's would probe write permissions and audit them as denials.
+REST_FRAMEWORK["DEFAULT_METADATA_CLASS"] = None
 
 # --- Artifacts ------------------------------------------------------------------------------
 MiB = 1024 * 1024

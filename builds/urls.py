@@ -8,6 +8,11 @@ urlpatterns = [
         views.BuildCreateView.as_view(),
         name="build-create",
     ),
+    path(
+        "projects/<slug:project_slug>/deploy-tokens/rotate",
+        views.DeployTokenRotateView.as_view(),
+        name="deploy-token-rotate",
+    ),
     path("builds/<int:build_id>/", views.BuildDetailView.as_view(), name="build-detail"),
     path("builds/<int:build_id>/finish", views.BuildFinishView.as_view(), name="build-finish"),
 ]

@@ -1,11 +1,16 @@
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
+from rest_framework.authentication import SessionAuthentication
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from tokens.access import visible_projects
+from tokens import services as token_services
+from tokens.access import manageable_projects, visible_projects
+from tokens.authentication import ApiKeyAuthentication
+from tokens.permissions import HasScopeOrStaff
 from tokens.scopes import Scope
+from tokens.serializers import DeployTokenRotateSerializer, RotatedDeployTokenSerializer
 
 from . import services
 from .models import Build, Project
@@ -69,3 +74,34 @@ class BuildFinishView(APIView):
         params.is_valid(raise_exception=True)
         services.build_finish(build=build, state=Build.State(params.validated_data["state"]))
         return Response(BuildSerializer(build_for_key(request, build_id)).data)
+
+
+class DeployTokenRotateView(APIView):
+    """Rotate the project's deploy token: a staff user (admin session) or a project key with
+    tokens:manage. The old token keeps working for the grace period; a retry within it answers
+    the same new token (200 instead of 201)."""
+
+    authentication_classes = [ApiKeyAuthentication, SessionAuthentication]
+    permission_classes = [HasScopeOrStaff]
+    required_scopes = {Scope.TOKENS_MANAGE}
+
+    @extend_schema(
+        request=DeployTokenRotateSerializer,
+        responses={201: RotatedDeployTokenSerializer, 200: RotatedDeployTokenSerializer},
+    )
+    def post(self, request, project_slug: str):
+        projects = manageable_projects(Project.objects, key=request.auth, user=request.user)
+        project = get_object_or_404(projects, slug=project_slug)
+        params = DeployTokenRotateSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        user = request.user if request.auth is None else None
+        rotated = token_services.deploy_token_rotate(
+            project=project,
+            actor=f"user:{user.get_username()}" if user else f"key:{request.auth.pk}",
+            created_by=user,
+            **params.validated_data,
+        )
+        return Response(
+            RotatedDeployTokenSerializer(rotated).data,
+            status=status.HTTP_201_CREATED if rotated.created else status.HTTP_200_OK,
+        )

@@ -4,16 +4,45 @@ Every API queryset starts here, so an object outside the key's resource is simpl
 (404), never "forbidden": existence does not leak across builds or projects.
 """
 
-import fnmatch
+import re
 
 from django.db.models import Q, QuerySet
 
 from .models import ApiKey
 
+# Ref globs stay in a small alphabet so the regex built from them means the same on every
+# database (PostgreSQL's regex dialect is not Python's).
+_REF_PATTERN = re.compile(r"[A-Za-z0-9._/*?@+-]{1,255}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def ref_pattern_validate(pattern: str) -> str:
+    """Return ``pattern`` if it is a usable ref glob (``refs/tags/v*``), else raise ValueError."""
+    if not _REF_PATTERN.fullmatch(pattern):
+        raise ValueError(
+            "Use a ref glob of letters, digits and . _ / @ + -, with * and ? as wildcards "
+            "(at most 255 characters), e.g. refs/tags/*."
+        )
+    return pattern
+
 
 def glob_to_regex(pattern: str) -> str:
-    """A ref glob (``refs/tags/*``) as a database regex. ``*`` matches any run of characters."""
-    return fnmatch.translate(pattern).replace(r"\Z", "$").replace("(?s:", "^(?:")
+    """A ref glob (``refs/tags/*``) as an anchored database regex: ``*`` matches any run of
+    characters, ``?`` one character. (Not ``fnmatch.translate``: since Python 3.11 it emits
+    atomic groups, which PostgreSQL's regex engine rejects.)"""
+    wildcards = {"*": ".*", "?": "."}
+    return "^" + "".join(wildcards.get(ch) or re.escape(ch) for ch in pattern) + "$"
+
+
+def path_prefix_validate(prefix: str) -> str:
+    """Return ``prefix`` if it is a relative artifact path prefix (``dist/``), else ValueError."""
+    if len(prefix) > 512:
+        raise ValueError("A path prefix has at most 512 characters.")
+    if _CONTROL.search(prefix) or "\\" in prefix:
+        raise ValueError("A path prefix may not contain control characters or backslashes.")
+    if prefix.startswith("/") or ".." in prefix.split("/"):
+        raise ValueError("A path prefix is relative and may not contain '..' segments.")
+    return prefix
 
 
 def _build_filter(key: ApiKey, field: str) -> Q:
@@ -29,6 +58,21 @@ def _build_filter(key: ApiKey, field: str) -> Q:
 
 def visible_projects(queryset: QuerySet, key: ApiKey) -> QuerySet:
     return queryset.filter(pk=key.project_id)
+
+
+def manageable_projects(queryset: QuerySet, *, key: ApiKey | None, user) -> QuerySet:
+    """Projects whose credentials the caller may manage: a key's own project, or every project
+    for a staff user (the caller's scope or staff status is checked by the permission class)."""
+    if isinstance(key, ApiKey):
+        return visible_projects(queryset, key)
+    if user is not None and user.is_active and user.is_staff:
+        return queryset
+    return queryset.none()
+
+
+def revocable_keys(queryset: QuerySet, key: ApiKey) -> QuerySet:
+    """Keys ``key`` may revoke: itself and everything derived from it (never an ancestor)."""
+    return queryset.filter(Q(pk=key.pk) | Q(lineage__startswith=key.subtree_lineage))
 
 
 def visible_builds(queryset: QuerySet, key: ApiKey) -> QuerySet:

@@ -151,6 +151,15 @@ class ApiKey(models.Model):
         blank=True,
         help_text="Deploy tokens: only builds whose ref matches this glob (e.g. refs/tags/*).",
     )
+    replaces = models.OneToOneField(
+        "self",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="replaced_by",
+        help_text="Deploy tokens: the token this one replaced by rotation (which keeps working "
+        "for the grace period, then is dead).",
+    )
     digest = models.CharField(max_length=64, unique=True, editable=False)
     seed = models.CharField(
         max_length=64,
@@ -187,6 +196,14 @@ class ApiKey(models.Model):
 
     def is_revoked(self) -> bool:
         return self.revoked_at is not None
+
+    @property
+    def depth(self) -> int:
+        """How many derivations separate this key from its root (a root key is depth 0)."""
+        return len(self.ancestor_ids)
+
+    def is_alive(self, now=None) -> bool:
+        return not self.is_revoked() and not self.is_expired(now)
 
     def is_expired(self, now=None) -> bool:
         return self.expires_at is not None and self.expires_at <= (now or timezone.now())

@@ -5,6 +5,7 @@ from rest_framework.permissions import BasePermission
 from .authentication import client_ip
 from .errors import KeyConflict
 from .models import ApiKey
+from .scopes import Scope
 from .services import key_denied
 
 
@@ -13,6 +14,9 @@ def required_scopes_for(view, method: str) -> frozenset:
 
     A view that declares nothing for the method is a programming error, and it fails closed.
     """
+    if method == "OPTIONS":
+        # Authentication only: OPTIONS answers no data (DEFAULT_METADATA_CLASS is None).
+        return frozenset()
     declared = getattr(view, "required_scopes", None)
     if isinstance(declared, dict):
         declared = declared.get("GET" if method == "HEAD" else method)
@@ -52,9 +56,33 @@ class HasScope(BasePermission):
             )
         if missing:
             key_denied(key=key, missing=missing, ip=client_ip(request), path=request.path)
+            if Scope.KEYS_MINT in missing and key.build is not None and not key.build.trusted:
+                raise exceptions.PermissionDenied(
+                    "Keys of untrusted builds (forks, pull requests) cannot mint keys.",
+                    code="untrusted_build",
+                )
             names = ", ".join(sorted(str(s) for s in missing))
             raise exceptions.PermissionDenied(
                 f"This key does not have the scope(s) {names} (effective now).",
                 code="missing_scope",
             )
         return True
+
+
+class HasScopeOrStaff(HasScope):
+    """Like HasScope, but a staff user signed in to the admin (session) may act as well.
+
+    Views using it also list SessionAuthentication, which enforces CSRF for the session.
+    """
+
+    def has_permission(self, request, view) -> bool:
+        user = request.user
+        if not isinstance(request.auth, ApiKey) and user is not None and user.is_authenticated:
+            required_scopes_for(view, request.method)  # still fail closed on a forgetful view
+            if user.is_active and user.is_staff:
+                return True
+            raise exceptions.PermissionDenied(
+                "Only staff users, or a key with the required scope, may do this.",
+                code="staff_only",
+            )
+        return super().has_permission(request, view)

@@ -1,16 +1,23 @@
 """Minting, authenticating, revoking and auditing keys. Views, admin and commands call these."""
 
+import logging
 import secrets
-from datetime import timedelta
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
+from rest_framework.exceptions import ValidationError
 
 from . import crypto
-from .errors import InvalidCredential
+from .errors import InvalidCredential, KeyConflict, KeyForbidden
 from .models import ApiKey, AuditEvent
-from .scopes import BUILD_KEY_SCOPES, DEPLOY_KEY_SCOPES, WRITE_SCOPES, Scope
+from .scopes import BUILD_KEY_SCOPES, DEPLOY_KEY_SCOPES, WRITE_SCOPES, Scope, parse_scopes
+
+logger = logging.getLogger(__name__)
 
 
 def _digest(token: str) -> str:
@@ -53,6 +60,7 @@ def _create(
     ref_pattern: str = "",
     created_by=None,
     seed: str = "",
+    replaces: ApiKey | None = None,
 ) -> tuple[ApiKey, str]:
     if seed:
         token = crypto.token_derive(kind, secret=settings.TOKEN_PEPPER, seed=seed)
@@ -72,6 +80,7 @@ def _create(
         digest=_digest(token),
         seed=seed,
         created_by=created_by,
+        replaces=replaces,
     )
     return key, token
 
@@ -122,22 +131,129 @@ def deploy_token_current(*, project) -> tuple[ApiKey, str] | None:
         )
         if key is None:
             return deploy_token_mint(project=project)
-    return key, crypto.token_derive(key.kind, secret=settings.TOKEN_PEPPER, seed=key.seed)
+    return key, _deploy_token(key)
+
+
+def deploy_token_max_seconds() -> int:
+    return settings.DEPLOY_TOKEN_MAX_DAYS * 86400
 
 
 @transaction.atomic
-def deploy_token_mint(*, project, created_by=None, actor="system") -> tuple[ApiKey, str]:
+def deploy_token_mint(
+    *,
+    project,
+    expires_in: int | None = None,
+    ref_pattern: str = "",
+    replaces: ApiKey | None = None,
+    created_by=None,
+    actor: str = "system",
+) -> tuple[ApiKey, str]:
+    """A deploy token always expires: ``expires_in`` seconds (default and cap: the maximum)."""
+    if expires_in is None:
+        expires_in = deploy_token_max_seconds()
+    if not 0 < expires_in <= deploy_token_max_seconds():
+        raise ValidationError(
+            {"expires_in": f"Must be between 1 and {deploy_token_max_seconds()} seconds."}
+        )
     key, token = _create(
         kind=ApiKey.Kind.DEPLOY,
         project=project,
         scopes=DEPLOY_KEY_SCOPES,
         name="deploy token",
-        expires_at=timezone.now() + timedelta(days=settings.DEPLOY_TOKEN_MAX_DAYS),
+        expires_at=timezone.now() + timedelta(seconds=expires_in),
+        ref_pattern=ref_pattern,
         created_by=created_by,
         seed=secrets.token_hex(32),
+        replaces=replaces,
     )
-    audit(action=AuditEvent.Action.MINT, key=key, actor=actor, detail={"scopes": key.scopes})
+    audit(
+        action=AuditEvent.Action.MINT,
+        key=key,
+        actor=actor,
+        detail={"scopes": key.scopes, "ref_pattern": ref_pattern},
+    )
     return key, token
+
+
+def _deploy_token(key: ApiKey) -> str:
+    return crypto.token_derive(key.kind, secret=settings.TOKEN_PEPPER, seed=key.seed)
+
+
+@dataclass(frozen=True)
+class RotatedDeployToken:
+    key: ApiKey
+    token: str
+    previous: ApiKey | None
+    # False when this answered a retry within the grace period (same token as before).
+    created: bool
+
+
+def deploy_token_rotate(
+    *,
+    project,
+    actor: str,
+    created_by=None,
+    expires_in: int | None = None,
+    ref_pattern: str | None = None,
+) -> RotatedDeployToken:
+    """Replace the project's deploy token; the old one keeps working for the grace period.
+
+    Retrying within the grace period answers the token the first attempt minted (it is
+    re-derivable from its seed), so a lost response never strands a client with two dead
+    tokens and a third live one. To force a fresh token inside the window, revoke the new one
+    first. ``ref_pattern`` None keeps the current token's restriction; "" lifts it.
+    """
+    with transaction.atomic():
+        # The project row serialises concurrent rotations (a second one sees the first's token).
+        project = type(project).objects.select_for_update().get(pk=project.pk)
+        if not project.deploy_tokens_enabled:
+            raise KeyConflict(
+                f"Deploy tokens are not enabled for project {project.slug}.",
+                code="deploy_tokens_disabled",
+            )
+        now = timezone.now()
+        grace = timedelta(seconds=settings.DEPLOY_TOKEN_ROTATION_GRACE_SECONDS)
+        live = (
+            ApiKey.objects.active()
+            .filter(project=project, kind=ApiKey.Kind.DEPLOY, parent__isnull=True)
+            .select_related("replaces")
+            .order_by("-created_at", "-id")
+        )
+        current = live.first()
+        if (
+            current is not None
+            and now < current.created_at + grace
+            and AuditEvent.objects.filter(action=AuditEvent.Action.ROTATE, key=current).exists()
+        ):
+            return RotatedDeployToken(current, _deploy_token(current), current.replaces, False)
+        if ref_pattern is None:
+            ref_pattern = current.ref_pattern if current else ""
+        key, token = deploy_token_mint(
+            project=project,
+            expires_in=expires_in,
+            ref_pattern=ref_pattern,
+            replaces=current,
+            created_by=created_by,
+            actor=actor,
+        )
+        grace_end = now + grace
+        retiring = [k for k in live if k.pk != key.pk]
+        for old in retiring:
+            # The old token and everything derived from it die together at the end of grace.
+            ApiKey.objects.subtree_of(old).filter(
+                Q(expires_at__isnull=True) | Q(expires_at__gt=grace_end)
+            ).update(expires_at=grace_end)
+        audit(
+            action=AuditEvent.Action.ROTATE,
+            key=key,
+            actor=actor,
+            detail={
+                "previous": [old.pk for old in retiring],
+                "grace_ends_at": grace_end.isoformat(),
+            },
+        )
+        previous = ApiKey.objects.get(pk=current.pk) if current else None
+        return RotatedDeployToken(key, token, previous, True)
 
 
 def key_authenticate(*, token: str, ip: str | None = None) -> ApiKey:
@@ -171,7 +287,13 @@ def key_authenticate(*, token: str, ip: str | None = None) -> ApiKey:
 
 @transaction.atomic
 def key_revoke(*, key: ApiKey, reason: str, actor: str) -> int:
-    """Revoke a key and every key derived from it. Returns how many keys were revoked."""
+    """Revoke a key and every key derived from it. Returns how many keys were revoked.
+
+    Revoking an already revoked key is a no-op (0, no audit event), so retries are harmless.
+    """
+    # Serialises with key_derive, which locks the whole ancestor chain: a child is either
+    # committed before this update (and revoked by it) or refused.
+    list(ApiKey.objects.select_for_update().filter(pk=key.pk).values_list("pk"))
     now = timezone.now()
     count = (
         ApiKey.objects.subtree_of(key)
@@ -179,6 +301,8 @@ def key_revoke(*, key: ApiKey, reason: str, actor: str) -> int:
         .update(revoked_at=now, revoked_reason=reason[:200])
     )
     key.refresh_from_db()
+    if not count:
+        return 0
     audit(
         action=AuditEvent.Action.REVOKE,
         key=key,
@@ -220,3 +344,194 @@ def key_denied(*, key: ApiKey, missing, ip: str | None, path: str) -> None:
             reason=f"{denials} denied write attempts within {settings.TRIPWIRE_WINDOW_SECONDS}s",
             ip=ip,
         )
+
+
+def _derive_locked(
+    *,
+    parent: ApiKey,
+    scopes: Iterable[str] | None,
+    expires_in: int | None,
+    name: str,
+    path_prefix: str | None,
+) -> tuple[ApiKey, str]:
+    # Lock the whole chain, root first (ids grow with depth, so every locker uses one order):
+    # a concurrent revocation of any ancestor either commits first (and we refuse) or waits.
+    chain = list(
+        ApiKey.objects.select_for_update()
+        .filter(pk__in=[*parent.ancestor_ids, parent.pk])
+        .order_by("pk")
+    )
+    now = timezone.now()
+    if len(chain) != parent.depth + 1 or not all(k.is_alive(now) for k in chain):
+        raise InvalidCredential("This API token has been revoked or has expired.", code="revoked")
+    parent = ApiKey.objects.select_related("build").get(pk=parent.pk)
+    held = parent.effective_scopes
+    if Scope.KEYS_MINT not in held:
+        raise KeyForbidden(
+            "This key cannot mint keys (keys:mint is not among its effective scopes).",
+            code="missing_scope",
+        )
+    try:
+        granted = held - {Scope.KEYS_MINT} if scopes is None else parse_scopes(scopes)
+    except ValueError as error:
+        raise ValidationError({"scopes": str(error)}) from None
+    if not granted:
+        raise ValidationError({"scopes": "A key needs at least one scope."})
+    beyond = granted - held
+    if beyond:
+        names = ", ".join(sorted(str(s) for s in beyond))
+        raise KeyForbidden(
+            f"A derived key cannot hold scope(s) {names}: this key does not hold them "
+            f"(effective now: {', '.join(sorted(str(s) for s in held))}).",
+            code="scope_escalation",
+        )
+    if parent.depth + 1 > settings.KEY_DERIVE_MAX_DEPTH:
+        raise KeyForbidden(
+            f"Keys may be derived at most {settings.KEY_DERIVE_MAX_DEPTH} levels deep.",
+            code="derivation_too_deep",
+        )
+    max_seconds = settings.KEY_DERIVED_MAX_SECONDS
+    if expires_in is not None and expires_in > max_seconds:
+        raise KeyForbidden(
+            f"expires_in may be at most {max_seconds} seconds for a derived key.",
+            code="expiry_too_long",
+        )
+    expires_at = now + timedelta(seconds=max_seconds if expires_in is None else expires_in)
+    if parent.expires_at is not None and expires_at > parent.expires_at:
+        if expires_in is not None:
+            raise KeyForbidden(
+                "A derived key cannot outlive the key it is derived from, which expires at "
+                f"{parent.expires_at.isoformat()}.",
+                code="expiry_beyond_parent",
+            )
+        expires_at = parent.expires_at
+    if not path_prefix:
+        path_prefix = parent.path_prefix
+    elif not path_prefix.startswith(parent.path_prefix):
+        raise KeyForbidden(
+            f"path_prefix must lie inside this key's own prefix {parent.path_prefix!r}.",
+            code="outside_resource",
+        )
+    child, token = _create(
+        kind=ApiKey.Kind.DERIVED,
+        project=parent.project,
+        build=parent.build,
+        parent=parent,
+        scopes=granted,
+        name=name or f"derived from key {parent.pk}",
+        expires_at=expires_at,
+        path_prefix=path_prefix,
+        ref_pattern=parent.ref_pattern,
+        created_by=parent.created_by,
+    )
+    return child, token
+
+
+def key_derive(
+    *,
+    parent: ApiKey,
+    scopes: Iterable[str] | None = None,
+    expires_in: int | None = None,
+    name: str = "",
+    path_prefix: str | None = None,
+    ip: str | None = None,
+) -> tuple[ApiKey, str]:
+    """Mint a key from ``parent``: the same resource or narrower, a subset of its *effective*
+    scopes, expiring no later than it does. ``keys:mint`` is passed on only when asked for
+    (``scopes`` None means: all of the parent's effective scopes but ``keys:mint``).
+
+    Refusals are 403 (``KeyForbidden``) and audited; nothing is created unless all rules hold.
+    """
+    try:
+        with transaction.atomic():
+            child, token = _derive_locked(
+                parent=parent,
+                scopes=scopes,
+                expires_in=expires_in,
+                name=name,
+                path_prefix=path_prefix,
+            )
+            audit(
+                action=AuditEvent.Action.DERIVE,
+                key=child,
+                actor=f"key:{parent.pk}",
+                ip=ip,
+                detail={
+                    "parent": parent.pk,
+                    "scopes": child.scopes,
+                    "path_prefix": child.path_prefix,
+                    "expires_at": child.expires_at.isoformat(),
+                },
+            )
+            return child, token
+    except KeyForbidden as refused:
+        audit(
+            action=AuditEvent.Action.DENIED,
+            key=parent,
+            actor=f"key:{parent.pk}",
+            reason=f"derive refused: {refused.get_codes()}",
+            ip=ip,
+            detail={"detail": str(refused.detail)},
+        )
+        raise
+
+
+@dataclass(frozen=True)
+class ExpiryWarning:
+    key: ApiKey
+    threshold_days: int
+    # False when this threshold (or a closer one) was already recorded for the key.
+    new: bool
+
+
+def _expiry_reason(days: int) -> str:
+    return f"expires within {days} days"
+
+
+def key_expiry_warn(*, now: datetime | None = None) -> list[ExpiryWarning]:
+    """Long-lived keys (deploy and project keys) expiring within a warning threshold.
+
+    Each key is audited once per threshold (the closest one it has crossed); a deploy token
+    already replaced by rotation is on its way out on purpose and is not reported.
+    """
+    now = now or timezone.now()
+    thresholds = sorted(set(settings.KEY_EXPIRY_WARNING_DAYS))
+    if not thresholds:
+        return []
+    keys = (
+        ApiKey.objects.active()
+        .filter(
+            kind__in=[ApiKey.Kind.DEPLOY, ApiKey.Kind.PROJECT],
+            expires_at__isnull=False,
+            expires_at__lte=now + timedelta(days=thresholds[-1]),
+            replaced_by__isnull=True,
+        )
+        .select_related("project")
+        .order_by("expires_at", "pk")
+    )
+    warnings = []
+    for key in keys:
+        remaining = key.expires_at - now
+        threshold = next(t for t in thresholds if remaining <= timedelta(days=t))
+        with transaction.atomic():
+            already = AuditEvent.objects.filter(
+                key=key,
+                action=AuditEvent.Action.EXPIRY_WARNING,
+                reason__in=[_expiry_reason(t) for t in thresholds if t <= threshold],
+            ).exists()
+            if not already:
+                audit(
+                    action=AuditEvent.Action.EXPIRY_WARNING,
+                    key=key,
+                    reason=_expiry_reason(threshold),
+                    detail={"expires_at": key.expires_at.isoformat(), "threshold_days": threshold},
+                )
+                logger.warning(
+                    "%s of project %s expires at %s (within %s days): rotate it.",
+                    key,
+                    key.project.slug,
+                    key.expires_at.isoformat(),
+                    threshold,
+                )
+        warnings.append(ExpiryWarning(key, threshold, not already))
+    return warnings
