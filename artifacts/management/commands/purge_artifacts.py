@@ -1,0 +1,17 @@
+from django.core.management.base import BaseCommand
+
+from artifacts import services
+
+
+class Command(BaseCommand):
+    help = (
+        "Delete artifacts of builds past their project's retention, then blobs no artifact "
+        "references any more (the same purge the periodic task runs)."
+    )
+
+    def handle(self, *args, **options):
+        result = services.retention_purge()
+        self.stdout.write(
+            f"Purged {result.artifacts} artifact(s), {result.blobs} blob(s), "
+            f"{result.staging_files} abandoned staging file(s)."
+        )
