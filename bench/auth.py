@@ -1,8 +1,14 @@
-"""Authentication overhead: GET /api/v1/builds/{id}/ with a build key vs. the same view open.
+"""Authentication overhead.
 
-Both run in this process through Django's test client against the same database, interleaved
-round by round so machine noise hits both alike. Prints medians over rounds and the ratio
-(authenticated req/s / open req/s; goal >= 0.90), and the cost of rejecting a bad-checksum token.
+1. GET /api/v1/builds/{id}/ with a build key vs. the same view open. Both run in this process
+   through Django's test client against the same database, interleaved round by round so
+   machine noise hits both alike. Prints medians over rounds and the ratio (authenticated req/s
+   / open req/s; goal >= 0.90), and the cost of rejecting a bad-checksum token.
+2. Key verification alone (µs per call, no HTTP): our key_authenticate for a build key and for
+   a key derived 5 levels deep, against djangorestframework-api-key's APIKey.objects.is_valid /
+   get_from_key and a plain indexed ORM lookup of our digest, on the same database in the same
+   run, interleaved. Goals: ours <= the plain lookup (<= 0.75x drf-api-key); 5 levels deep
+   <= 2x a root key. Figures are printed, never asserted.
 """
 
 import sys
@@ -16,6 +22,8 @@ from bench.common import median, percentile, setup_django, table
 
 ROUNDS = 7
 REQUESTS = 400
+VERIFY_CALLS = 2000
+DERIVED_DEPTH = 5
 
 
 def timed_requests(client, url: str, n: int, **headers) -> list[float]:
@@ -85,6 +93,72 @@ def main() -> None:
         f"bad-checksum rejection: {check_us:.2f} µs in crypto.token_kind, "
         f"{len(queries)} database queries for the whole 401 request"
     )
+
+    verification(created)
+
+
+def per_call_us(fn, n: int) -> float:
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - start) / n * 1e6
+
+
+def verification(created) -> None:
+    from django.conf import settings
+    from django.db import connection
+    from rest_framework_api_key.models import APIKey
+
+    from tokens import crypto
+    from tokens.models import ApiKey
+    from tokens.services import key_authenticate, key_derive
+
+    token = created.token
+    parent, deep_token = created.key, token
+    for _ in range(DERIVED_DEPTH):
+        parent, deep_token = key_derive(parent=parent, scopes=["artifacts:read", "keys:mint"])
+    assert parent.depth == DERIVED_DEPTH
+    _, drf_key = APIKey.objects.create_key(name="bench")
+
+    def plain_lookup():
+        digest = crypto.token_digest(token, pepper=settings.TOKEN_PEPPER)
+        return ApiKey.objects.get(digest=digest)
+
+    def plain_lookup_with_build():
+        # What authentication actually needs: effective scopes depend on the build's state.
+        digest = crypto.token_digest(token, pepper=settings.TOKEN_PEPPER)
+        return ApiKey.objects.select_related("build").get(digest=digest)
+
+    variants = {
+        "ours: build key (key_authenticate)": lambda: key_authenticate(token=token),
+        f"ours: derived {DERIVED_DEPTH} levels deep": lambda: key_authenticate(token=deep_token),
+        "plain indexed ORM digest lookup": plain_lookup,
+        "plain ORM digest lookup + build join": plain_lookup_with_build,
+        "drf-api-key APIKey.objects.is_valid": lambda: APIKey.objects.is_valid(drf_key),
+        "drf-api-key APIKey.objects.get_from_key": lambda: APIKey.objects.get_from_key(drf_key),
+    }
+    for fn in variants.values():  # warm up (and record last use once, as in service)
+        per_call_us(fn, 200)
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(ROUNDS):
+        for name, fn in variants.items():
+            samples[name].append(per_call_us(fn, VERIFY_CALLS))
+    us = {name: median(values) for name, values in samples.items()}
+    ours, deep = (
+        us["ours: build key (key_authenticate)"],
+        us[f"ours: derived {DERIVED_DEPTH} levels deep"],
+    )
+    plain = us["plain indexed ORM digest lookup"]
+    drf = us["drf-api-key APIKey.objects.is_valid"]
+    table(
+        f"Key verification, {connection.vendor}, median of {ROUNDS} interleaved rounds x "
+        f"{VERIFY_CALLS} calls",
+        ["variant", "µs/call", "x plain lookup", "x drf-api-key is_valid"],
+        [[name, f"{v:.1f}", f"{v / plain:.2f}", f"{v / drf:.2f}"] for name, v in us.items()],
+    )
+    print(f"\nours / plain lookup: {ours / plain:.2f}  (goal <= 1.00)")
+    print(f"ours / drf-api-key is_valid: {ours / drf:.2f}  (goal <= 0.75)")
+    print(f"derived {DERIVED_DEPTH} deep / root: {deep / ours:.2f}  (goal <= 2.00)")
 
 
 if __name__ == "__main__":

@@ -66,6 +66,35 @@ class _DigestLookup:
         return key
 
 
+class _DeadAncestorLookup:
+    """SQL for "is any of these keys revoked or expired?", composed once per ancestor count.
+
+    Runs on every request made with a derived key; like _DigestLookup it skips the ORM's query
+    compilation, which would cost several times the query itself.
+    """
+
+    @classmethod
+    @cache
+    def for_connection(cls, alias: str, vendor: str, count: int) -> "_DeadAncestorLookup":
+        return cls(connections[alias], count)
+
+    def __init__(self, connection, count: int) -> None:
+        q = connection.ops.quote_name
+        meta = ApiKey._meta
+        revoked = q(meta.get_field("revoked_at").column)
+        expires = q(meta.get_field("expires_at").column)
+        self.sql = (
+            f"SELECT 1 FROM {q(meta.db_table)} WHERE {q(meta.pk.column)} IN "  # noqa: S608
+            f"({', '.join(['%s'] * count)}) AND ({revoked} IS NOT NULL OR {expires} <= %s) "
+            "LIMIT 1"
+        )
+
+    def any(self, connection, ids: list[int], now) -> bool:
+        with connection.cursor() as cursor:
+            cursor.execute(self.sql, [*ids, connection.ops.adapt_datetimefield_value(now)])
+            return cursor.fetchone() is not None
+
+
 class ApiKeyQuerySet(models.QuerySet):
     def get_by_digest(self, digest: str) -> "ApiKey | None":
         """One indexed query: the key (with its build loaded) or None."""
@@ -90,11 +119,13 @@ class ApiKeyQuerySet(models.QuerySet):
     def subtree_of(self, key: "ApiKey"):
         return self.filter(Q(pk=key.pk) | Q(lineage__startswith=key.subtree_lineage))
 
-    def dead_among(self, ids):
-        """Keys among ``ids`` that can no longer authorise anything."""
-        return self.filter(pk__in=ids).filter(
-            Q(revoked_at__isnull=False) | Q(expires_at__lte=timezone.now())
-        )
+    def any_dead(self, ids: list[int]) -> bool:
+        """Is any key among ``ids`` revoked or expired? One prepared query."""
+        if not ids:
+            return False
+        connection = connections[self.db]
+        lookup = _DeadAncestorLookup.for_connection(connection.alias, connection.vendor, len(ids))
+        return lookup.any(connection, ids, timezone.now())
 
 
 class ApiKey(models.Model):

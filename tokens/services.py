@@ -276,7 +276,7 @@ def key_authenticate(*, token: str, ip: str | None = None) -> ApiKey:
     if key.is_expired():
         audit(action=AuditEvent.Action.DENIED, key=key, reason="expired", ip=ip)
         raise InvalidCredential("This API token has expired.", code="expired")
-    if key.parent_id is not None and ApiKey.objects.dead_among(key.ancestor_ids).exists():
+    if key.parent_id is not None and ApiKey.objects.any_dead(key.ancestor_ids):
         audit(action=AuditEvent.Action.DENIED, key=key, reason="parent revoked or expired", ip=ip)
         raise InvalidCredential(
             "This API token was derived from a key that is revoked or expired.", code="revoked"
