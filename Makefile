@@ -37,6 +37,7 @@ test-fast: install
 
 bench: install
 	$(PY) bench/auth.py
+	$(PY) bench/transfer.py
 
 lint: install
 	$(VENV)/bin/ruff check .
