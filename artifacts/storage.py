@@ -35,7 +35,8 @@ def blob_name(sha256: str) -> str:
 class BlobWriter:
     """Receives an upload's bytes in order; ``commit`` publishes them, ``abort`` discards."""
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
+        """Take ``data`` now: the caller reuses its buffer once this returns."""
         raise NotImplementedError
 
     def commit(self, *, sha256: str) -> str:
@@ -49,7 +50,7 @@ class BlobWriter:
 class DiscardingWriter(BlobWriter):
     """For bytes the store already holds: they are only hashed (to verify them), not stored."""
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         pass
 
     def commit(self, *, sha256: str) -> str:
@@ -66,7 +67,7 @@ class FileSystemBlobWriter(BlobWriter):
         self.staging.parent.mkdir(parents=True, exist_ok=True)
         self.fd: int | None = os.open(self.staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(self.fd, view) :]
@@ -124,7 +125,7 @@ class S3BlobWriter(BlobWriter):
         self.parts.append({"PartNumber": number, "ETag": response["ETag"]})
         self.buffer.clear()
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         self.buffer += data
         if len(self.buffer) >= self.part_size:
             self._flush()

@@ -144,3 +144,38 @@ def test_client_hanging_up_mid_body_leaves_nothing(server):
     assert json.loads(listing)["count"] == 0
     assert server.store.objects() == before
     assert server.store.pending_uploads() == []
+
+
+@pytest.mark.parametrize("size", [0, 100, 9 * MiB + 123])
+def test_upload_with_content_length_round_trips(server, size):
+    """The direct-from-socket read path: bodies in the header packet, and over several chunks."""
+    data = os.urandom(size)
+    sha = hashlib.sha256(data).hexdigest()
+    response, body = server.request(
+        "PUT", server.artifact(f"sized-{size}.bin"), body=data, headers={"X-Checksum-Sha256": sha}
+    )
+    assert response.status == 201, body
+    assert json.loads(body)["sha256"] == sha
+    response, downloaded = server.request("GET", server.artifact(f"sized-{size}.bin"))
+    assert downloaded == data
+
+
+def test_body_and_the_next_request_in_one_packet_are_both_answered(server):
+    """Bytes of a pipelined request that arrive with the body are not swallowed as body."""
+    body = b"pipelined body"
+    put = (
+        f"PUT {server.artifact('pipelined.txt')} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {server.token}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    get = (
+        f"GET {server.artifact('pipelined.txt')} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {server.token}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(put + get)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 201")
+    _, downloaded = server.request("GET", server.artifact("pipelined.txt"))
+    assert downloaded == body
