@@ -12,8 +12,12 @@ from .services import key_denied
 def required_scopes_for(view, method: str) -> frozenset:
     """The scopes ``view`` declares for ``method``: a set, or a dict keyed by HTTP method.
 
-    A view that declares nothing for the method is a programming error, and it fails closed.
+    A method the view does not implement is the client's mistake (405). A method it implements
+    but declares no scopes for is a programming error, and it fails closed.
     """
+    handler = "get" if method == "HEAD" else method.lower()
+    if not hasattr(view, handler):
+        raise exceptions.MethodNotAllowed(method)
     if method == "OPTIONS":
         # Authentication only: OPTIONS answers no data (DEFAULT_METADATA_CLASS is None).
         return frozenset()

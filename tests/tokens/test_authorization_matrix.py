@@ -155,8 +155,7 @@ EXPECTED: dict[tuple[str, str], dict[str, int]] = {
         project=403,
         staff_session=401,
     ),
-    # Artifact paths answer 405 for undeclared methods before asking for a credential.
-    ("artifact", "OPTIONS"): same_for_all(405),
+    ("artifact", "OPTIONS"): OPTIONS_AUTHENTICATED,
 }
 
 # --- endpoints, from the URLconf -----------------------------------------------------------------
