@@ -274,7 +274,7 @@ BUILD_ARTIFACTS_QUOTA = env_int("BUILD_ARTIFACTS_QUOTA", 50 * 1024 * MiB)
 PROJECT_ARTIFACTS_QUOTA = env_int("PROJECT_ARTIFACTS_QUOTA", 1024 * 1024 * MiB)
 ARTIFACT_PATH_MAX_LENGTH = 1024
 ARTIFACT_PATH_SEGMENT_MAX_LENGTH = 255
-# Bytes read from the request body per step; hashing runs one step behind on a helper thread.
+# Bytes read from the request body per step (one reused buffer; hashed inline).
 ARTIFACT_UPLOAD_CHUNK_SIZE = env_int("ARTIFACT_UPLOAD_CHUNK_SIZE", 4 * MiB)
 ARTIFACT_S3_PART_SIZE = env_int("ARTIFACT_S3_PART_SIZE", 16 * MiB)
 # S3 only: answer artifact GETs with a 302 to a pre-signed URL valid this long, so the bytes
