@@ -3,6 +3,8 @@ from django.db.models import Count, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from tokens import access
+
 
 class BlobQuerySet(models.QuerySet):
     def with_reference_count(self):
@@ -40,7 +42,7 @@ class ArtifactQuerySet(models.QuerySet):
         return self.aggregate(total=Coalesce(Sum("blob__size"), 0))["total"]
 
     def with_prefix(self, prefix: str):
-        return self.filter(path__startswith=prefix) if prefix else self
+        return access.under_prefix(self, prefix)
 
 
 class Artifact(models.Model):

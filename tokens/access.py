@@ -7,6 +7,7 @@ Every API queryset starts here, so an object outside the key's resource is simpl
 import re
 
 from django.db.models import Q, QuerySet
+from django.db.models.functions import Substr
 
 from .models import ApiKey
 
@@ -35,7 +36,10 @@ def glob_to_regex(pattern: str) -> str:
 
 
 def path_prefix_validate(prefix: str) -> str:
-    """Return ``prefix`` if it is a relative artifact path prefix (``dist/``), else ValueError."""
+    """Return ``prefix`` as a directory (``dist`` becomes ``dist/``, so it never reaches
+    ``dist-private/``) if it is a relative artifact path prefix, else raise ValueError."""
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
     if len(prefix) > 512:
         raise ValueError("A path prefix has at most 512 characters.")
     if _CONTROL.search(prefix) or "\\" in prefix:
@@ -82,12 +86,23 @@ def visible_builds(queryset: QuerySet, key: ApiKey) -> QuerySet:
     return queryset.filter(_build_filter(key, ""))
 
 
+def under_prefix(queryset: QuerySet, prefix: str, field: str = "path") -> QuerySet:
+    """Rows whose ``field`` starts with ``prefix``, compared byte for byte.
+
+    Not ``__startswith``: on SQLite that is ``LIKE``, which ignores case, so a key limited to
+    ``dist/`` would also read ``DIST/secret``.
+    """
+    if not prefix:
+        return queryset
+    return queryset.alias(_under_prefix=Substr(field, 1, len(prefix))).filter(
+        _under_prefix=prefix
+    )
+
+
 def visible_artifacts(queryset: QuerySet, key: ApiKey) -> QuerySet:
     """Artifacts of the builds the key reaches, under its path prefix if it has one."""
     queryset = queryset.filter(_build_filter(key, "build"))
-    if key.path_prefix:
-        queryset = queryset.filter(path__startswith=key.path_prefix)
-    return queryset
+    return under_prefix(queryset, key.path_prefix)
 
 
 def path_allowed(key: ApiKey, path: str) -> bool:
