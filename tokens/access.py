@@ -94,9 +94,7 @@ def under_prefix(queryset: QuerySet, prefix: str, field: str = "path") -> QueryS
     """
     if not prefix:
         return queryset
-    return queryset.alias(_under_prefix=Substr(field, 1, len(prefix))).filter(
-        _under_prefix=prefix
-    )
+    return queryset.alias(_under_prefix=Substr(field, 1, len(prefix))).filter(_under_prefix=prefix)
 
 
 def visible_artifacts(queryset: QuerySet, key: ApiKey) -> QuerySet:
