@@ -29,6 +29,10 @@ def exception_handler(exc, context):
     response = drf_exception_handler(exc, context)
     if response is None:
         return None
+    if response.status_code == 404:
+        # Django's Http404 names the model ("No Build matches the given query."): say less.
+        response.data = {"detail": "Not found.", "code": "not_found"}
+        return response
     detail = exc.detail if isinstance(exc, exceptions.APIException) else response.data
     message, code = _first_message(detail)
     body = {"detail": message, "code": code}

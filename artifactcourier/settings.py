@@ -98,6 +98,7 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    "artifactcourier.middleware.PrivateApiResponses",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -105,6 +106,9 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "artifactcourier.urls"
+# The admin's rotate action shows a new token once in a message: keep messages server-side
+# (the default cookie storage is signed, not encrypted).
+MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 WSGI_APPLICATION = "artifactcourier.wsgi.application"
 TEMPLATES = [
     {

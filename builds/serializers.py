@@ -1,19 +1,49 @@
+import json
+
 from rest_framework import serializers
 
 from .models import Build, StatusCheck
 
+METADATA_MAX_BYTES = 16 * 1024
+
+
+def _has_nul(value) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
 
 class BuildCreateSerializer(serializers.Serializer):
-    ref = serializers.CharField(max_length=255, required=False, allow_blank=True, default="")
+    ref = serializers.RegexField(
+        r"^[^\x00-\x1f\x7f]*\Z",
+        max_length=255,
+        required=False,
+        allow_blank=True,
+        default="",
+        error_messages={"invalid": "ref may not contain control characters."},
+    )
     commit = serializers.RegexField(
         r"^[0-9a-fA-F]{0,64}$", required=False, allow_blank=True, default=""
     )
-    trusted = serializers.BooleanField(required=False, default=True)
+    # Fail safe: a build is untrusted (no keys:mint, no deploy token, no webhooks) unless the
+    # orchestrator says otherwise, so one that forgets the field cannot hand a fork's job more.
+    trusted = serializers.BooleanField(required=False, default=False)
     metadata = serializers.JSONField(required=False, default=dict)
 
     def validate_metadata(self, value):
         if not isinstance(value, dict):
             raise serializers.ValidationError("metadata must be a JSON object.")
+        encoded = json.dumps(value)
+        if len(encoded) > METADATA_MAX_BYTES:
+            raise serializers.ValidationError(
+                f"metadata may be at most {METADATA_MAX_BYTES} bytes of JSON."
+            )
+        if _has_nul(value):  # PostgreSQL's jsonb cannot hold NUL
+            raise serializers.ValidationError("metadata may not contain NUL characters.")
         return value
 
 

@@ -30,7 +30,12 @@ def project_create(*, slug: str, name: str = "", deploy_tokens: bool = False) ->
 def build_create(
     *, project: Project, ref: str = "", commit: str = "", trusted: bool = True, metadata=None
 ) -> CreatedBuild:
-    """Start a build and mint its own key (and hand over the deploy token if opted in)."""
+    """Start a build and mint its own key.
+
+    A trusted build of a project that opted in also gets the current deploy token to pass on.
+    An untrusted one (a fork's pull request) never does: the deploy token reads every build of
+    the project, which is exactly what a fork's job must not reach.
+    """
     # The counter row update serialises concurrent creates in one project.
     Project.objects.filter(pk=project.pk).update(build_counter=F("build_counter") + 1)
     number = Project.objects.values_list("build_counter", flat=True).get(pk=project.pk)
@@ -43,7 +48,7 @@ def build_create(
         metadata=metadata or {},
     )
     key, token = token_services.key_mint_for_build(build=build)
-    deploy = token_services.deploy_token_current(project=project)
+    deploy = token_services.deploy_token_current(project=project) if trusted else None
     deploy_key, deploy_token = deploy if deploy else (None, None)
     return CreatedBuild(build, key, token, deploy_key, deploy_token)
 

@@ -32,7 +32,8 @@ def glob_to_regex(pattern: str) -> str:
     characters, ``?`` one character. (Not ``fnmatch.translate``: since Python 3.11 it emits
     atomic groups, which PostgreSQL's regex engine rejects.)"""
     wildcards = {"*": ".*", "?": "."}
-    return "^" + "".join(wildcards.get(ch) or re.escape(ch) for ch in pattern) + "$"
+    # \Z, not $: on SQLite (Python's re.search) "$" also matches before a trailing newline.
+    return "^" + "".join(wildcards.get(ch) or re.escape(ch) for ch in pattern) + r"\Z"
 
 
 def path_prefix_validate(prefix: str) -> str:

@@ -21,4 +21,10 @@ class RedactSecretsFilter(logging.Filter):
         cleaned = redact(message)
         if cleaned != message:
             record.msg, record.args = cleaned, None
+        if record.exc_info and not record.exc_text:
+            # Format the traceback now, redacted; formatters reuse exc_text as it is.
+            record.exc_text = redact(_formatter.formatException(record.exc_info))
         return True
+
+
+_formatter = logging.Formatter()

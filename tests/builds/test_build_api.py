@@ -9,7 +9,7 @@ pytestmark = pytest.mark.django_db
 def create_build(api, project_token, slug="app", **body):
     return api.as_key(project_token).post(
         f"/api/v1/projects/{slug}/builds/",
-        {"ref": "refs/heads/main", "commit": "c" * 40, **body},
+        {"ref": "refs/heads/main", "commit": "c" * 40, "trusted": True, **body},
         format="json",
     )
 
@@ -24,6 +24,7 @@ def test_project_key_creates_build_and_gets_its_key_once(api, project, project_t
     assert body["key"]["token"].startswith("acb_")
     assert "artifacts:write" in body["key"]["scopes"]
     assert "deploy_token" not in body
+    assert "no-store" in response["Cache-Control"]  # the token must not sit in any cache
     detail = api.as_key(body["key"]["token"]).get(f"/api/v1/builds/{body['id']}/").json()
     assert "key" not in detail and body["key"]["token"] not in str(detail)
 
@@ -55,14 +56,37 @@ def test_project_key_cannot_create_builds_in_another_project(api, project_token)
         ({"commit": "not-a-sha!"}, "commit"),
         ({"trusted": "perhaps"}, "trusted"),
         ({"metadata": [1, 2]}, "metadata"),
+        ({"metadata": {"a": "nul\u0000here"}}, "metadata"),
+        ({"metadata": {"nul\u0000key": 1}}, "metadata"),
+        ({"metadata": {"big": "x" * 20000}}, "metadata"),
+        ({"ref": "refs/heads/ma\nin"}, "ref"),
+        ({"ref": "refs/\u0000"}, "ref"),
     ],
 )
 def test_bad_build_input_is_400_with_the_field_named(api, project, project_token, body, field):
     response = create_build(api, project_token, **body)
     assert response.status_code == 400
     assert response.json()["detail"].startswith(f"{field}:")
-    assert response.json()["code"] == "invalid"
+    assert field in response.json()["errors"]
     assert not Build.objects.exists()
+
+
+def test_untrusted_build_never_gets_the_deploy_token(api, project, project_token):
+    project.deploy_tokens_enabled = True
+    project.save()
+    assert "deploy_token" in create_build(api, project_token).json()
+    body = create_build(api, project_token, trusted=False).json()
+    assert "deploy_token" not in body
+    assert body["trusted"] is False
+
+
+def test_a_build_is_untrusted_unless_the_orchestrator_says_so(api, project, project_token):
+    response = api.as_key(project_token).post(
+        "/api/v1/projects/app/builds/", {"ref": "refs/pull/7/head"}, format="json"
+    )
+    body = response.json()
+    assert body["trusted"] is False
+    assert "keys:mint" not in body["key"]["scopes"]
 
 
 def test_build_key_reads_its_own_build(api, build):
@@ -76,7 +100,7 @@ def test_build_key_reads_its_own_build(api, build):
 def test_build_key_gets_404_for_another_build_of_its_project(api, build, other_build):
     response = api.as_key(build.token).get(f"/api/v1/builds/{other_build.build.pk}/")
     assert response.status_code == 404
-    assert response.json()["code"] == "not_found"
+    assert response.json() == {"detail": "Not found.", "code": "not_found"}
 
 
 def test_build_key_gets_404_for_a_build_of_another_project(api, build, other_project_build):

@@ -1,3 +1,4 @@
+import io
 import logging
 import os
 import subprocess
@@ -74,3 +75,28 @@ def test_logging_filter_redacts_tokens_and_signatures(message, caplog):
     assert token not in text
     assert "c2VjcmV0c2ln" not in text
     assert "redacted" in text
+
+
+def test_configured_handlers_redact_messages_and_tracebacks(capsys):
+    """Through the LOGGING configuration the service runs with, not a hand-made logger."""
+    token = crypto.token_generate("derived")
+    # The console handler LOGGING configures (pytest adds capture handlers of its own types).
+    ours = [h for h in logging.getLogger().handlers if type(h) is logging.StreamHandler]
+    assert ours, "LOGGING configures a console handler"
+    for handler in ours:
+        assert any(isinstance(f, RedactSecretsFilter) for f in handler.filters), handler
+    handler = ours[0]
+    stream = io.StringIO()
+    old_stream = handler.setStream(stream)
+    try:
+        logging.getLogger("django.request").error("refused Bearer %s", token)
+        try:
+            raise ValueError(f"bad token {token} in /dl/x?exp=1&sig=c2VjcmV0c2ln")
+        except ValueError:
+            logging.getLogger("artifactcourier").exception("while serving")
+    finally:
+        handler.setStream(old_stream)
+    text = stream.getvalue()
+    assert "while serving" in text and "ValueError" in text
+    assert token not in text
+    assert "c2VjcmV0c2ln" not in text
