@@ -106,9 +106,14 @@ def _content_length(request) -> int | None:
     if "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
         return None
     value = request.META.get("CONTENT_LENGTH") or "0"
-    if not value.isdigit():
-        raise exceptions.ParseError("Content-Length must be a number of bytes.")
-    return int(value)
+    # RFC 9110 §8.6: 1*DIGIT, and only ASCII ones ("²".isdigit() is true). int() also refuses
+    # more digits than sys.get_int_max_str_digits().
+    if value.isascii() and value.isdigit():
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    raise exceptions.ParseError("Content-Length must be a number of bytes.")
 
 
 def _content_type(request) -> str:

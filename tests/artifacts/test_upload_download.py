@@ -316,3 +316,17 @@ def test_a_build_of_another_project_does_not_share_the_path(api, project):
     one, two = make_build(project), make_build(project)
     upload(api, one.token, one.build.pk, "a", b"one")
     assert upload(api, two.token, two.build.pk, "a", b"two").status_code == 201
+
+
+@pytest.mark.parametrize(
+    "content_length",
+    ["²", "٣", "-1", "1e3", " 4", "9" * 5000],
+    ids=["superscript-two", "arabic-indic-three", "negative", "exponent", "space", "5000-digits"],
+)
+def test_a_content_length_that_is_not_ascii_digits_is_400(api, build, content_length):
+    response = api.as_key(build.token).generic(
+        "PUT", artifact_url(build.build.pk, "a"), b"data", CONTENT_LENGTH=content_length
+    )
+    assert response.status_code == 400
+    assert response.json()["detail"] == "Content-Length must be a number of bytes."
+    assert not Artifact.objects.exists()
