@@ -6,6 +6,16 @@ from django.conf import settings
 
 from .errors import InvalidArtifactPath
 
+_CONTROL_CATEGORIES = {"Cc", "Cf", "Cs", "Zl", "Zp"}
+
+
+def _control_character(text: str) -> str | None:
+    """The first control (or invisible formatting) character in ``text``, as ``U+XXXX``."""
+    for char in text:
+        if unicodedata.category(char) in _CONTROL_CATEGORIES:
+            return f"U+{ord(char):04X}"
+    return None
+
 
 def artifact_path_clean(path: str) -> str:
     """Return ``path`` if it is a relative, normalised artifact path, else raise with the reason.
@@ -20,13 +30,10 @@ def artifact_path_clean(path: str) -> str:
         raise InvalidArtifactPath(
             f"The artifact path is longer than {settings.ARTIFACT_PATH_MAX_LENGTH} characters."
         )
-    for char in path:
-        if char == "\\":
-            raise InvalidArtifactPath("The artifact path contains a backslash; use '/'.")
-        if unicodedata.category(char) in {"Cc", "Cf", "Cs", "Zl", "Zp"}:
-            raise InvalidArtifactPath(
-                f"The artifact path contains a control character (U+{ord(char):04X})."
-            )
+    if "\\" in path:
+        raise InvalidArtifactPath("The artifact path contains a backslash; use '/'.")
+    if control := _control_character(path):
+        raise InvalidArtifactPath(f"The artifact path contains a control character ({control}).")
     if path.startswith("/"):
         raise InvalidArtifactPath("The artifact path must be relative (no leading '/').")
     if path.endswith("/"):
@@ -44,3 +51,14 @@ def artifact_path_clean(path: str) -> str:
     if unicodedata.normalize("NFC", path) != path:
         raise InvalidArtifactPath("The artifact path is not in Unicode normal form C.")
     return path
+
+
+def artifact_prefix_clean(prefix: str) -> str:
+    """Return ``prefix`` (a listing filter: any start of a path, ``dist`` matches ``dist-x/``) if
+    it could start an artifact path, else raise with the reason. No path holds a control
+    character, and PostgreSQL refuses a NUL in any query, so such a prefix is bad input."""
+    if control := _control_character(prefix):
+        raise InvalidArtifactPath(
+            f"The prefix contains a control character ({control}).", code="invalid_prefix"
+        )
+    return prefix

@@ -16,7 +16,7 @@ from . import services
 from .downloads import artifact_response
 from .errors import PathNotAllowed
 from .models import Artifact
-from .paths import artifact_path_clean
+from .paths import artifact_path_clean, artifact_prefix_clean
 from .serializers import ArtifactSerializer
 
 _CONTENT_TYPE = re.compile(r"^[\w.+-]+/[\w.+-]+(\s*;[ -~]*)?$")
@@ -38,7 +38,7 @@ class ArtifactListView(ListAPIView):
 
     def get_queryset(self):
         build = build_for_key(self.request, self.kwargs["build_id"])
-        prefix = self.request.query_params.get("prefix", "")
+        prefix = artifact_prefix_clean(self.request.query_params.get("prefix", ""))
         return artifacts_for_key(self.request, build).with_prefix(prefix)
 
     @extend_schema(
@@ -58,6 +58,7 @@ class ArtifactView(APIView):
             (200, "application/octet-stream"): OpenApiTypes.BINARY,
             (206, "application/octet-stream"): OpenApiTypes.BINARY,
             304: OpenApiResponse(description="If-None-Match matched the ETag (= sha256)."),
+            400: OpenApiResponse(description="Not a valid artifact path; the reason in detail."),
             416: OpenApiResponse(description="Range not satisfiable."),
         },
         parameters=[
@@ -67,7 +68,9 @@ class ArtifactView(APIView):
     )
     def get(self, request, build_id: int, artifact_path: str):
         build = build_for_key(request, build_id)
-        artifact = get_object_or_404(artifacts_for_key(request, build), path=artifact_path)
+        # A path PUT would refuse cannot exist; say why, as PUT does, rather than query it.
+        path = artifact_path_clean(artifact_path)
+        artifact = get_object_or_404(artifacts_for_key(request, build), path=path)
         return artifact_response(request, artifact)
 
     @extend_schema(

@@ -172,6 +172,36 @@ def test_hostile_paths_are_refused_with_a_reason(api, build, path):
     assert not Artifact.objects.exists()
 
 
+@pytest.mark.parametrize("method", ["get", "head"])
+@pytest.mark.parametrize("path", ["a\x00b", "a%00b", "a%0Ab", "a//b", "../x"], ids=repr)
+def test_reading_a_path_no_upload_could_have_is_400_with_the_reason(api, build, method, path):
+    upload(api, build.token, build.build.pk, "a/b", b"data")
+    response = download(api, build.token, build.build.pk, path, method=method)
+    assert response.status_code == 400
+    if method == "get":
+        assert response.json()["code"] == "invalid_path"
+        assert "path" in response.json()["detail"]
+
+
+def test_reading_an_invalid_path_of_an_unseen_build_is_still_404(api, build, other_build):
+    assert download(api, other_build.token, build.build.pk, "a%00b").status_code == 404
+
+
+@pytest.mark.parametrize("prefix", ["a\x00", "dist/\n", "\u202e"], ids=repr)
+def test_listing_with_a_control_character_in_the_prefix_is_400(api, build, prefix):
+    upload(api, build.token, build.build.pk, "a", b"data")
+    response = api.as_key(build.token).get(artifact_url(build.build.pk), {"prefix": prefix})
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid_prefix"
+    assert "control character" in response.json()["detail"]
+
+
+def test_a_prefix_need_not_end_at_a_directory(api, build):
+    upload(api, build.token, build.build.pk, "dist-1/a", b"data")
+    listing = api.as_key(build.token).get(artifact_url(build.build.pk), {"prefix": "dist"})
+    assert [a["path"] for a in listing.json()["results"]] == ["dist-1/a"]
+
+
 def test_artifact_over_max_size_is_413_before_anything_is_stored(api, build, store, settings):
     settings.ARTIFACT_MAX_SIZE = MiB
     response = upload(api, build.token, build.build.pk, "big.bin", os.urandom(MiB + 1))
