@@ -114,24 +114,53 @@ def key_mint_for_build(*, build) -> tuple[ApiKey, str]:
     return key, token
 
 
+def _deploy_tokens(project):
+    return ApiKey.objects.filter(project=project, kind=ApiKey.Kind.DEPLOY, parent__isnull=True)
+
+
+def _deploy_token_head(project) -> ApiKey | None:
+    """The newest deploy token not replaced by rotation, alive or not: the next one replaces it.
+
+    Each token is replaced at most once (``replaces`` is one-to-one), so rotation extends this
+    chain and never branches it, even when the head was revoked to force a fresh token.
+    """
+    return (
+        _deploy_tokens(project)
+        .filter(replaced_by__isnull=True)
+        .select_related("replaces")
+        .order_by("-created_at", "-id")
+        .first()
+    )
+
+
 def deploy_token_current(*, project) -> tuple[ApiKey, str] | None:
     """The project's current deploy token (minted on first use), or None if not opted in.
 
     Deploy tokens are re-derivable from a random per-key seed and the server's pepper, so every
-    build's runner can be handed the current one without the token ever being stored.
+    build's runner can be handed the current one without the token ever being stored. A token
+    already replaced by rotation is never handed out (it dies at the end of its grace period);
+    when the newest one was revoked or expired, a fresh one replaces it, with its restriction.
     """
     if not project.deploy_tokens_enabled:
         return None
+    key = (
+        _deploy_tokens(project)
+        .active()
+        .filter(replaced_by__isnull=True)
+        .order_by("-created_at", "-id")
+        .first()
+    )
+    if key is not None:
+        return key, _deploy_token(key)
     with transaction.atomic():
-        key = (
-            ApiKey.objects.active()
-            .filter(project=project, kind=ApiKey.Kind.DEPLOY, parent__isnull=True)
-            .order_by("-created_at", "-id")
-            .first()
+        # Serialised like rotation, so two builds starting at once do not both replace the head.
+        project = type(project).objects.select_for_update().get(pk=project.pk)
+        head = _deploy_token_head(project)
+        if head is not None and head.is_alive():
+            return head, _deploy_token(head)
+        return deploy_token_mint(
+            project=project, ref_pattern=head.ref_pattern if head else "", replaces=head
         )
-        if key is None:
-            return deploy_token_mint(project=project)
-    return key, _deploy_token(key)
 
 
 def deploy_token_max_seconds() -> int:
@@ -188,6 +217,11 @@ class RotatedDeployToken:
     created: bool
 
 
+def _grace_period_shown(key: ApiKey | None) -> ApiKey | None:
+    """The replaced token as the caller should see it: only if it still works for a while."""
+    return key if key is not None and not key.is_revoked() else None
+
+
 def deploy_token_rotate(
     *,
     project,
@@ -201,7 +235,8 @@ def deploy_token_rotate(
     Retrying within the grace period answers the token the first attempt minted (it is
     re-derivable from its seed), so a lost response never strands a client with two dead
     tokens and a third live one. To force a fresh token inside the window, revoke the new one
-    first. ``ref_pattern`` None keeps the current token's restriction; "" lifts it.
+    first: the next rotation replaces the revoked token (and keeps its restriction unless told
+    otherwise). ``ref_pattern`` None keeps the current token's restriction; "" lifts it.
     """
     with transaction.atomic():
         # The project row serialises concurrent rotations (a second one sees the first's token).
@@ -213,31 +248,27 @@ def deploy_token_rotate(
             )
         now = timezone.now()
         grace = timedelta(seconds=settings.DEPLOY_TOKEN_ROTATION_GRACE_SECONDS)
-        live = (
-            ApiKey.objects.active()
-            .filter(project=project, kind=ApiKey.Kind.DEPLOY, parent__isnull=True)
-            .select_related("replaces")
-            .order_by("-created_at", "-id")
-        )
-        current = live.first()
+        head = _deploy_token_head(project)
         if (
-            current is not None
-            and now < current.created_at + grace
-            and AuditEvent.objects.filter(action=AuditEvent.Action.ROTATE, key=current).exists()
+            head is not None
+            and head.is_alive(now)
+            and now < head.created_at + grace
+            and AuditEvent.objects.filter(action=AuditEvent.Action.ROTATE, key=head).exists()
         ):
-            return RotatedDeployToken(current, _deploy_token(current), current.replaces, False)
+            previous = _grace_period_shown(head.replaces)
+            return RotatedDeployToken(head, _deploy_token(head), previous, False)
         if ref_pattern is None:
-            ref_pattern = current.ref_pattern if current else ""
+            ref_pattern = head.ref_pattern if head else ""
         key, token = deploy_token_mint(
             project=project,
             expires_in=expires_in,
             ref_pattern=ref_pattern,
-            replaces=current,
+            replaces=head,
             created_by=created_by,
             actor=actor,
         )
         grace_end = now + grace
-        retiring = [k for k in live if k.pk != key.pk]
+        retiring = list(_deploy_tokens(project).active().exclude(pk=key.pk))
         for old in retiring:
             # The old token and everything derived from it die together at the end of grace.
             ApiKey.objects.subtree_of(old).filter(
@@ -252,8 +283,8 @@ def deploy_token_rotate(
                 "grace_ends_at": grace_end.isoformat(),
             },
         )
-        previous = ApiKey.objects.get(pk=current.pk) if current else None
-        return RotatedDeployToken(key, token, previous, True)
+        previous = ApiKey.objects.get(pk=head.pk) if head else None
+        return RotatedDeployToken(key, token, _grace_period_shown(previous), True)
 
 
 def key_authenticate(*, token: str, ip: str | None = None) -> ApiKey:

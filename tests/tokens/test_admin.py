@@ -138,3 +138,19 @@ def test_the_audit_log_is_read_only(admin_client, build):
     assert admin_client.post(f"{AUDIT}{event.pk}/change/", {"reason": "x"}).status_code == 403
     assert admin_client.post(f"{AUDIT}{event.pk}/delete/").status_code == 403
     assert admin_client.get(f"{AUDIT}add/").status_code == 403
+
+
+def test_the_rotate_action_works_again_after_the_new_token_was_revoked(
+    admin_client, api, build, deploy
+):
+    old_key, _ = deploy
+    rotate = {"action": "rotate_deploy_tokens", "_selected_action": [old_key.pk]}
+    admin_client.post(KEYS, rotate)
+    new_key = ApiKey.objects.get(replaces=old_key)
+    admin_client.post(KEYS, {"action": "revoke_keys", "_selected_action": [new_key.pk]})
+
+    response = admin_client.post(KEYS, rotate, follow=True)
+    assert response.status_code == 200
+    *_, fresh_token = re.findall(r"\(copy it now\): (acd_\w+)", response.content.decode())
+    assert api.as_key(fresh_token).get(f"/api/v1/builds/{build.build.pk}/").status_code == 200
+    assert ApiKey.objects.get(replaces=new_key).is_alive()

@@ -238,3 +238,40 @@ def test_session_rotation_needs_the_csrf_token(deploying):
 def test_a_session_opens_no_other_endpoint(api, build):
     client = staff_client(is_staff=True)
     assert client.get(f"/api/v1/builds/{build.build.pk}/").status_code == 401
+
+
+def revoke_itself(api, token, key_id) -> None:
+    assert api.as_key(token).delete(f"/api/v1/keys/{key_id}").status_code == 204
+
+
+def test_revoking_the_new_token_and_rotating_again_mints_a_fresh_one(api, manager_token):
+    build = create_build(api, manager_token)
+    old = build["deploy_token"]
+    leaked = rotate(api, manager_token, ref_pattern="refs/tags/*").json()
+    revoke_itself(api, leaked["token"], leaked["id"])
+
+    response = rotate(api, manager_token)
+    assert response.status_code == 201, response.content
+    fresh = response.json()
+    assert fresh["token"] not in (old["token"], leaked["token"])
+    assert fresh["ref_pattern"] == "refs/tags/*"  # the revoked token's restriction is kept
+    assert fresh["previous"] is None  # the revoked token keeps working for no grace period
+    assert ApiKey.objects.get(pk=fresh["id"]).replaces_id == leaked["id"]
+    tag = create_build(api, manager_token, ref="refs/tags/v1")
+    assert reads(api, fresh["token"], tag["id"]) == 200
+    assert reads(api, leaked["token"], tag["id"]) == 401
+    assert reads(api, old["token"], build["id"]) == 200  # still inside its grace period
+
+
+def test_after_the_new_token_is_revoked_new_builds_get_neither_it_nor_the_retiring_one(
+    api, manager_token
+):
+    old = create_build(api, manager_token)["deploy_token"]
+    new = rotate(api, manager_token).json()
+    revoke_itself(api, new["token"], new["id"])
+
+    handed = create_build(api, manager_token)["deploy_token"]
+    assert handed["id"] not in (old["id"], new["id"])
+    assert reads(api, handed["token"], create_build(api, manager_token)["id"]) == 200
+    assert create_build(api, manager_token)["deploy_token"]["id"] == handed["id"]
+    assert rotate(api, manager_token).status_code == 201
