@@ -222,6 +222,29 @@ def _grace_period_shown(key: ApiKey | None) -> ApiKey | None:
     return key if key is not None and not key.is_revoked() else None
 
 
+def _rotation_retry_check(
+    *, key: ApiKey, rotation: AuditEvent, expires_in: int | None, ref_pattern: str | None
+) -> None:
+    """A rotation inside the grace period of the previous one is a retry only if it repeats (or
+    omits) that rotation's parameters; anything else is a conflict, never the earlier token."""
+    granted = {"ref_pattern": key.ref_pattern, "expires_in": rotation.detail.get("expires_in")}
+    asked = {"ref_pattern": ref_pattern, "expires_in": expires_in}
+    differing = [
+        f"{name} {asked[name]!r} (it has {granted[name]!r})"
+        for name in granted
+        if asked[name] is not None and asked[name] != granted[name]
+    ]
+    if differing:
+        raise KeyConflict(
+            f"The deploy token was already rotated at {key.created_at.isoformat()} (key "
+            f"{key.pk}) and this request asks for other parameters: {', '.join(differing)}. A "
+            "retry must repeat or omit them. To replace the new token with different ones, "
+            f"revoke key {key.pk} (the admin's revoke action, or DELETE /api/v1/keys/{key.pk} "
+            "with that token) and rotate again.",
+            code="rotation_parameters_differ",
+        )
+
+
 def deploy_token_rotate(
     *,
     project,
@@ -234,9 +257,11 @@ def deploy_token_rotate(
 
     Retrying within the grace period answers the token the first attempt minted (it is
     re-derivable from its seed), so a lost response never strands a client with two dead
-    tokens and a third live one. To force a fresh token inside the window, revoke the new one
-    first: the next rotation replaces the revoked token (and keeps its restriction unless told
-    otherwise). ``ref_pattern`` None keeps the current token's restriction; "" lifts it.
+    tokens and a third live one. A request inside that window asking for other parameters is
+    refused (409), not answered with a token it did not ask for. To force a fresh token inside
+    the window, revoke the new one first: the next rotation replaces the revoked token (and
+    keeps its restriction unless told otherwise). ``ref_pattern`` None keeps the current
+    token's restriction; "" lifts it.
     """
     with transaction.atomic():
         # The project row serialises concurrent rotations (a second one sees the first's token).
@@ -249,19 +274,23 @@ def deploy_token_rotate(
         now = timezone.now()
         grace = timedelta(seconds=settings.DEPLOY_TOKEN_ROTATION_GRACE_SECONDS)
         head = _deploy_token_head(project)
-        if (
-            head is not None
-            and head.is_alive(now)
-            and now < head.created_at + grace
-            and AuditEvent.objects.filter(action=AuditEvent.Action.ROTATE, key=head).exists()
-        ):
+        rotation = (
+            AuditEvent.objects.filter(action=AuditEvent.Action.ROTATE, key=head).first()
+            if head is not None and head.is_alive(now) and now < head.created_at + grace
+            else None
+        )
+        if rotation is not None:
+            _rotation_retry_check(
+                key=head, rotation=rotation, expires_in=expires_in, ref_pattern=ref_pattern
+            )
             previous = _grace_period_shown(head.replaces)
             return RotatedDeployToken(head, _deploy_token(head), previous, False)
         if ref_pattern is None:
             ref_pattern = head.ref_pattern if head else ""
+        lifetime = deploy_token_max_seconds() if expires_in is None else expires_in
         key, token = deploy_token_mint(
             project=project,
-            expires_in=expires_in,
+            expires_in=lifetime,
             ref_pattern=ref_pattern,
             replaces=head,
             created_by=created_by,
@@ -281,6 +310,7 @@ def deploy_token_rotate(
             detail={
                 "previous": [old.pk for old in retiring],
                 "grace_ends_at": grace_end.isoformat(),
+                "expires_in": lifetime,
             },
         )
         previous = ApiKey.objects.get(pk=head.pk) if head else None

@@ -275,3 +275,48 @@ def test_after_the_new_token_is_revoked_new_builds_get_neither_it_nor_the_retiri
     assert reads(api, handed["token"], create_build(api, manager_token)["id"]) == 200
     assert create_build(api, manager_token)["deploy_token"]["id"] == handed["id"]
     assert rotate(api, manager_token).status_code == 201
+
+
+def test_a_retry_asking_for_other_parameters_is_a_conflict_not_the_earlier_token(
+    api, manager_token
+):
+    first = rotate(api, manager_token).json()
+    response = rotate(api, manager_token, ref_pattern="refs/tags/*", expires_in=60)
+    assert response.status_code == 409, response.content
+    assert response.json()["code"] == "rotation_parameters_differ"
+    assert f"revoke key {first['id']}" in response.json()["detail"]
+    assert "token" not in response.json()
+    assert ApiKey.objects.get(pk=first["id"]).ref_pattern == ""
+    assert AuditEvent.objects.filter(action="rotate").count() == 1
+
+
+@pytest.mark.parametrize(
+    "retry",
+    [
+        {},
+        {"ref_pattern": "refs/tags/*"},
+        {"expires_in": 3600},
+        {"ref_pattern": "refs/tags/*", "expires_in": 3600},
+    ],
+)
+def test_a_retry_repeating_or_omitting_the_parameters_is_answered_the_same_token(
+    api, manager_token, retry
+):
+    first = rotate(api, manager_token, ref_pattern="refs/tags/*", expires_in=3600).json()
+    response = rotate(api, manager_token, **retry)
+    assert response.status_code == 200, response.content
+    assert response.json() == first
+
+
+@pytest.mark.parametrize("retry", [{"ref_pattern": ""}, {"expires_in": 3599}])
+def test_a_retry_changing_one_parameter_is_a_conflict(api, manager_token, retry):
+    rotate(api, manager_token, ref_pattern="refs/tags/*", expires_in=3600)
+    assert rotate(api, manager_token, **retry).status_code == 409
+
+
+def test_revoking_the_new_token_lets_a_rotation_with_other_parameters_through(api, manager_token):
+    first = rotate(api, manager_token).json()
+    revoke_itself(api, first["token"], first["id"])
+    response = rotate(api, manager_token, ref_pattern="refs/tags/*", expires_in=60)
+    assert response.status_code == 201
+    assert response.json()["ref_pattern"] == "refs/tags/*"
