@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -170,27 +170,51 @@ def _artifact_link(
     # Locking the blob row orders us against retention: it deletes a blob only under this lock
     # and only if nothing references it, so once we hold it the blob stays.
     blob = Blob.objects.select_for_update().filter(sha256=sha256).first()
-    if blob is not None:
+    if blob is None and isinstance(writer, storage.DiscardingWriter):
+        raise BlobVanished()
+    name = None
+    if blob is None:
+        blob, name = _blob_publish(sha256=sha256, size=size, writer=writer)
+    else:
         writer.abort()  # the bytes are stored already: dedup
         Blob.objects.filter(pk=blob.pk).update(referenced_at=timezone.now())
-    elif isinstance(writer, storage.DiscardingWriter):
-        raise BlobVanished()
-    else:
-        name = writer.commit(sha256=sha256)
-        try:
-            blob = Blob.objects.create(sha256=sha256, size=size, storage_name=name)
-            artifact = Artifact.objects.create(
-                build=build, path=path, blob=blob, content_type=content_type[:255]
-            )
-        except Exception:
+    try:
+        artifact = Artifact.objects.create(
+            build=build, path=path, blob=blob, content_type=content_type[:255]
+        )
+    except Exception:
+        if name is not None:
             # The object was published for a row that will not exist: do not leave it behind.
             storage.blob_delete(name)
-            raise
-        return StoredArtifact(artifact, created=True)
-    artifact = Artifact.objects.create(
-        build=build, path=path, blob=blob, content_type=content_type[:255]
-    )
+        raise
     return StoredArtifact(artifact, created=True)
+
+
+def _blob_publish(*, sha256: str, size: int, writer: storage.BlobWriter) -> tuple[Blob, str | None]:
+    """Publish the staged bytes as the blob for ``sha256`` and return it locked, with the name
+    of the object published (None when another upload's blob won).
+
+    An upload of the same bytes to another build holds another build's lock, so it can get here
+    at the same time: on PostgreSQL the second insert waits for the first transaction and then
+    violates the primary key. The savepoint keeps our transaction usable; the other upload's
+    blob is then as good as ours, so ours is deleted at once (no row will ever name it, whether
+    or not this transaction commits) and the artifact links to theirs.
+    """
+    name = writer.commit(sha256=sha256)
+    try:
+        with transaction.atomic():
+            return Blob.objects.create(sha256=sha256, size=size, storage_name=name), name
+    except IntegrityError:
+        pass
+    try:
+        storage.blob_delete(name)
+    except Exception:  # an orphan object costs space; failing the upload would cost more
+        logger.exception("could not delete the duplicate object %s", name)
+    blob = Blob.objects.select_for_update().filter(sha256=sha256).first()
+    if blob is None:  # purged since that upload linked it: vanishingly rare; a retry stores it
+        raise BlobVanished()
+    Blob.objects.filter(pk=blob.pk).update(referenced_at=timezone.now())
+    return blob, None
 
 
 # --- Retention ----------------------------------------------------------------------------
