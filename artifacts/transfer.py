@@ -15,6 +15,7 @@ the socket buffer. Any other server, or a chunked body, takes the portable ``rea
 
 import hashlib
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -30,8 +31,9 @@ class Received:
 
 
 def _gunicorn_socket(stream, content_length: int | None):
-    """``(already buffered bytes, socket)`` if ``stream`` is gunicorn's input for a body of
-    known length whose remaining bytes can be taken straight from the socket; else None."""
+    """``(gunicorn's length reader, already buffered bytes, socket)`` if ``stream`` is
+    gunicorn's input for a body of known length whose remaining bytes can be taken straight
+    from the socket; else None."""
     reader = getattr(stream, "reader", None)
     unreader = getattr(reader, "unreader", None)
     sock = getattr(unreader, "sock", None)
@@ -48,26 +50,33 @@ def _gunicorn_socket(stream, content_length: int | None):
     if len(head) > reader.length:  # bytes of a pipelined next request: give them back
         unreader.unread(head[reader.length :])
         head = head[: reader.length]
-    reader.length = 0  # everything else is read here; gunicorn must not wait for it
-    return head, sock
+    return reader, head, sock
 
 
 def _chunks(stream, content_length: int | None, buffer: bytearray) -> Iterator[memoryview]:
-    """The body as memoryviews; a view is only valid until the next one is produced."""
+    """The body as memoryviews; a view is only valid until the next one is produced.
+
+    Close the iterator when stopping early: on the direct path that tells gunicorn how much of
+    the body is still in the socket."""
     view = memoryview(buffer)
     direct = _gunicorn_socket(stream, content_length)
     if direct is not None:
-        head, sock = direct
-        remaining = content_length
-        if head:
-            remaining -= len(head)
-            yield memoryview(head)
-        while remaining:
-            n = sock.recv_into(view, min(len(buffer), remaining))
-            if not n:
-                return
-            remaining -= n
-            yield view[:n]
+        reader, head, sock = direct
+        remaining = content_length - len(head)
+        try:
+            if head:
+                yield memoryview(head)
+            while remaining:
+                n = sock.recv_into(view, min(len(buffer), remaining))
+                if not n:
+                    return
+                remaining -= n
+                yield view[:n]
+        finally:
+            # Whatever we did not read, gunicorn must drain (or, if it cannot, close the
+            # connection) before it parses the next request on a keep-alive connection; else the
+            # rest of this body would be taken for that request.
+            reader.length = remaining
         return
     size = 0
     while content_length is None or size < content_length:
@@ -92,22 +101,22 @@ def body_receive(
     digest = hashlib.sha256()
     size = 0
     buffer = bytearray(settings.ARTIFACT_UPLOAD_CHUNK_SIZE)
-    chunks = _chunks(stream, content_length, buffer)
-    while True:
-        try:
-            chunk = next(chunks, None)
-        except Exception as exc:  # a reset socket, gunicorn's NoMoreData, bad chunking
-            raise IncompleteBody(
-                f"The request body could not be read after {size} bytes "
-                f"({type(exc).__name__}); nothing was stored."
-            ) from exc
-        if chunk is None:
-            break
-        size += len(chunk)
-        if size > limit:
-            raise QuotaExceeded(limit_reason)
-        digest.update(chunk)
-        writer.write(chunk)
+    with closing(_chunks(stream, content_length, buffer)) as chunks:
+        while True:
+            try:
+                chunk = next(chunks, None)
+            except Exception as exc:  # a reset socket, gunicorn's NoMoreData, bad chunking
+                raise IncompleteBody(
+                    f"The request body could not be read after {size} bytes "
+                    f"({type(exc).__name__}); nothing was stored."
+                ) from exc
+            if chunk is None:
+                break
+            size += len(chunk)
+            if size > limit:
+                raise QuotaExceeded(limit_reason)
+            digest.update(chunk)
+            writer.write(chunk)
     if content_length is not None and size < content_length:
         raise IncompleteBody(
             f"The request body ended after {size} of {content_length} bytes; nothing was stored."

@@ -6,10 +6,12 @@ import hashlib
 import http.client
 import json
 import os
+import resource
 import socket
 import subprocess
 import sys
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -45,28 +47,9 @@ class Server:
         return f"/api/v1/builds/{self.build_id}/artifacts/{path}"
 
 
-@pytest.fixture(scope="module", params=["filesystem", "s3"])
-def server(request, tmp_path_factory):
-    """gunicorn serving the app on its own SQLite database and storage, with one build."""
-    data_dir = tmp_path_factory.mktemp("server")
-    env = {**os.environ, "AC_DATA_DIR": str(data_dir), "STORAGE_BACKEND": request.param}
-    env.pop("DATABASE_URL", None)
-    if request.param == "s3":
-        store = Store(
-            "s3",
-            endpoint=request.getfixturevalue("s3_server"),
-            bucket=f"e2e-{uuid.uuid4().hex[:12]}",
-        )
-        store.client().create_bucket(Bucket=store.bucket)
-        env.update(
-            AWS_STORAGE_BUCKET_NAME=store.bucket,
-            AWS_S3_ENDPOINT_URL=store.endpoint,
-            AWS_S3_REGION_NAME="us-east-1",
-            AWS_ACCESS_KEY_ID="testing",
-            AWS_SECRET_ACCESS_KEY="testing",
-        )
-    else:
-        store = Store("filesystem", root=data_dir / "artifacts")
+@contextmanager
+def serving(data_dir: Path, env: dict, store: Store, *gunicorn_options: str, preexec_fn=None):
+    """gunicorn serving the app from ``data_dir`` (its SQLite database) with one build."""
 
     def manage(*args: str) -> str:
         return subprocess.run(
@@ -93,11 +76,13 @@ def server(request, tmp_path_factory):
             "1",
             "--timeout",
             "60",
+            *gunicorn_options,
         ],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        preexec_fn=preexec_fn,
     )
     try:
         wait_for_port(port, proc)
@@ -116,6 +101,37 @@ def server(request, tmp_path_factory):
         yield Server(port, build["key"]["token"], build["id"], store)
     finally:
         stop(proc)
+
+
+def server_env(data_dir: Path, storage: str) -> dict:
+    env = {**os.environ, "AC_DATA_DIR": str(data_dir), "STORAGE_BACKEND": storage}
+    env.pop("DATABASE_URL", None)
+    return env
+
+
+@pytest.fixture(scope="module", params=["filesystem", "s3"])
+def server(request, tmp_path_factory):
+    """gunicorn (one sync worker) on its own SQLite database and storage, with one build."""
+    data_dir = tmp_path_factory.mktemp("server")
+    env = server_env(data_dir, request.param)
+    if request.param == "s3":
+        store = Store(
+            "s3",
+            endpoint=request.getfixturevalue("s3_server"),
+            bucket=f"e2e-{uuid.uuid4().hex[:12]}",
+        )
+        store.client().create_bucket(Bucket=store.bucket)
+        env.update(
+            AWS_STORAGE_BUCKET_NAME=store.bucket,
+            AWS_S3_ENDPOINT_URL=store.endpoint,
+            AWS_S3_REGION_NAME="us-east-1",
+            AWS_ACCESS_KEY_ID="testing",
+            AWS_SECRET_ACCESS_KEY="testing",
+        )
+    else:
+        store = Store("filesystem", root=data_dir / "artifacts")
+    with serving(data_dir, env, store) as server:
+        yield server
 
 
 def test_chunked_upload_round_trips(server):
@@ -179,3 +195,50 @@ def test_body_and_the_next_request_in_one_packet_are_both_answered(server):
     assert received.startswith(b"HTTP/1.1 201")
     _, downloaded = server.request("GET", server.artifact("pipelined.txt"))
     assert downloaded == body
+
+
+FILE_SIZE_LIMIT = MiB
+
+
+def _limit_file_size() -> None:
+    # Python ignores SIGXFSZ, so a write past the limit fails with EFBIG (like a full disk).
+    resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_SIZE_LIMIT, FILE_SIZE_LIMIT))
+
+
+@pytest.fixture(scope="module")
+def keepalive_server(tmp_path_factory):
+    """gunicorn with a threaded worker, which keeps connections alive (as behind a proxy that
+    reuses its upstream connections), reading bodies 16 KiB at a time, whose files cannot grow
+    past 1 MiB: an upload stops a few KiB past that, with the rest of its body unread."""
+    data_dir = tmp_path_factory.mktemp("keepalive")
+    env = {**server_env(data_dir, "filesystem"), "ARTIFACT_UPLOAD_CHUNK_SIZE": str(16 * 1024)}
+    store = Store("filesystem", root=data_dir / "artifacts")
+    options = ("--worker-class", "gthread", "--threads", "2")
+    with serving(data_dir, env, store, *options, preexec_fn=_limit_file_size) as server:
+        yield server
+
+
+def test_after_an_upload_fails_mid_body_the_same_connection_serves_the_next_request(
+    keepalive_server,
+):
+    """The unread rest of the failed upload's body is drained, never parsed as a request."""
+    server = keepalive_server
+    auth = {"Authorization": f"Bearer {server.token}"}
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    # What is left unread stays under 64 KiB, which gunicorn drains (more, it would close).
+    body = os.urandom(FILE_SIZE_LIMIT + 48 * 1024)
+    conn.request("PUT", server.artifact("too-big.bin"), body=body, headers=auth)
+    failed = conn.getresponse()
+    failed.read()
+    sock = conn.sock
+    assert failed.status == 500
+
+    conn.request("PUT", server.artifact("small.txt"), body=b"small", headers=auth)
+    stored = conn.getresponse()
+    assert stored.status == 201, stored.read()
+    stored.read()
+    conn.request("GET", server.artifact("small.txt"), headers=auth)
+    downloaded = conn.getresponse()
+    assert (downloaded.status, downloaded.read()) == (200, b"small")
+    assert conn.sock is sock  # one connection throughout
+    conn.close()
