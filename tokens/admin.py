@@ -194,7 +194,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
                     ", ".join(d.scopes),
                     d.state,
                 )
-                for d in subtree.select_related("build")[:DESCENDANTS_SHOWN]
+                for d in subtree.select_related("build", "project")[:DESCENDANTS_SHOWN]
             ),
         )
         more = f" (first {DESCENDANTS_SHOWN} shown)" if total > DESCENDANTS_SHOWN else ""

@@ -1,7 +1,6 @@
 from datetime import timedelta
 from functools import cache
 
-from django.apps import apps
 from django.conf import settings
 from django.db import connections, models
 from django.db.models import Q
@@ -15,11 +14,13 @@ def _digest_lookup(connection) -> "_DigestLookup":
 
 
 class _DigestLookup:
-    """SQL and row decoding for "the key with this digest, and its build", prepared once.
+    """SQL and row decoding for "the key with this digest, its build and its project", prepared
+    once.
 
     This runs on every authenticated request; compiling the equivalent ORM query costs more than
     executing it, so the statement is composed once from the models' metadata (so columns stay
-    in step with the models) and the per-column database converters are looked up once.
+    in step with the models) and the per-column database converters are looked up once. The
+    project comes along because effective scopes depend on it (deploy tokens opted out).
     """
 
     @classmethod
@@ -29,18 +30,28 @@ class _DigestLookup:
 
     def __init__(self, connection) -> None:
         q = connection.ops.quote_name
-        Build = apps.get_model("builds", "Build")
-        self.key_fields = ApiKey._meta.concrete_fields
+        meta = ApiKey._meta
+        Build = meta.get_field("build").related_model
+        Project = meta.get_field("project").related_model
+        self.key_fields = meta.concrete_fields
         self.build_fields = Build._meta.concrete_fields
-        self.build_model = Build
+        self.project_fields = Project._meta.concrete_fields
+        self.build_model, self.project_model = Build, Project
         columns = [f"k.{q(f.column)}" for f in self.key_fields]
         columns += [f"b.{q(f.column)}" for f in self.build_fields]
+        columns += [f"p.{q(f.column)}" for f in self.project_fields]
+        build_id = q(meta.get_field("build").column)
+        project_id = q(meta.get_field("project").column)
         self.sql = (
-            f"SELECT {', '.join(columns)} FROM {q(ApiKey._meta.db_table)} k "  # noqa: S608
-            f"LEFT JOIN {q(Build._meta.db_table)} b ON b.id = k.build_id WHERE k.digest = %s"
+            f"SELECT {', '.join(columns)} FROM {q(meta.db_table)} k "  # noqa: S608
+            f"INNER JOIN {q(Project._meta.db_table)} p ON p.{q(Project._meta.pk.column)} = "
+            f"k.{project_id} "
+            f"LEFT JOIN {q(Build._meta.db_table)} b ON b.{q(Build._meta.pk.column)} = k.{build_id} "
+            f"WHERE k.{q(meta.get_field('digest').column)} = %s"
         )
         self.converters = []
-        for i, field in enumerate([*self.key_fields, *self.build_fields]):
+        fields = [*self.key_fields, *self.build_fields, *self.project_fields]
+        for i, field in enumerate(fields):
             expression = field.get_col(field.model._meta.db_table)
             found = connection.ops.get_db_converters(expression)
             found += expression.get_db_converters(connection)
@@ -57,12 +68,16 @@ class _DigestLookup:
         for i, converters, expression in self.converters:
             for converter in converters:
                 values[i] = converter(values[i], expression, connection)
-        n = len(self.key_fields)
-        key = ApiKey.from_db(connection.alias, [f.attname for f in self.key_fields], values[:n])
+        k, b = len(self.key_fields), len(self.key_fields) + len(self.build_fields)
+        key = ApiKey.from_db(connection.alias, [f.attname for f in self.key_fields], values[:k])
+        key.project = self.project_model.from_db(
+            connection.alias, [f.attname for f in self.project_fields], values[b:]
+        )
         if key.build_id is not None:
             key.build = self.build_model.from_db(
-                connection.alias, [f.attname for f in self.build_fields], values[n:]
+                connection.alias, [f.attname for f in self.build_fields], values[k:b]
             )
+            key.build.project = key.project
         return key
 
 
@@ -93,6 +108,33 @@ class _DeadAncestorLookup:
         with connection.cursor() as cursor:
             cursor.execute(self.sql, [*ids, connection.ops.adapt_datetimefield_value(now)])
             return cursor.fetchone() is not None
+
+
+def scopes_withheld(
+    *,
+    kind: str,
+    build_running: bool | None,
+    build_trusted: bool | None,
+    deploy_tokens_enabled: bool,
+) -> frozenset[Scope]:
+    """The one rule: which of its granted scopes a key does not hold, given what it is bound to
+    (``build_running`` None: bound to no build). Effective scopes are the granted ones minus
+    these; ApiKey.effective_scopes and the admin's state filter both derive from this."""
+    if build_running is None:
+        # Bound to the project, not a build, and not a project key: a deploy token or a key
+        # derived from one (project keys are never granted keys:mint). Switched off, not dead,
+        # while the project has opted out of deploy tokens.
+        if kind != ApiKey.Kind.PROJECT and not deploy_tokens_enabled:
+            return frozenset(Scope)
+        return frozenset()
+    withheld = set()
+    if not build_running:
+        withheld |= FINISHED_BUILD_REVOKES
+        if kind == ApiKey.Kind.BUILD:
+            withheld |= frozenset(Scope) - FINISHED_BUILD_KEY_SCOPES
+    if not build_trusted:
+        withheld.add(Scope.KEYS_MINT)
+    return frozenset(withheld)
 
 
 class ApiKeyQuerySet(models.QuerySet):
@@ -245,16 +287,24 @@ class ApiKey(models.Model):
         bound to. A finished build removes write scopes; nothing is flipped by a background job."""
         if self.is_revoked() or self.is_expired():
             return frozenset()
-        scopes = frozenset(Scope(s) for s in self.scopes)
         build = self.build
-        if build is not None:
-            if not build.is_running:
-                scopes -= FINISHED_BUILD_REVOKES
-                if self.kind == self.Kind.BUILD:
-                    scopes &= FINISHED_BUILD_KEY_SCOPES
-            if not build.trusted:
-                scopes -= {Scope.KEYS_MINT}
-        return scopes
+        withheld = scopes_withheld(
+            kind=self.kind,
+            build_running=None if build is None else build.is_running,
+            build_trusted=None if build is None else build.trusted,
+            deploy_tokens_enabled=self.project.deploy_tokens_enabled,
+        )
+        return frozenset(Scope(s) for s in self.scopes) - withheld
+
+    @property
+    def is_switched_off(self) -> bool:
+        """A deploy token (or a key derived from one) of a project that opted out."""
+        return self.build_id is None and scopes_withheld(
+            kind=self.kind,
+            build_running=None,
+            build_trusted=None,
+            deploy_tokens_enabled=self.project.deploy_tokens_enabled,
+        ) == frozenset(Scope)
 
     @property
     def state(self) -> "ApiKey.State":

@@ -60,6 +60,12 @@ class HasScope(BasePermission):
             )
         if missing:
             key_denied(key=key, missing=missing, ip=client_ip(request), path=request.path)
+            if key.is_switched_off:
+                raise exceptions.PermissionDenied(
+                    f"Deploy tokens are switched off for project {key.project.slug}: this "
+                    "token holds no scope until the project opts in again.",
+                    code="deploy_tokens_disabled",
+                )
             if Scope.KEYS_MINT in missing and key.build is not None and not key.build.trusted:
                 raise exceptions.PermissionDenied(
                     "Keys of untrusted builds (forks, pull requests) cannot mint keys.",

@@ -425,7 +425,7 @@ def _derive_locked(
     now = timezone.now()
     if len(chain) != parent.depth + 1 or not all(k.is_alive(now) for k in chain):
         raise InvalidCredential("This API token has been revoked or has expired.", code="revoked")
-    parent = ApiKey.objects.select_related("build").get(pk=parent.pk)
+    parent = ApiKey.objects.select_related("build", "project").get(pk=parent.pk)
     held = parent.effective_scopes
     if Scope.KEYS_MINT not in held:
         raise KeyForbidden(

@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from tokens import crypto
 from tokens.models import ApiKey, AuditEvent
-from tokens.services import key_revoke
+from tokens.services import deploy_token_current, key_revoke
 
 pytestmark = pytest.mark.django_db
 
@@ -143,3 +143,16 @@ def test_a_single_typo_is_caught_by_the_checksum():
     typo = token[:10] + ("a" if token[10] != "a" else "b") + token[11:]
     with pytest.raises(crypto.InvalidToken):
         crypto.token_kind(typo)
+
+
+@pytest.mark.parametrize("kind", ["build", "deploy"])
+def test_a_request_costs_one_query_for_the_key_its_build_and_its_project(
+    api, build, kind, django_assert_num_queries
+):
+    build.build.project.deploy_tokens_enabled = True
+    build.build.project.save()
+    token = build.token if kind == "build" else deploy_token_current(project=build.build.project)[1]
+    client = api.as_key(token)
+    client.get("/api/v1/keys/self")  # records last use once
+    with django_assert_num_queries(1):
+        assert client.get("/api/v1/keys/self").status_code == 200

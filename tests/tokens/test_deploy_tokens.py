@@ -6,6 +6,7 @@ from django.utils import timezone
 
 from tests.conftest import Api
 from tests.factories import make_project, make_project_key
+from tokens import crypto
 from tokens.models import ApiKey, AuditEvent
 from tokens.scopes import Scope
 
@@ -320,3 +321,67 @@ def test_revoking_the_new_token_lets_a_rotation_with_other_parameters_through(ap
     response = rotate(api, manager_token, ref_pattern="refs/tags/*", expires_in=60)
     assert response.status_code == 201
     assert response.json()["ref_pattern"] == "refs/tags/*"
+
+
+def opt(project, enabled: bool) -> None:
+    type(project).objects.filter(pk=project.pk).update(deploy_tokens_enabled=enabled)
+
+
+def test_opting_out_switches_existing_deploy_tokens_off_until_opting_back_in(
+    api, deploying, manager_token
+):
+    build = create_build(api, manager_token)
+    token = build["deploy_token"]["token"]
+    opt(deploying, False)
+
+    response = api.as_key(token).get(f"/api/v1/builds/{build['id']}/")
+    assert response.status_code == 403
+    assert response.json()["code"] == "deploy_tokens_disabled"
+    me = api.as_key(token).get("/api/v1/keys/self").json()
+    assert me["scopes"] == []
+
+    opt(deploying, True)
+    assert reads(api, token, build["id"]) == 200
+    assert api.as_key(token).get("/api/v1/keys/self").json()["scopes"] == ["artifacts:read"]
+
+
+def test_opting_back_in_does_not_revive_a_revoked_or_expired_deploy_token(
+    api, deploying, manager_token
+):
+    build = create_build(api, manager_token)
+    revoked = build["deploy_token"]
+    expired = rotate(api, manager_token).json()
+    revoke_itself(api, revoked["token"], revoked["id"])
+    ApiKey.objects.filter(pk=expired["id"]).update(expires_at=timezone.now())
+    opt(deploying, False)
+    opt(deploying, True)
+    assert reads(api, revoked["token"], build["id"]) == 401
+    assert reads(api, expired["token"], build["id"]) == 401
+
+
+def test_a_key_derived_from_a_deploy_token_is_switched_off_with_it(
+    api, deploying, manager_token, settings
+):
+    """Deploy tokens cannot mint today; if a descendant exists, it is switched off with its root."""
+    build = create_build(api, manager_token)
+    root = ApiKey.objects.get(pk=build["deploy_token"]["id"])
+    token = crypto.token_generate("derived")
+    ApiKey.objects.create(
+        kind="derived",
+        project=root.project,
+        parent=root,
+        lineage=root.subtree_lineage,
+        scopes=["artifacts:read"],
+        digest=crypto.token_digest(token, pepper=settings.TOKEN_PEPPER),
+        expires_at=root.expires_at,
+    )
+    assert reads(api, token, build["id"]) == 200
+    opt(deploying, False)
+    assert reads(api, token, build["id"]) == 403
+
+
+def test_opting_out_leaves_build_and_project_keys_alone(api, deploying, manager_token):
+    build = create_build(api, manager_token)
+    opt(deploying, False)
+    assert reads(api, build["key"]["token"], build["id"]) == 200
+    assert create_build(api, manager_token).get("deploy_token") is None

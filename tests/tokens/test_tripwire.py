@@ -28,8 +28,10 @@ def finished_build_key(build):
 def deploy_token(build):
     from tokens.services import deploy_token_current
 
-    build.build.project.deploy_tokens_enabled = True
-    return deploy_token_current(project=build.build.project)[1]
+    project = build.build.project
+    project.deploy_tokens_enabled = True
+    project.save(update_fields=["deploy_tokens_enabled"])
+    return deploy_token_current(project=project)[1]
 
 
 def read_only_derived_key(build, api):
