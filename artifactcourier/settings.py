@@ -292,3 +292,6 @@ CELERY_BEAT_SCHEDULE["artifacts.retention_purge"] = {
     "task": "artifacts.retention_purge",
     "schedule": env_int("ARTIFACT_RETENTION_EVERY_SECONDS", 3600),
 }
+# Write denials this soon after a key's build finished are not tripwire input: a job still
+# running when its build was canceled keeps trying to upload with a key it legitimately held.
+TRIPWIRE_FINISH_GRACE_SECONDS = env_int("TRIPWIRE_FINISH_GRACE_SECONDS", 300)

@@ -374,31 +374,53 @@ def key_revoke(*, key: ApiKey, reason: str, actor: str) -> int:
     return count
 
 
-def key_denied(*, key: ApiKey, missing, ip: str | None, path: str) -> None:
+def _not_counted(key: ApiKey, missing: frozenset[str], now: datetime) -> tuple[frozenset, str]:
+    """Missing scopes that say nothing about a stolen key, and why (or an empty set).
+
+    A job still running when its build was canceled keeps uploading with the key it was given
+    (granted scopes lost to the finish, moments ago); an untrusted build's key was never granted
+    keys:mint, and asking is how a fork's job looks, not an attack on the key.
+    """
+    build = key.build
+    if build is None:
+        return frozenset(), ""
+    if not build.trusted and str(Scope.KEYS_MINT) in missing:
+        return frozenset({str(Scope.KEYS_MINT)}), "untrusted build cannot mint"
+    grace = timedelta(seconds=settings.TRIPWIRE_FINISH_GRACE_SECONDS)
+    if not build.is_running and build.finished_at is not None and now - build.finished_at < grace:
+        return missing & set(key.scopes), "write after its build finished (within grace)"
+    return frozenset(), ""
+
+
+def key_denied(*, key: ApiKey, missing: Iterable[str], ip: str | None, path: str) -> None:
     """Audit a refused request; repeated write attempts by one key trip its revocation.
 
     A read-only key (finished build, deploy token) retrying writes is how a stolen token being
     replayed until a write window opens looks from here.
     """
-    missing = sorted(str(s) for s in missing)
-    is_write = bool(set(missing) & WRITE_SCOPES)
+    now = timezone.now()
+    missing = frozenset(str(s) for s in missing)
+    excused, why = _not_counted(key, missing, now)
+    is_write = bool((missing - excused) & WRITE_SCOPES)
     action = AuditEvent.Action.WRITE_DENIED if is_write else AuditEvent.Action.DENIED
     audit(
         action=action,
         key=key,
         actor=f"key:{key.pk}",
-        reason="missing scope",
+        reason=why if excused and not is_write else "missing scope",
         ip=ip,
-        detail={"missing": missing, "path": path},
+        detail={"missing": sorted(missing), "path": path},
     )
     if not is_write or key.is_revoked():
         return
-    window_start = timezone.now() - timedelta(seconds=settings.TRIPWIRE_WINDOW_SECONDS)
+    window_start = now - timedelta(seconds=settings.TRIPWIRE_WINDOW_SECONDS)
     denials = AuditEvent.objects.filter(
         key=key, action=AuditEvent.Action.WRITE_DENIED, created_at__gte=window_start
     ).count()
-    if denials >= settings.TRIPWIRE_WRITE_DENIALS:
-        key_revoke(key=key, reason="tripwire", actor="system")
+    if denials < settings.TRIPWIRE_WRITE_DENIALS:
+        return
+    # A concurrent denial may have tripped it first: only the call that revoked audits.
+    if key_revoke(key=key, reason="tripwire", actor="system"):
         audit(
             action=AuditEvent.Action.TRIPWIRE,
             key=key,

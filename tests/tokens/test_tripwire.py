@@ -1,7 +1,13 @@
-import pytest
+from datetime import timedelta
 
+import pytest
+from django.utils import timezone
+
+from builds.models import Build
 from builds.services import build_finish
+from tests.factories import make_build
 from tokens.models import ApiKey, AuditEvent
+from tokens.services import key_denied
 
 pytestmark = pytest.mark.django_db
 
@@ -10,6 +16,7 @@ pytestmark = pytest.mark.django_db
 def _tripwire(settings):
     settings.TRIPWIRE_WRITE_DENIALS = 5
     settings.TRIPWIRE_WINDOW_SECONDS = 3600
+    settings.TRIPWIRE_FINISH_GRACE_SECONDS = 300
 
 
 def upload(client, build_id, path="dist/app.txt"):
@@ -21,7 +28,9 @@ def upload(client, build_id, path="dist/app.txt"):
 
 
 def finished_build_key(build):
+    """The key of a build that finished a while ago (past the grace for jobs still running)."""
     build_finish(build=build.build, state="succeeded")
+    Build.objects.filter(pk=build.build.pk).update(finished_at=timezone.now() - timedelta(hours=1))
     return build.token
 
 
@@ -131,3 +140,64 @@ def test_a_tripped_key_shows_as_revoked_by_the_tripwire_in_the_admin(admin_clien
     audit = admin_client.get("/admin/tokens/auditevent/?action=tripwire").content.decode()
     assert "denied write attempts" in audit
     assert build.token not in page + listing + audit
+
+
+def test_a_job_still_uploading_when_its_build_is_canceled_does_not_trip(api, build):
+    status_key = api.as_key(build.token).post(
+        "/api/v1/keys/", {"scopes": ["build:status"]}, format="json"
+    )
+    build_finish(build=build.build, state="canceled")
+    client = api.as_key(build.token)
+    for _ in range(6):
+        assert upload(client, build.build.pk).status_code == 403
+    assert client.get(f"/api/v1/builds/{build.build.pk}/").status_code == 200
+    assert api.as_key(status_key.json()["token"]).get("/api/v1/keys/self").status_code == 200
+    assert not AuditEvent.objects.filter(action__in=["write_denied", "tripwire"]).exists()
+    denied = AuditEvent.objects.filter(action="denied", key=build.key)
+    assert denied.count() == 6
+    assert {e.reason for e in denied} == {"write after its build finished (within grace)"}
+
+
+def test_the_same_key_replayed_after_the_grace_still_trips(api, build, settings, monkeypatch):
+    build_finish(build=build.build, state="canceled")
+    client = api.as_key(build.token)
+    upload(client, build.build.pk)
+    moved = timezone.now() + timedelta(seconds=settings.TRIPWIRE_FINISH_GRACE_SECONDS + 1)
+    monkeypatch.setattr(timezone, "now", lambda: moved)
+    for _ in range(5):
+        assert upload(client, build.build.pk).status_code == 403
+    assert ApiKey.objects.get(pk=build.key.pk).revoked_reason == "tripwire"
+
+
+def test_a_read_only_derived_key_writing_right_after_the_build_finished_still_counts(api, build):
+    """The grace is for scopes the key was granted and lost to the finish, not for a key that
+    never could write."""
+    token = read_only_derived_key(build, api)
+    build_finish(build=build.build, state="succeeded")
+    for _ in range(5):
+        upload(api.as_key(token), build.build.pk)
+    assert api.as_key(token).get("/api/v1/keys/self").status_code == 401
+
+
+def test_an_untrusted_build_asking_to_mint_does_not_trip_its_own_key(api, project):
+    untrusted = make_build(project, trusted=False)
+    client = api.as_key(untrusted.token)
+    for _ in range(6):
+        response = client.post("/api/v1/keys/", {"scopes": ["artifacts:read"]}, format="json")
+        assert response.status_code == 403
+        assert response.json()["code"] == "untrusted_build"
+    assert upload(client, untrusted.build.pk).status_code == 201
+    assert not AuditEvent.objects.filter(action__in=["write_denied", "tripwire"]).exists()
+    denied = AuditEvent.objects.filter(action="denied", key=untrusted.key)
+    assert [e.reason for e in denied] == ["untrusted build cannot mint"] * 6
+
+
+def test_a_denial_racing_the_tripwire_does_not_audit_a_second_trip(api, build):
+    stale = ApiKey.objects.select_related("build", "project").get(pk=build.key.pk)
+    client = api.as_key(finished_build_key(build))
+    for _ in range(5):
+        upload(client, build.build.pk)
+    stale.build.refresh_from_db()
+    key_denied(key=stale, missing={"artifacts:write"}, ip=None, path="/racing")
+    assert AuditEvent.objects.filter(action="tripwire").count() == 1
+    assert AuditEvent.objects.filter(action="revoke").count() == 1
