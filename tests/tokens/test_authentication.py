@@ -156,3 +156,37 @@ def test_a_request_costs_one_query_for_the_key_its_build_and_its_project(
     client.get("/api/v1/keys/self")  # records last use once
     with django_assert_num_queries(1):
         assert client.get("/api/v1/keys/self").status_code == 200
+
+
+@pytest.mark.parametrize("reason", ["revoked", "expired"])
+def test_a_dead_token_replayed_is_audited_once_per_interval(
+    api, build, reason, settings, monkeypatch
+):
+    settings.KEY_LAST_USED_INTERVAL = 60
+    if reason == "revoked":
+        key_revoke(key=build.key, reason="test", actor="test")
+    else:
+        ApiKey.objects.filter(pk=build.key.pk).update(expires_at=timezone.now())
+    client = api.as_key(build.token)
+    for _ in range(20):
+        assert client.get("/api/v1/keys/self").status_code == 401
+    denied = AuditEvent.objects.filter(key=build.key, action="denied", reason=reason)
+    assert denied.count() == 1
+
+    moved = timezone.now() + timedelta(seconds=61)
+    monkeypatch.setattr(timezone, "now", lambda: moved)
+    for _ in range(5):
+        client.get("/api/v1/keys/self")
+    assert denied.count() == 2
+
+
+def test_a_token_whose_parent_was_revoked_is_audited_once_per_interval(api, build):
+    child = api.as_key(build.token).post(
+        "/api/v1/keys/", {"scopes": ["artifacts:read"]}, format="json"
+    )
+    key_revoke(key=build.key, reason="test", actor="test")
+    ApiKey.objects.filter(pk=child.json()["id"]).update(revoked_at=None)  # a revocation racing
+    client = api.as_key(child.json()["token"])
+    for _ in range(5):
+        assert client.get("/api/v1/keys/self").status_code == 401
+    assert AuditEvent.objects.filter(key_id=child.json()["id"], action="denied").count() == 1
