@@ -7,7 +7,8 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import Q, Sum
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from builds.models import Build, Project
@@ -38,9 +39,12 @@ class StoredArtifact:
 def _quota_room(*, build: Build) -> tuple[int, str]:
     """How many more bytes one artifact of ``build`` may have, and the sentence if it has not."""
     max_size = settings.ARTIFACT_MAX_SIZE
-    build_room = settings.BUILD_ARTIFACTS_QUOTA - Artifact.objects.filter(build=build).total_size()
-    project_used = Artifact.objects.filter(build__project_id=build.project_id).total_size()
-    project_room = settings.PROJECT_ARTIFACTS_QUOTA - project_used
+    used = Artifact.objects.filter(build__project_id=build.project_id).aggregate(
+        project=Coalesce(Sum("blob__size"), 0),
+        build=Coalesce(Sum("blob__size", filter=Q(build_id=build.pk)), 0),
+    )
+    build_room = settings.BUILD_ARTIFACTS_QUOTA - used["build"]
+    project_room = settings.PROJECT_ARTIFACTS_QUOTA - used["project"]
     return min(
         (max_size, f"An artifact may be at most {max_size} bytes."),
         (
@@ -153,8 +157,9 @@ def _artifact_link(
     content_type: str,
     writer: storage.BlobWriter,
 ) -> StoredArtifact:
-    """Second half of a store: under the build's row lock, re-check what may have changed while
-    the body streamed (finish, a concurrent upload of the path, quotas, purge) and link."""
+    """Second half of a store: under the build's row lock (and the project's, for its quota),
+    re-check what may have changed while the body streamed (finish, a concurrent upload of the
+    path, quotas, purge) and link."""
     build = Build.objects.select_for_update().get(pk=build.pk)
     if not build.is_running:
         raise BuildNotWritable()
@@ -166,6 +171,9 @@ def _artifact_link(
             )
         writer.abort()
         return StoredArtifact(existing, created=False)
+    # The project's row orders the quota checks of all its builds' uploads: under the build's
+    # lock alone, two builds could each see room for one more artifact and both take it.
+    Project.objects.select_for_update(no_key=True).get(pk=build.project_id)
     _check_quota(build=build, size=size)
     # Locking the blob row orders us against retention: it deletes a blob only under this lock
     # and only if nothing references it, so once we hold it the blob stays.

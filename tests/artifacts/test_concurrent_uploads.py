@@ -6,6 +6,7 @@ PostgreSQL, where CI runs them."""
 
 import os
 import threading
+import time
 
 import pytest
 from django.db import connection, connections
@@ -48,7 +49,8 @@ def put_concurrently(api, uploads: list[tuple[str, int, str, bytes]]) -> list:
 @pytest.fixture
 def both_publish_together(monkeypatch):
     """Hold each upload just before it publishes new bytes until the other one is there too:
-    both have looked for a blob of these bytes and found none."""
+    both have looked for a blob of these bytes and found none. (Builds of one project take
+    turns there, so the uploads must come from two projects.)"""
     both_there = threading.Barrier(2, timeout=30)
     commit = storage.FileSystemBlobWriter.commit
 
@@ -59,21 +61,87 @@ def both_publish_together(monkeypatch):
     monkeypatch.setattr(storage.FileSystemBlobWriter, "commit", commit_with_the_other)
 
 
-def test_the_same_new_bytes_uploaded_to_two_builds_at_once_both_succeed_and_are_stored_once(
-    api, build, other_build, settings, both_publish_together
+def test_the_same_new_bytes_uploaded_by_two_projects_at_once_both_succeed_and_are_stored_once(
+    api, build, other_project_build, settings, both_publish_together
 ):
     data = os.urandom(100_000)
     responses = put_concurrently(
         api,
         [
             (build.token, build.build.pk, "dist/app.bin", data),
-            (other_build.token, other_build.build.pk, "app.bin", data),
+            (other_project_build.token, other_project_build.build.pk, "app.bin", data),
         ],
     )
     assert [r.status_code for r in responses] == [201, 201]
     assert [r.json()["sha256"] for r in responses] == [sha256(data)] * 2
     assert download(api, build.token, build.build.pk, "dist/app.bin").body == data
-    assert download(api, other_build.token, other_build.build.pk, "app.bin").body == data
+    assert (
+        download(api, other_project_build.token, other_project_build.build.pk, "app.bin").body
+        == data
+    )
     assert Blob.objects.count() == 1
     stored = Store("filesystem", root=settings.ARTIFACT_ROOT).objects()
     assert stored == [Blob.objects.get().storage_name]
+
+
+def waiting_on_a_lock() -> int:
+    """How many other connections to this database wait for a lock held by a transaction."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return cursor.fetchone()[0]
+
+
+@pytest.fixture
+def publishing_held(monkeypatch):
+    """Hold uploads just before they publish new bytes (their quota is checked by then) until
+    both are there, or one is there and the other waits for a database lock; then let go."""
+    arrived = threading.Semaphore(0)
+    go = threading.Event()
+    commit = storage.FileSystemBlobWriter.commit
+
+    def commit_when_let_go(self, *, sha256: str) -> str:
+        arrived.release()
+        go.wait(timeout=30)
+        return commit(self, sha256=sha256)
+
+    monkeypatch.setattr(storage.FileSystemBlobWriter, "commit", commit_when_let_go)
+
+    def let_go_when_both_are_held_or_queued() -> None:
+        try:
+            deadline = time.monotonic() + 30
+            if arrived.acquire(timeout=30):
+                while time.monotonic() < deadline and not waiting_on_a_lock():
+                    if arrived.acquire(timeout=0.05):
+                        break
+        finally:
+            go.set()
+            connections.close_all()
+
+    return let_go_when_both_are_held_or_queued
+
+
+def test_two_builds_uploading_at_once_cannot_together_exceed_the_project_quota(
+    api, build, other_build, settings, publishing_held
+):
+    settings.PROJECT_ARTIFACTS_QUOTA = 1500
+    referee = threading.Thread(target=publishing_held)
+    referee.start()
+    responses = put_concurrently(
+        api,
+        [
+            (build.token, build.build.pk, "a.bin", os.urandom(1000)),
+            (other_build.token, other_build.build.pk, "b.bin", os.urandom(1000)),
+        ],
+    )
+    referee.join()
+    assert sorted(r.status_code for r in responses) == [201, 413]
+    rejected = next(r for r in responses if r.status_code == 413)
+    assert "project" in rejected.json()["detail"]
+    listed = [
+        api.as_key(b.token).get(artifact_url(b.build.pk)).json()["count"]
+        for b in (build, other_build)
+    ]
+    assert sum(listed) == 1
