@@ -1,7 +1,6 @@
 from datetime import timedelta
 
 from django.contrib import admin, messages
-from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
@@ -30,21 +29,9 @@ class StateFilter(admin.SimpleListFilter):
         ]
 
     def queryset(self, request, queryset):
-        now = timezone.now()
-        live = Q(revoked_at__isnull=True) & (Q(expires_at__isnull=True) | Q(expires_at__gt=now))
-        read_only = Q(kind=ApiKey.Kind.DEPLOY) | (
-            Q(build__isnull=False) & ~Q(build__state="running")
-        )
-        match self.value():
-            case "active":
-                return queryset.filter(live).exclude(read_only)
-            case "read-only":
-                return queryset.filter(live & read_only)
-            case "expired":
-                return queryset.filter(revoked_at__isnull=True, expires_at__lte=now)
-            case "revoked":
-                return queryset.filter(revoked_at__isnull=False)
-        return queryset
+        if self.value() is None:
+            return queryset
+        return queryset.in_state(self.value())
 
 
 class ExpiringSoonFilter(admin.SimpleListFilter):

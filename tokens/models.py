@@ -6,7 +6,7 @@ from django.db import connections, models
 from django.db.models import Q
 from django.utils import timezone
 
-from .scopes import FINISHED_BUILD_KEY_SCOPES, FINISHED_BUILD_REVOKES, Scope
+from .scopes import FINISHED_BUILD_KEY_SCOPES, FINISHED_BUILD_REVOKES, READ_ONLY_SCOPES, Scope
 
 
 def _digest_lookup(connection) -> "_DigestLookup":
@@ -137,6 +137,52 @@ def scopes_withheld(
     return frozenset(withheld)
 
 
+def _holds_any(scopes) -> Q:
+    """Granted any of ``scopes``. The column is a JSON list of scope names, matched as text
+    (quoted, so one name never matches inside another): JSON containment is not portable."""
+    q = Q(pk__in=[])
+    for scope in sorted(scopes):
+        q |= Q(scopes__icontains=f'"{scope}"')
+    return q
+
+
+def _contexts() -> list[tuple[Q, dict]]:
+    """Every context a key's effective scopes depend on: (SQL condition, scopes_withheld args)."""
+    running = ApiKey._meta.get_field("build").related_model.State.RUNNING
+    contexts = [
+        (
+            Q(build__isnull=True, project__deploy_tokens_enabled=enabled),
+            {"build_running": None, "build_trusted": None, "deploy_tokens_enabled": enabled},
+        )
+        for enabled in (True, False)
+    ]
+    for is_running in (True, False):
+        runs = Q(build__state=running) if is_running else ~Q(build__state=running)
+        for trusted in (True, False):
+            contexts.append(
+                (
+                    Q(build__isnull=False, build__trusted=trusted) & runs,
+                    {
+                        "build_running": is_running,
+                        "build_trusted": trusted,
+                        "deploy_tokens_enabled": True,  # not consulted for build-bound keys
+                    },
+                )
+            )
+    return contexts
+
+
+def _active_by_context(*, want_active: bool) -> Q:
+    """Live keys that are active (or, with ``want_active`` False, read-only), as one Q."""
+    result = Q(pk__in=[])
+    for kind in ApiKey.Kind:
+        for where, context in _contexts():
+            telling = frozenset(Scope) - scopes_withheld(kind=kind, **context) - READ_ONLY_SCOPES
+            holds = _holds_any(telling)
+            result |= Q(kind=kind) & where & (holds if want_active else ~holds)
+    return result
+
+
 class ApiKeyQuerySet(models.QuerySet):
     def get_by_digest(self, digest: str) -> "ApiKey | None":
         """One indexed query: the key (with its build loaded) or None."""
@@ -148,6 +194,26 @@ class ApiKeyQuerySet(models.QuerySet):
         return self.filter(revoked_at__isnull=True).filter(
             Q(expires_at__isnull=True) | Q(expires_at__gt=now)
         )
+
+    def in_state(self, state: str):
+        """Keys whose ``ApiKey.state`` is ``state``, in SQL (the admin's state filter).
+
+        Not a second copy of the rule: for every context a key can be in (its kind, whether its
+        build runs, is trusted, whether its project takes deploy tokens) the scopes that would
+        make it active are computed with scopes_withheld(), the function effective_scopes uses.
+        """
+        now = timezone.now()
+        live = Q(revoked_at__isnull=True) & (Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+        match state:
+            case ApiKey.State.REVOKED:
+                return self.filter(revoked_at__isnull=False)
+            case ApiKey.State.EXPIRED:
+                return self.filter(revoked_at__isnull=True, expires_at__lte=now)
+            case ApiKey.State.ACTIVE:
+                return self.filter(live & _active_by_context(want_active=True))
+            case ApiKey.State.READ_ONLY:
+                return self.filter(live & _active_by_context(want_active=False))
+        return self.none()
 
     def for_build(self, build):
         return self.filter(build=build)
@@ -312,7 +378,7 @@ class ApiKey(models.Model):
             return self.State.REVOKED
         if self.is_expired():
             return self.State.EXPIRED
-        if self.effective_scopes <= {Scope.ARTIFACTS_READ, Scope.KEYS_MINT}:
+        if self.effective_scopes <= READ_ONLY_SCOPES:
             return self.State.READ_ONLY
         return self.State.ACTIVE
 

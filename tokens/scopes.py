@@ -33,6 +33,8 @@ FINISHED_BUILD_KEY_SCOPES = frozenset({Scope.ARTIFACTS_READ, Scope.KEYS_MINT})
 # downstream can still report its verdict on a finished build (that is when it reports).
 FINISHED_BUILD_REVOKES = frozenset({Scope.ARTIFACTS_WRITE, Scope.BUILD_FINISH})
 DEPLOY_KEY_SCOPES = frozenset({Scope.ARTIFACTS_READ})
+# A live key holding nothing beyond these (effective now) is shown as read-only.
+READ_ONLY_SCOPES = frozenset({Scope.ARTIFACTS_READ, Scope.KEYS_MINT})
 # Scopes that change state: a denial on one of these is a write attempt (tripwire input).
 WRITE_SCOPES = ALL_SCOPES - {Scope.ARTIFACTS_READ}
 

@@ -4,6 +4,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from builds.services import build_finish
+from tests.factories import make_build, make_project, make_project_key
 from tokens.models import ApiKey, AuditEvent
 from tokens.services import deploy_token_current, key_derive, key_revoke
 
@@ -31,7 +33,7 @@ def listed_events(html: str) -> set[int]:
 @pytest.fixture
 def deploy(project):
     project.deploy_tokens_enabled = True
-    project.save()
+    project.save(update_fields=["deploy_tokens_enabled"])
     return deploy_token_current(project=project)
 
 
@@ -154,3 +156,28 @@ def test_the_rotate_action_works_again_after_the_new_token_was_revoked(
     *_, fresh_token = re.findall(r"\(copy it now\): (acd_\w+)", response.content.decode())
     assert api.as_key(fresh_token).get(f"/api/v1/builds/{build.build.pk}/").status_code == 200
     assert ApiKey.objects.get(replaces=new_key).is_alive()
+
+
+def test_the_state_filter_agrees_with_each_keys_state(admin_client, project, build, deploy):
+    """Every kind of key in every context: the filter lists exactly the keys whose state says so."""
+    finished = make_build(project, ref="refs/heads/done")
+    status_key, _ = key_derive(parent=finished.key, scopes=["build:status"])
+    written_key, _ = key_derive(parent=finished.key, scopes=["artifacts:read", "artifacts:write"])
+    build_finish(build=finished.build, state="succeeded")
+    key_derive(parent=build.key, scopes=["artifacts:read"])  # read-only on a running build
+    key_derive(parent=build.key, scopes=["keys:mint", "artifacts:read"])
+    key_derive(parent=build.key, scopes=["artifacts:write"])
+    make_build(project, trusted=False)
+    opted_out = make_project(slug="opted-out", deploy_tokens_enabled=True)
+    deploy_token_current(project=opted_out)
+    type(opted_out).objects.filter(pk=opted_out.pk).update(deploy_tokens_enabled=False)
+    make_project_key(project)
+    key_revoke(key=make_build(project).key, reason="test", actor="test")
+    ApiKey.objects.filter(pk=make_build(project).key.pk).update(expires_at=timezone.now())
+
+    keys = list(ApiKey.objects.select_related("build", "project"))
+    for state in ApiKey.State:
+        expected = {k.pk for k in keys if k.state == state}
+        assert listed_ids(page(admin_client, f"{KEYS}?state={state.value}")) == expected, state
+    states = {k.pk: k.state for k in keys}
+    assert states[status_key.pk] == "active" and states[written_key.pk] == "read-only"

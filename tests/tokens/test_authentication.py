@@ -150,7 +150,7 @@ def test_a_request_costs_one_query_for_the_key_its_build_and_its_project(
     api, build, kind, django_assert_num_queries
 ):
     build.build.project.deploy_tokens_enabled = True
-    build.build.project.save()
+    build.build.project.save(update_fields=["deploy_tokens_enabled"])
     token = build.token if kind == "build" else deploy_token_current(project=build.build.project)[1]
     client = api.as_key(token)
     client.get("/api/v1/keys/self")  # records last use once

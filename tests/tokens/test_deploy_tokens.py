@@ -18,7 +18,7 @@ MANAGE = (Scope.BUILDS_CREATE, Scope.TOKENS_MANAGE)
 @pytest.fixture
 def deploying(project):
     project.deploy_tokens_enabled = True
-    project.save()
+    project.save(update_fields=["deploy_tokens_enabled"])
     return project
 
 

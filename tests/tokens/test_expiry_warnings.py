@@ -15,7 +15,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def deploy_key(project):
     project.deploy_tokens_enabled = True
-    project.save()
+    project.save(update_fields=["deploy_tokens_enabled"])
     return deploy_token_current(project=project)[0]
 
 
