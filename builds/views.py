@@ -1,5 +1,5 @@
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.response import Response
@@ -87,7 +87,13 @@ class DeployTokenRotateView(APIView):
 
     @extend_schema(
         request=DeployTokenRotateSerializer,
-        responses={201: RotatedDeployTokenSerializer, 200: RotatedDeployTokenSerializer},
+        responses={
+            201: RotatedDeployTokenSerializer,
+            200: RotatedDeployTokenSerializer,
+            409: OpenApiResponse(
+                description="A rotation within the grace period asked for other parameters."
+            ),
+        },
     )
     def post(self, request, project_slug: str):
         projects = manageable_projects(Project.objects, key=request.auth, user=request.user)
