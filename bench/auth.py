@@ -15,8 +15,6 @@
 
 import http.client
 import os
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import contextlib
 
 from bench.common import median, percentile, setup_django, table
+from tests.servers import start_gunicorn, stop
 
 ROUNDS = 7
 REQUESTS = 400
@@ -45,12 +44,6 @@ def timed_requests(client, url: str, n: int, **headers) -> list[float]:
 HTTP_REQUESTS = 300
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def timed_http(port: int, path: str, n: int, headers: dict) -> list[float]:
     latencies = []
     for _ in range(n):
@@ -69,32 +62,9 @@ def over_http(authed_url: str, open_url: str, token: str) -> None:
     """The same comparison against gunicorn: the overhead a client actually sees."""
     from django.db import connection
 
-    root = Path(__file__).resolve().parent.parent
-    port = free_port()
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "bench.settings"}
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "artifactcourier.wsgi:application",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "1",
-            "--log-level",
-            "warning",
-        ],
-        cwd=root,
-        env=env,
-    )
+    server, port = start_gunicorn(env, "--log-level", "warning")
     try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
         auth = {"Authorization": f"Bearer {token}"}
         timed_http(port, authed_url, 50, auth)
         timed_http(port, open_url, 50, {})
@@ -107,8 +77,7 @@ def over_http(authed_url: str, open_url: str, token: str) -> None:
             p50_auth.append(percentile(a, 50) * 1e6)
             p50_open.append(percentile(o, 50) * 1e6)
     finally:
-        server.terminate()
-        server.wait(timeout=10)
+        stop(server)
     table(
         f"GET /api/v1/builds/{{id}}/ over HTTP, gunicorn (1 sync worker), {connection.vendor}, "
         f"median of {ROUNDS} rounds x {HTTP_REQUESTS} requests",

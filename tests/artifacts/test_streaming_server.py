@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Store, free_port, stop, wait_for_port
+from tests.servers import start_gunicorn, stop
+
+from .conftest import Store
 
 pytestmark = pytest.mark.slow
 
@@ -63,29 +65,8 @@ def serving(data_dir: Path, env: dict, store: Store, *gunicorn_options: str, pre
 
     manage("migrate", "--noinput")
     project_token = manage("create_project", "e2e").strip().splitlines()[-1]
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "artifactcourier.wsgi:application",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "1",
-            "--timeout",
-            "60",
-            *gunicorn_options,
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        preexec_fn=preexec_fn,
-    )
+    proc, port = start_gunicorn(env, "--timeout", "60", *gunicorn_options, preexec_fn=preexec_fn)
     try:
-        wait_for_port(port, proc)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         conn.request(
             "POST",

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.servers import stop
+
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
@@ -61,8 +63,4 @@ def celery_worker_process(tmp_path):
     try:
         yield REDIS_URL
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
