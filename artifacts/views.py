@@ -9,6 +9,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from builds.models import Build
+from builds.selectors import build_get_for_key
 from tokens.access import path_allowed, visible_artifacts
 from tokens.scopes import Scope
 
@@ -23,7 +24,7 @@ _CONTENT_TYPE = re.compile(r"^[\w.+-]+/[\w.+-]+(\s*;[ -~]*)?$")
 
 
 def build_for_key(request, build_id: int) -> Build:
-    return get_object_or_404(Build.objects.for_key(request.auth), pk=build_id)
+    return build_get_for_key(key=request.auth, build_id=build_id)
 
 
 def artifacts_for_key(request, build: Build):

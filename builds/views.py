@@ -14,6 +14,7 @@ from tokens.serializers import DeployTokenRotateSerializer, RotatedDeployTokenSe
 
 from . import services
 from .models import Build, Project
+from .selectors import build_get_for_key
 from .serializers import (
     BuildCreatedSerializer,
     BuildCreateSerializer,
@@ -23,8 +24,7 @@ from .serializers import (
 
 
 def build_for_key(request, build_id: int) -> Build:
-    """A build the request's key reaches, or 404 (also for builds that exist elsewhere)."""
-    return get_object_or_404(Build.objects.for_key(request.auth).with_totals(), pk=build_id)
+    return build_get_for_key(key=request.auth, build_id=build_id, with_totals=True)
 
 
 class BuildCreateView(APIView):

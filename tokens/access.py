@@ -80,11 +80,12 @@ def revocable_keys(queryset: QuerySet, key: ApiKey) -> QuerySet:
     return queryset.filter(Q(pk=key.pk) | Q(lineage__startswith=key.subtree_lineage))
 
 
-def visible_builds(queryset: QuerySet, key: ApiKey) -> QuerySet:
+def visible_build(queryset: QuerySet, key: ApiKey, build_id: int) -> QuerySet:
+    """The build ``build_id`` if the key reaches it: a queryset of at most one row."""
     if key.build_id is not None:
-        # A build-bound key reaches exactly its build (the hot path: keep the query simple).
-        return queryset.filter(pk=key.build_id)
-    return queryset.filter(_build_filter(key, ""))
+        # A build-bound key reaches exactly its own build: any other id is empty, no query.
+        return queryset.filter(pk=build_id) if build_id == key.build_id else queryset.none()
+    return queryset.filter(_build_filter(key, ""), pk=build_id)
 
 
 def under_prefix(queryset: QuerySet, prefix: str, field: str = "path") -> QuerySet:
