@@ -1,0 +1,48 @@
+"""ARTIFACT_S3_REDIRECT: downloads answer 302 to a short-lived S3 URL, so bytes never pass
+through Django; the URL works on its own against the S3 server, and expires."""
+
+import os
+
+import pytest
+import requests
+
+from .conftest import artifact_url, body_of, sha256, upload
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def redirecting(settings):
+    settings.ARTIFACT_S3_REDIRECT = True
+    settings.ARTIFACT_REDIRECT_EXPIRES = 60
+
+
+def test_s3_download_redirects_to_a_working_presigned_url(api, build, store, redirecting):
+    data = os.urandom(70_000)
+    assert upload(api, build.token, build.build.pk, "dist/app.bin", data).status_code == 201
+    response = api.as_key(build.token).get(artifact_url(build.build.pk, "dist/app.bin"))
+    if store.mode == "filesystem":
+        # No storage URL to send the client to: the bytes come from us as usual.
+        assert response.status_code == 200
+        assert body_of(response) == data
+        return
+    assert response.status_code == 302
+    assert response["ETag"] == f'"{sha256(data)}"'
+    location = response["Location"]
+    assert location.startswith(store.endpoint)
+    assert "Signature" in location or "X-Amz-Signature" in location
+    fetched = requests.get(location, timeout=30)  # a plain client: no credential of ours
+    assert fetched.status_code == 200
+    assert fetched.content == data
+    assert fetched.headers["Content-Disposition"].startswith("attachment")
+    ranged = requests.get(location, headers={"Range": "bytes=10-19"}, timeout=30)
+    assert ranged.status_code == 206
+    assert ranged.content == data[10:20]
+
+
+def test_head_is_answered_by_us_even_when_redirecting(api, build, store, redirecting):
+    data = b"hello"
+    assert upload(api, build.token, build.build.pk, "a.txt", data).status_code == 201
+    response = api.as_key(build.token).head(artifact_url(build.build.pk, "a.txt"))
+    assert response.status_code == 200
+    assert response["Content-Length"] == "5"
