@@ -29,9 +29,6 @@ class Project(models.Model):
 
 
 class BuildQuerySet(models.QuerySet):
-    def running(self):
-        return self.filter(state=Build.State.RUNNING)
-
     def with_totals(self):
         return self.annotate(
             artifact_count=Count("artifacts"),

@@ -215,12 +215,6 @@ class ApiKeyQuerySet(models.QuerySet):
                 return self.filter(live & _active_by_context(want_active=False))
         return self.none()
 
-    def for_build(self, build):
-        return self.filter(build=build)
-
-    def for_project(self, project):
-        return self.filter(project=project)
-
     def descendants_of(self, key: "ApiKey"):
         return self.filter(lineage__startswith=key.subtree_lineage)
 
