@@ -47,3 +47,10 @@ class BlobVanished(exceptions.APIException):
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     default_detail = "The stored copy of these bytes was purged during the upload; retry it."
     default_code = "retry"
+
+
+class StorageFull(exceptions.APIException):
+    # RFC 4918 §11.5: the server cannot store the representation. The upload is discarded.
+    status_code = status.HTTP_507_INSUFFICIENT_STORAGE
+    default_detail = "The artifact store is out of space; nothing was stored. Try again later."
+    default_code = "storage_full"

@@ -13,6 +13,7 @@ an order of magnitude slower, while inline hashing overlaps with the client stil
 the socket buffer. Any other server, or a chunked body, takes the portable ``read()`` path.
 """
 
+import errno
 import hashlib
 from collections.abc import Iterator
 from contextlib import closing
@@ -20,8 +21,11 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
-from .errors import IncompleteBody, QuotaExceeded
+from .errors import IncompleteBody, QuotaExceeded, StorageFull
 from .storage import BlobWriter
+
+# The storage has no room: the server's condition, not the client's fault, and worth telling.
+_STORAGE_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 @dataclass(frozen=True)
@@ -116,7 +120,12 @@ def body_receive(
             if size > limit:
                 raise QuotaExceeded(limit_reason)
             digest.update(chunk)
-            writer.write(chunk)
+            try:
+                writer.write(chunk)
+            except OSError as exc:
+                if exc.errno in _STORAGE_FULL:
+                    raise StorageFull() from exc
+                raise
     if content_length is not None and size < content_length:
         raise IncompleteBody(
             f"The request body ended after {size} of {content_length} bytes; nothing was stored."
