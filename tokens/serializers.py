@@ -1,9 +1,7 @@
-from django.conf import settings
 from rest_framework import serializers
 
-from .access import path_prefix_validate, ref_pattern_validate
 from .models import ApiKey
-from .scopes import Scope, parse_scopes
+from .scopes import Scope
 
 
 class KeySerializer(serializers.ModelSerializer):
@@ -58,19 +56,6 @@ class KeyDeriveSerializer(serializers.Serializer):
         help_text="Only artifacts under this path; must lie inside the caller's own prefix.",
     )
 
-    def validate_scopes(self, value: list[str]) -> list[str]:
-        try:
-            parse_scopes(value)
-        except ValueError as error:
-            raise serializers.ValidationError(str(error)) from None
-        return value
-
-    def validate_path_prefix(self, value: str) -> str:
-        try:
-            return path_prefix_validate(value)
-        except ValueError as error:
-            raise serializers.ValidationError(str(error)) from None
-
 
 class DerivedKeySerializer(serializers.ModelSerializer):
     token = serializers.CharField(help_text="Shown only in this response.")
@@ -95,22 +80,6 @@ class DeployTokenRotateSerializer(serializers.Serializer):
         help_text="Only builds whose ref matches this glob (refs/tags/*). Omitted: keep the "
         "current token's restriction; empty: no restriction.",
     )
-
-    def validate_expires_in(self, value: int) -> int:
-        limit = settings.DEPLOY_TOKEN_MAX_DAYS * 86400
-        if value > limit:
-            raise serializers.ValidationError(
-                f"Ensure this value is less than or equal to {limit}.", code="max_value"
-            )
-        return value
-
-    def validate_ref_pattern(self, value: str) -> str:
-        if value == "":
-            return value
-        try:
-            return ref_pattern_validate(value)
-        except ValueError as error:
-            raise serializers.ValidationError(str(error)) from None
 
 
 class PreviousDeployTokenSerializer(serializers.Serializer):

@@ -13,6 +13,7 @@ from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
 from . import crypto
+from .access import path_prefix_validate, ref_pattern_validate
 from .errors import InvalidCredential, KeyConflict, KeyForbidden
 from .models import ApiKey, AuditEvent
 from .scopes import BUILD_KEY_SCOPES, DEPLOY_KEY_SCOPES, WRITE_SCOPES, Scope, parse_scopes
@@ -167,6 +168,29 @@ def deploy_token_max_seconds() -> int:
     return settings.DEPLOY_TOKEN_MAX_DAYS * 86400
 
 
+def _deploy_token_lifetime(expires_in: int | None) -> int:
+    """Seconds a new deploy token lives: the maximum unless asked for less; never more."""
+    limit = deploy_token_max_seconds()
+    if expires_in is None:
+        return limit
+    if not 0 < expires_in <= limit:
+        raise ValidationError(
+            {"expires_in": f"Ensure this value is between 1 and {limit} seconds."},
+            code="max_value" if expires_in > limit else "min_value",
+        )
+    return expires_in
+
+
+def _ref_pattern_clean(ref_pattern: str | None) -> str | None:
+    """None (keep the current restriction), "" (none) or a valid ref glob; else 400."""
+    if not ref_pattern:
+        return ref_pattern
+    try:
+        return ref_pattern_validate(ref_pattern)
+    except ValueError as error:
+        raise ValidationError({"ref_pattern": str(error)}) from None
+
+
 @transaction.atomic
 def deploy_token_mint(
     *,
@@ -178,12 +202,7 @@ def deploy_token_mint(
     actor: str = "system",
 ) -> tuple[ApiKey, str]:
     """A deploy token always expires: ``expires_in`` seconds (default and cap: the maximum)."""
-    if expires_in is None:
-        expires_in = deploy_token_max_seconds()
-    if not 0 < expires_in <= deploy_token_max_seconds():
-        raise ValidationError(
-            {"expires_in": f"Must be between 1 and {deploy_token_max_seconds()} seconds."}
-        )
+    expires_in = _deploy_token_lifetime(expires_in)
     key, token = _create(
         kind=ApiKey.Kind.DEPLOY,
         project=project,
@@ -263,6 +282,9 @@ def deploy_token_rotate(
     keeps its restriction unless told otherwise). ``ref_pattern`` None keeps the current
     token's restriction; "" lifts it.
     """
+    ref_pattern = _ref_pattern_clean(ref_pattern)
+    if expires_in is not None:
+        _deploy_token_lifetime(expires_in)  # refuse bad input before looking for a retry
     with transaction.atomic():
         # The project row serialises concurrent rotations (a second one sees the first's token).
         project = type(project).objects.select_for_update().get(pk=project.pk)
@@ -470,6 +492,10 @@ def _derive_locked(
         granted = held - {Scope.KEYS_MINT} if scopes is None else parse_scopes(scopes)
     except ValueError as error:
         raise ValidationError({"scopes": str(error)}) from None
+    try:
+        path_prefix = path_prefix_validate(path_prefix) if path_prefix else path_prefix
+    except ValueError as error:
+        raise ValidationError({"path_prefix": str(error)}) from None
     if not granted:
         raise ValidationError({"scopes": "A key needs at least one scope."})
     beyond = granted - held
