@@ -5,7 +5,6 @@ from rest_framework.permissions import BasePermission
 from .authentication import client_ip
 from .errors import KeyConflict
 from .models import ApiKey
-from .scopes import Scope
 from .services import key_denied
 
 
@@ -59,23 +58,7 @@ class HasScope(BasePermission):
                 code="build_finished",
             )
         if missing:
-            key_denied(key=key, missing=missing, ip=client_ip(request), path=request.path)
-            if key.is_switched_off:
-                raise exceptions.PermissionDenied(
-                    f"Deploy tokens are switched off for project {key.project.slug}: this "
-                    "token holds no scope until the project opts in again.",
-                    code="deploy_tokens_disabled",
-                )
-            if Scope.KEYS_MINT in missing and key.build is not None and not key.build.trusted:
-                raise exceptions.PermissionDenied(
-                    "Keys of untrusted builds (forks, pull requests) cannot mint keys.",
-                    code="untrusted_build",
-                )
-            names = ", ".join(sorted(str(s) for s in missing))
-            raise exceptions.PermissionDenied(
-                f"This key does not have the scope(s) {names} (effective now).",
-                code="missing_scope",
-            )
+            raise key_denied(key=key, missing=missing, ip=client_ip(request), path=request.path)
         return True
 
 
