@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import contextlib
 
 from bench.common import median, percentile, setup_django, table
-from tests.servers import start_gunicorn, stop
+from devtools.servers import start_gunicorn, stop
 
 ROUNDS = 7
 REQUESTS = 400
@@ -97,7 +97,7 @@ def main() -> None:
     from django.test import Client
     from django.test.utils import CaptureQueriesContext
 
-    from tests.factories import make_build, make_project
+    from devtools.factories import make_build, make_project
 
     created = make_build(make_project(slug="bench"), ref="refs/heads/main")
     build_id, token = created.build.pk, created.token

@@ -26,8 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import ROOT, median, table
-from tests.servers import free_port, stop, wait_for_port
-from tests.servers import start_gunicorn as _start_gunicorn
+from devtools.servers import free_port, stop, wait_for_port
+from devtools.servers import start_gunicorn as _start_gunicorn
 
 MiB = 1024 * 1024
 
@@ -153,7 +153,7 @@ def run(args, work: Path, procs: list) -> None:
     call_command("migrate", verbosity=0, interactive=False)
     from django.conf import settings
 
-    from tests.factories import make_build, make_project
+    from devtools.factories import make_build, make_project
 
     project = make_project(slug="bench")
     size = args.size_mib * MiB

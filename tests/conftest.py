@@ -1,7 +1,7 @@
 import pytest
 from rest_framework.test import APIClient
 
-from tests.factories import make_build, make_project, make_project_key
+from devtools.factories import make_build, make_project, make_project_key
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,7 @@ from django.utils import timezone
 from artifacts import services, tasks
 from artifacts.models import Artifact, Blob
 from builds.models import Build
-from tests.factories import make_build, make_project
+from devtools.factories import make_build, make_project
 
 from .conftest import download, sha256, upload
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import start_gunicorn, stop
+from devtools.servers import start_gunicorn, stop
 
 from .conftest import Store
 

@@ -5,7 +5,7 @@ import pytest
 from artifacts.models import Artifact, Blob
 from builds import services as build_services
 from builds.models import Build
-from tests.factories import make_build
+from devtools.factories import make_build
 
 from .conftest import artifact_url, download, sha256, upload
 

@@ -1,7 +1,7 @@
 import pytest
 
 from builds.models import Build
-from tests.factories import make_build, make_project
+from devtools.factories import make_build, make_project
 
 pytestmark = pytest.mark.django_db
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import stop
+from devtools.servers import stop
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")

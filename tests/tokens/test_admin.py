@@ -5,7 +5,7 @@ import pytest
 from django.utils import timezone
 
 from builds.services import build_finish
-from tests.factories import make_build, make_project, make_project_key
+from devtools.factories import make_build, make_project, make_project_key
 from tokens.models import ApiKey, AuditEvent
 from tokens.services import deploy_token_current, key_derive, key_revoke
 

@@ -15,8 +15,8 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.utils import timezone
 
 from builds.services import build_finish
+from devtools.factories import make_build, make_project, make_project_key
 from tests.conftest import Api
-from tests.factories import make_build, make_project, make_project_key
 from tokens.models import ApiKey
 from tokens.scopes import Scope
 from tokens.services import deploy_token_current, deploy_token_rotate, key_derive, key_revoke

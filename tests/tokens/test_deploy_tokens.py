@@ -4,8 +4,8 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
+from devtools.factories import make_project, make_project_key
 from tests.conftest import Api
-from tests.factories import make_project, make_project_key
 from tokens import crypto
 from tokens.models import ApiKey, AuditEvent
 from tokens.scopes import Scope

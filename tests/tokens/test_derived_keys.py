@@ -4,7 +4,7 @@ import pytest
 from django.utils import timezone
 
 from builds.services import build_finish
-from tests.factories import make_build
+from devtools.factories import make_build
 from tokens.models import ApiKey, AuditEvent
 
 pytestmark = pytest.mark.django_db

@@ -5,7 +5,7 @@ from django.utils import timezone
 
 from builds.models import Build
 from builds.services import build_finish
-from tests.factories import make_build
+from devtools.factories import make_build
 from tokens.models import ApiKey, AuditEvent
 from tokens.services import key_denied
 
