@@ -279,7 +279,9 @@ def retention_purge(*, now: datetime | None = None) -> PurgeResult:
     )
     staging = storage.staging_purge(older_than_seconds=settings.ARTIFACT_BLOB_GRACE_SECONDS)
     reconciled = storage.storage_reconcile(
-        known_names=_blob_names_known, older_than_seconds=settings.ARTIFACT_ORPHAN_GRACE_SECONDS
+        known_names=_blob_names_known,
+        older_than_seconds=settings.ARTIFACT_ORPHAN_GRACE_SECONDS,
+        now=now.timestamp(),
     )
     return PurgeResult(
         artifacts=deleted.get("artifacts.Artifact", 0),

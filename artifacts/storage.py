@@ -314,7 +314,9 @@ class Reconciled:
     unknown: list[str] = field(default_factory=list)
 
 
-def storage_reconcile(*, known_names, older_than_seconds: int) -> Reconciled:
+def storage_reconcile(
+    *, known_names, older_than_seconds: int, now: float | None = None
+) -> Reconciled:
     """Bring the store back in line with the database.
 
     ``known_names(names)`` returns the subset of ``names`` a Blob row names. Everything younger
@@ -326,7 +328,7 @@ def storage_reconcile(*, known_names, older_than_seconds: int) -> Reconciled:
     reported, for an operator to look at.
     """
     storage = blob_storage()
-    cutoff = time.time() - older_than_seconds
+    cutoff = (time.time() if now is None else now) - older_than_seconds
     result = Reconciled()
     if _is_s3(storage):
         with s3_errors():
