@@ -24,7 +24,7 @@ from devtools.servers import start_gunicorn, stop
 
 from .conftest import Store
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 ROOT = Path(__file__).resolve().parents[2]
 MiB = 1024 * 1024
@@ -108,10 +108,9 @@ class Live:
             return db.execute("SELECT count(*) FROM artifacts_artifact").fetchone()[0]
 
 
-def _database_env(request, env: dict, data_dir: Path) -> str:
+def _database_env(env: dict, data_dir: Path) -> str:
     """Point ``env`` at a database gunicorn can share with the test; return a project token."""
     if connection.vendor == "postgresql":
-        request.getfixturevalue("transactional_db")
         from devtools.factories import make_project, make_project_key
 
         s = connection.settings_dict
@@ -159,7 +158,7 @@ def live_s3(request, live_env, s3_server):
             AWS_ACCESS_KEY_ID="testing",
             AWS_SECRET_ACCESS_KEY="testing",
         )
-        live = Live(env, data_dir, _database_env(request, env, data_dir), store)
+        live = Live(env, data_dir, _database_env(env, data_dir), store)
         live.proxy = proxy
         live.start()
         try:
@@ -174,7 +173,7 @@ def live_fs(request, live_env):
     env, data_dir = live_env
     env["STORAGE_BACKEND"] = "filesystem"
     store = Store("filesystem", root=data_dir / "artifacts")
-    live = Live(env, data_dir, _database_env(request, env, data_dir), store)
+    live = Live(env, data_dir, _database_env(env, data_dir), store)
     live.start()
     try:
         yield live
