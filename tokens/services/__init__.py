@@ -16,9 +16,16 @@ from .derivation import key_derive
 from .expiry import ExpiryWarning, key_expiry_warn
 from .minting import audit, key_mint_for_build, key_mint_project
 from .revocation import key_revoke
+from .sharing import (
+    LinkKeyDead,
+    key_mint_share,
+    link_key_check,
+    share_allowed,
+)
 
 __all__ = [
     "ExpiryWarning",
+    "LinkKeyDead",
     "RotatedDeployToken",
     "audit",
     "deploy_token_current",
@@ -31,5 +38,8 @@ __all__ = [
     "key_expiry_warn",
     "key_mint_for_build",
     "key_mint_project",
+    "key_mint_share",
     "key_revoke",
+    "link_key_check",
+    "share_allowed",
 ]
