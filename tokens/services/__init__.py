@@ -3,7 +3,7 @@
 One module per concern; callers import from ``tokens.services``.
 """
 
-from .authentication import key_authenticate
+from .authentication import key_alive, key_authenticate
 from .denials import key_denied
 from .deploy import (
     RotatedDeployToken,
@@ -25,6 +25,7 @@ __all__ = [
     "deploy_token_max_seconds",
     "deploy_token_mint",
     "deploy_token_rotate",
+    "key_alive",
     "key_authenticate",
     "key_denied",
     "key_derive",

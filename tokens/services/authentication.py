@@ -23,6 +23,13 @@ def _audit_dead_key_use(*, key: ApiKey, reason: str, ip: str | None) -> None:
         audit(action=AuditEvent.Action.DENIED, key=key, reason=reason, ip=ip)
 
 
+def key_alive(*, key: ApiKey) -> bool:
+    """Is ``key`` still alive now, and every key it was derived from? Read from the database
+    (one query), not from the possibly stale instance: for re-checking a key that authenticated
+    a while ago (a long upload) before committing what it did."""
+    return not ApiKey.objects.any_dead([*key.ancestor_ids, key.pk])
+
+
 def key_authenticate(*, token: str, ip: str | None = None) -> ApiKey:
     """Resolve a presented token to a live key, or raise InvalidCredential (401).
 
