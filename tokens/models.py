@@ -357,6 +357,12 @@ class ApiKey(models.Model):
         return frozenset(Scope(s) for s in self.scopes) - withheld
 
     @property
+    def is_shared(self) -> bool:
+        """A deploy token: one token handed to every trusted build and every CD consumer, so no
+        single holder may pull a lever that cuts off the others (revoking it, tripping it)."""
+        return self.kind == self.Kind.DEPLOY
+
+    @property
     def is_switched_off(self) -> bool:
         """A deploy token (or a key derived from one) of a project that opted out."""
         return self.build_id is None and scopes_withheld(
