@@ -206,3 +206,39 @@ def test_a_token_whose_parent_was_revoked_is_audited_once_per_interval(api, buil
     for _ in range(5):
         assert client.get("/api/v1/keys/self").status_code == 401
     assert AuditEvent.objects.filter(key_id=child.json()["id"], action="denied").count() == 1
+
+
+def test_a_key_derived_five_deep_authenticates_in_one_query_with_its_ancestors_state(
+    api, build, django_assert_num_queries
+):
+    from tokens.services import key_derive
+
+    chain = [build.key]
+    for _ in range(5):
+        key, token = key_derive(parent=chain[-1], scopes=["artifacts:read", "keys:mint"])
+        chain.append(key)
+    client = api.as_key(token)
+    client.get("/api/v1/keys/self")  # records last use once
+    with django_assert_num_queries(1):
+        assert client.get("/api/v1/keys/self").status_code == 200
+    for ancestor in chain[1:-1]:
+        ApiKey.objects.filter(pk=ancestor.pk).update(expires_at=timezone.now())
+        response = client.get("/api/v1/keys/self")
+        assert response.status_code == 401
+        assert response.json()["code"] == "revoked"
+        ApiKey.objects.filter(pk=ancestor.pk).update(expires_at=None)
+    assert client.get("/api/v1/keys/self").status_code == 200
+
+
+def test_a_download_with_a_build_key_costs_the_key_and_the_artifact(
+    api, build, django_assert_num_queries
+):
+    """The build was loaded with the key: the view does not fetch it a second time."""
+    client = api.as_key(build.token)
+    url = f"/api/v1/builds/{build.build.pk}/artifacts/a.txt"
+    assert client.put(url, b"abc", content_type="text/plain").status_code == 201
+    client.get("/api/v1/keys/self")
+    with django_assert_num_queries(2):
+        response = client.get(url)
+    assert response.status_code == 200
+    assert client.get(f"/api/v1/builds/{build.build.pk + 1000}/artifacts/a.txt").status_code == 404

@@ -33,9 +33,9 @@ def key_alive(*, key: ApiKey) -> bool:
 def key_authenticate(*, token: str, ip: str | None = None) -> ApiKey:
     """Resolve a presented token to a live key, or raise InvalidCredential (401).
 
-    Shape and checksum are checked first, so garbage costs no query. A live key is found with
-    one indexed query (digest), plus one for derived keys: every ancestor must still be alive,
-    which makes revocation of a parent effective on the very next request.
+    Shape and checksum are checked first, so garbage costs no query. A live key is found in one
+    round trip (digest), which also brings its build, its project and, for a derived key, the
+    state of every ancestor: revocation of a parent is effective on the very next request.
     """
     try:
         kind = crypto.token_kind(token)
@@ -50,7 +50,7 @@ def key_authenticate(*, token: str, ip: str | None = None) -> ApiKey:
     if key.is_expired():
         _audit_dead_key_use(key=key, reason="expired", ip=ip)
         raise InvalidCredential("This API token has expired.", code="expired")
-    if key.parent_id is not None and ApiKey.objects.any_dead(key.ancestor_ids):
+    if key.parent_id is not None and key.dead_ancestors:
         _audit_dead_key_use(key=key, reason="parent revoked or expired", ip=ip)
         raise InvalidCredential(
             "This API token was derived from a key that is revoked or expired.", code="revoked"
