@@ -17,9 +17,16 @@ from .derivation import key_derive
 from .expiry import ExpiryWarning, key_expiry_warn
 from .minting import audit, key_mint_for_build, key_mint_project
 from .revocation import key_revoke, key_revoke_by
+from .sharing import (
+    LinkKeyDead,
+    key_mint_share,
+    link_key_check,
+    share_allowed,
+)
 
 __all__ = [
     "ExpiryWarning",
+    "LinkKeyDead",
     "RotatedDeployToken",
     "audit",
     "audit_refusal",
@@ -35,7 +42,10 @@ __all__ = [
     "key_expiry_warn",
     "key_mint_for_build",
     "key_mint_project",
+    "key_mint_share",
     "key_path_check",
     "key_revoke",
     "key_revoke_by",
+    "link_key_check",
+    "share_allowed",
 ]
