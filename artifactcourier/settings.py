@@ -6,6 +6,7 @@ so ``make run`` works on a laptop with no servers. Setting ``DATABASE_URL`` mean
 deployment: then ``SECRET_KEY`` and ``TOKEN_PEPPER`` must come from the environment too.
 """
 
+import hashlib
 import json
 import os
 import secrets
@@ -309,6 +310,38 @@ CELERY_BEAT_SCHEDULE["artifacts.retention_purge"] = {
 # Write denials this soon after a key's build finished are not tripwire input: a job still
 # running when its build was canceled keeps trying to upload with a key it legitimately held.
 TRIPWIRE_FINISH_GRACE_SECONDS = env_int("TRIPWIRE_FINISH_GRACE_SECONDS", 300)
+
+# --- Refusals: audit volume ---------------------------------------------------------------------
+# Rows one live key's refusals may add per action (denied / write denied) per
+# TRIPWIRE_WINDOW_SECONDS; past that the newest row counts the repeats. Never below
+# TRIPWIRE_WRITE_DENIALS (the tripwire counts these rows).
+AUDIT_REFUSALS_PER_WINDOW = env_int("AUDIT_REFUSALS_PER_WINDOW", 20)
+# Longest string kept in an audit row's detail (a request path, a message); longer ones are cut
+# and marked, so a hostile 1 MB URL costs the audit table a few hundred bytes.
+AUDIT_DETAIL_MAX_CHARS = env_int("AUDIT_DETAIL_MAX_CHARS", 512)
+
+# --- Sharing: signed /dl/ links ---------------------------------------------------------------
+# HMAC secrets for signed links, comma-separated: links are signed with the first and accepted
+# with any, so a new secret goes first and the old one stays listed until its links expire.
+# Embedded default: derived from SECRET_KEY (a deployment sets its own).
+SHARE_SIGNING_SECRETS = env_list("SHARE_SIGNING_SECRETS") or [
+    hashlib.sha256(f"share-signing:{SECRET_KEY}".encode()).hexdigest()
+]
+# A share's links live this long unless the request says otherwise, and at most SHARE_MAX_SECONDS
+# (never beyond the sharer's own expiry).
+SHARE_DEFAULT_SECONDS = env_int("SHARE_DEFAULT_SECONDS", 3600)
+SHARE_MAX_SECONDS = env_int("SHARE_MAX_SECONDS", 7 * 86400)
+SHARE_MAX_PATHS = env_int("SHARE_MAX_PATHS", 1000)
+# How /dl/ artifact links are served: "direct" (the app streams the bytes), "x-accel" (the app
+# answers X-Accel-Redirect to SHARE_X_ACCEL_LOCATION, an nginx `internal` location aliased to
+# ARTIFACT_ROOT, and nginx streams from disk), or "s3" (302 to a short-lived S3 URL).
+SHARE_SERVE_MODE = os.environ.get("SHARE_SERVE_MODE", "direct")
+if SHARE_SERVE_MODE not in {"direct", "x-accel", "s3"}:
+    raise ImproperlyConfigured("SHARE_SERVE_MODE must be 'direct', 'x-accel' or 's3'.")
+SHARE_X_ACCEL_LOCATION = os.environ.get("SHARE_X_ACCEL_LOCATION", "/_artifacts/")
+# S3 URLs handed to clients are signed for this endpoint (the one clients reach), not the
+# internal AWS_S3_ENDPOINT_URL the app talks to (e.g. http://minio:9000 in compose).
+AWS_S3_PUBLIC_ENDPOINT_URL = os.environ.get("AWS_S3_PUBLIC_ENDPOINT_URL", "")
 
 # --- Dependencies: timeouts, retries, 503 ---------------------------------------------------
 # Every call to the object store is bounded: a store that accepts connections but never answers
