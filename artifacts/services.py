@@ -14,6 +14,7 @@ from django.utils import timezone
 from builds.models import Build, Project
 from tokens.errors import InvalidCredential
 from tokens.models import ApiKey
+from tokens.services import key_alive
 
 from . import storage
 from .errors import (
@@ -225,7 +226,7 @@ def artifact_link(
     build = Build.objects.select_for_update().get(pk=build.pk)
     if not build.is_running:
         raise BuildNotWritable()
-    if key is not None and ApiKey.objects.any_dead([key.pk, *key.ancestor_ids]):
+    if key is not None and not key_alive(key=key):
         raise InvalidCredential(
             "This API token was revoked during the upload; nothing was stored.", code="revoked"
         )
