@@ -352,7 +352,7 @@ AWS_S3_CONNECT_TIMEOUT = float(os.environ.get("AWS_S3_CONNECT_TIMEOUT", "3"))
 AWS_S3_READ_TIMEOUT = float(os.environ.get("AWS_S3_READ_TIMEOUT", "10"))
 # Total attempts per call, first included (botocore "standard" mode: exponential backoff with
 # jitter, retries throttling, 5xx and connection errors only).
-AWS_S3_MAX_ATTEMPTS = env_int("AWS_S3_MAX_ATTEMPTS", 3)
+AWS_S3_MAX_ATTEMPTS = env_int("AWS_S3_MAX_ATTEMPTS", 2)
 # Circuit breaker: after this many unavailability errors in a row (0: never), a process answers
 # 503 at once for AWS_S3_BREAKER_SECONDS without calling the store, so a dead store cannot tie
 # up every server thread (and /healthz behind them) for the length of its timeouts.
