@@ -218,7 +218,9 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 100,
     "EXCEPTION_HANDLER": "artifactcourier.api.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_RENDERER_CLASSES": ["artifactcourier.parsers.SafeJSONRenderer"],
+    # JSON only: a form or multipart body is 415, never read as an empty object.
+    "DEFAULT_PARSER_CLASSES": ["artifactcourier.parsers.SafeJSONParser"],
     "UNAUTHENTICATED_USER": None,
 }
 SPECTACULAR_SETTINGS = {
@@ -295,3 +297,7 @@ CELERY_BEAT_SCHEDULE["artifacts.retention_purge"] = {
 # Write denials this soon after a key's build finished are not tripwire input: a job still
 # running when its build was canceled keeps trying to upload with a key it legitimately held.
 TRIPWIRE_FINISH_GRACE_SECONDS = env_int("TRIPWIRE_FINISH_GRACE_SECONDS", 300)
+
+# --- Hostile input --------------------------------------------------------------------------
+# JSON bodies nest arrays/objects at most this deep (400 json_too_deep).
+JSON_MAX_DEPTH = env_int("JSON_MAX_DEPTH", 32)
