@@ -41,9 +41,8 @@ class OfferedLookupsOnly:
         *path, last = lookup.split("__")
         if last == "isnull":
             return True  # Django reads it as a boolean
-        if self.date_hierarchy and lookup.startswith(f"{self.date_hierarchy}__"):
-            if last in ("year", "month", "day"):
-                return bool(_DATE_PART.fullmatch(value))
+        if lookup in self._date_hierarchy_lookups():
+            return bool(_DATE_PART.fullmatch(value))
         model, field = self.model, None
         for part in [*path, last]:
             try:
@@ -60,12 +59,15 @@ class OfferedLookupsOnly:
         return True
 
     def offered_lookups(self, request) -> set[str]:
-        offered: set[str] = set()
-        if self.date_hierarchy:
-            offered |= {f"{self.date_hierarchy}__{part}" for part in ("year", "month", "day")}
+        offered = self._date_hierarchy_lookups()
         for item in self.get_list_filter(request):
             offered.update(self._filter_parameters(item, request))
         return offered
+
+    def _date_hierarchy_lookups(self) -> set[str]:
+        if not self.date_hierarchy:
+            return set()
+        return {f"{self.date_hierarchy}__{part}" for part in ("year", "month", "day")}
 
     def _filter_parameters(self, item, request) -> list[str]:
         # The filters themselves name their parameters (expected_parameters), so a filter
