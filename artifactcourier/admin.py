@@ -27,7 +27,9 @@ class OfferedLookupsOnly:
     answers 400)."""
 
     def lookup_allowed(self, lookup, value, request=None) -> bool:
-        if lookup not in self.offered_lookups(request):
+        offered = self.offered_lookups(request)
+        # ``?action=x`` is the same lookup as the offered ``?action__exact=x``.
+        if lookup not in offered and f"{lookup}__exact" not in offered:
             return False
         # A custom filter (SimpleListFilter) reads its own parameter; a field's lookup must fit.
         custom = {
