@@ -79,7 +79,7 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 PUBLIC_BASE_URL = os.environ.get("PUBLIC_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "artifactcourier.apps.AdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -233,7 +233,9 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 100,
     "EXCEPTION_HANDLER": "artifactcourier.api.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_RENDERER_CLASSES": ["artifactcourier.parsers.SafeJSONRenderer"],
+    # JSON only: a form or multipart body is 415, never read as an empty object.
+    "DEFAULT_PARSER_CLASSES": ["artifactcourier.parsers.SafeJSONParser"],
     "UNAUTHENTICATED_USER": None,
 }
 SPECTACULAR_SETTINGS = {
@@ -378,3 +380,7 @@ DEPENDENCY_RETRY_AFTER_SECONDS = env_int("DEPENDENCY_RETRY_AFTER_SECONDS", 5)
 # this alone: it must exceed the longest upload (an upload in flight has an open multipart
 # upload, and a moment between completing it and recording its row).
 ARTIFACT_ORPHAN_GRACE_SECONDS = env_int("ARTIFACT_ORPHAN_GRACE_SECONDS", 24 * 3600)
+
+# --- Hostile input --------------------------------------------------------------------------
+# JSON bodies nest arrays/objects at most this deep (400 json_too_deep).
+JSON_MAX_DEPTH = env_int("JSON_MAX_DEPTH", 32)

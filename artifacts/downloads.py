@@ -11,11 +11,25 @@ from django.utils.http import content_disposition_header
 from . import storage
 from .models import Artifact
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# [0-9], not \d: \d also matches other scripts' digits ("²", "٣"), which int() may refuse.
+_RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)$")
 
 
 class RangeNotSatisfiable(Exception):
     pass
+
+
+# Any byte position with more digits than this lies beyond every file we store (2**63).
+_POSITION_MAX_DIGITS = 18
+
+
+def _position(digits: str) -> int:
+    """A byte position from its ASCII digits. A number longer than any file (a client may send
+    thousands of digits; int() refuses over 4300) is capped: it still means "past the end"."""
+    digits = digits.lstrip("0") or "0"
+    if len(digits) > _POSITION_MAX_DIGITS:
+        return 10**_POSITION_MAX_DIGITS
+    return int(digits)
 
 
 def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -31,12 +45,12 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     if not first and not last:
         return None
     if not first:  # suffix range: the last N bytes
-        suffix = int(last)
+        suffix = _position(last)
         if suffix == 0 or size == 0:
             raise RangeNotSatisfiable
         return max(0, size - suffix), size - 1
-    start = int(first)
-    end = int(last) if last else size - 1
+    start = _position(first)
+    end = _position(last) if last else size - 1
     if last and end < start:
         return None  # invalid range-spec: ignore the header
     if start >= size:

@@ -310,7 +310,7 @@ class World:
         if method == "PUT":
             return client.put(url, ARTIFACT_BYTES, content_type="text/plain")
         body = {
-            "build-create": {"ref": "refs/heads/main"},
+            "build-create": {"ref": "refs/heads/main", "commit": "abc"},
             "build-finish": {"state": "succeeded"},
             "key-derive": {"scopes": ["artifacts:read"], "expires_in": 60},
         }.get(name, {})
