@@ -191,7 +191,9 @@ def signed_artifact_response(request, artifact: Artifact) -> HttpResponse:
             response["Content-Range"] = f"bytes */{blob.size}"
             return signed_headers(response, artifact)
         if mode == "x-accel" and storage.blob_local_path(blob.storage_name):
-            return signed_headers(_x_accel_response(request, artifact), artifact)
+            response = signed_headers(_x_accel_response(request, artifact), artifact)
+            del response["Accept-Ranges"]  # nginx sends its own: it serves the ranges
+            return response
         if mode == "s3" and (response := _s3_response(request, artifact)) is not None:
             return signed_headers(response, artifact)
     response = artifact_response(request, artifact, redirect=False)

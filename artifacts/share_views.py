@@ -242,12 +242,11 @@ PAGE_STYLE = (
     "border-bottom:1px solid #ddd;vertical-align:top}th{font-weight:600}"
     "tr.dir th{background:#f3f3f3;font-family:ui-monospace,monospace}"
     ".num{text-align:right;white-space:nowrap}code,pre{font-family:ui-monospace,monospace;"
-    "font-size:.85em}.sha{overflow-wrap:anywhere;color:#444}"
+    "font-size:.85em}.sha{overflow-wrap:anywhere;color:#555;font-size:.9em}"
     "pre{background:#f6f6f6;padding:.5rem;overflow-x:auto;white-space:pre-wrap;"
     "overflow-wrap:anywhere;margin:.2rem 0}details{margin:.2rem 0}"
     ".state-success,.state-succeeded{color:#0a6b2a}.state-failure,.state-failed,.state-error"
     "{color:#a11}.warn{background:#fff6d6;padding:.4rem .6rem}"
-    "@media (max-width:40rem){td.sha,th.sha{display:none}}"
 )
 _STYLE_HASH = base64.b64encode(hashlib.sha256(PAGE_STYLE.encode()).digest()).decode()
 # No script, no external anything: only this page's own inline style block may apply.
