@@ -52,8 +52,11 @@ def stack(request, tmp_path_factory):
     mode = request.param
     s3 = None
     if mode == "s3":
-        store = Store("s3", endpoint=request.getfixturevalue("s3_server"),
-                      bucket=f"share-{uuid.uuid4().hex[:12]}")
+        store = Store(
+            "s3",
+            endpoint=request.getfixturevalue("s3_server"),
+            bucket=f"share-{uuid.uuid4().hex[:12]}",
+        )
         store.client().create_bucket(Bucket=store.bucket)
         s3 = {
             "AWS_STORAGE_BUCKET_NAME": store.bucket,
@@ -136,7 +139,8 @@ def test_s3_redirects_to_a_sigv4_url_on_the_public_endpoint(stack):
     _, headers = headers_of(curl("-D", "-", "-o", os.devnull, link(stack, "dist/app.bin")).stdout)
     location = headers["location"][0]
     assert location.startswith(stack.env["AWS_S3_PUBLIC_ENDPOINT_URL"] + "/")
-    assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in location and "response-content-disposition" in location
+    assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in location
+    assert "response-content-disposition" in location
 
 
 def test_tampered_or_revoked_links_are_403_over_the_wire(stack):
@@ -193,8 +197,13 @@ def test_a_hostile_html_artifact_never_runs_in_the_apps_origin(stack, browser):
     if stack.env["SHARE_SERVE_MODE"] == "s3":
         pytest.skip("S3 serves from its own origin")
     browser.call("Network.enable", session=True)
-    browser.call("Network.setCookie", session=True, name="sessionid", value="secret-cookie",
-                 url=stack.url + "/")
+    browser.call(
+        "Network.setCookie",
+        session=True,
+        name="sessionid",
+        value="secret-cookie",
+        url=stack.url + "/",
+    )
     result = browser.open(link(stack, "site/index.html"))
     # The browser treats it as a download (refused here), never as a page of ours...
     assert result.get("isDownload") is True
