@@ -142,7 +142,21 @@ if EMBEDDED and not DATABASE_URL:
         }
     }
 else:
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+    DATABASES = {
+        "default": dj_database_url.parse(
+            DATABASE_URL,
+            conn_max_age=60,
+            # A persistent connection the server dropped (restart, failover, an idle timeout,
+            # pg_terminate_backend) is found at the next request's first query and replaced,
+            # instead of failing that request.
+            conn_health_checks=True,
+        )
+    }
+    if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        # An unreachable server fails a request in seconds (503), not after the OS's timeout.
+        DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+            "connect_timeout", env_int("DATABASE_CONNECT_TIMEOUT", 5)
+        )
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -319,3 +333,34 @@ SHARE_X_ACCEL_LOCATION = os.environ.get("SHARE_X_ACCEL_LOCATION", "/_artifacts/"
 # S3 URLs handed to clients are signed for this endpoint (the one clients reach), not the
 # internal AWS_S3_ENDPOINT_URL the app talks to (e.g. http://minio:9000 in compose).
 AWS_S3_PUBLIC_ENDPOINT_URL = os.environ.get("AWS_S3_PUBLIC_ENDPOINT_URL", "")
+
+# --- Dependencies: timeouts, retries, 503 ---------------------------------------------------
+# Every call to the object store is bounded: a store that accepts connections but never answers
+# costs a request at most about connect/read timeout x attempts, then a 503 with Retry-After,
+# instead of holding a server thread for minutes.
+AWS_S3_CONNECT_TIMEOUT = float(os.environ.get("AWS_S3_CONNECT_TIMEOUT", "3"))
+# Per socket read, not per request: a large part upload or download that keeps moving is fine.
+AWS_S3_READ_TIMEOUT = float(os.environ.get("AWS_S3_READ_TIMEOUT", "20"))
+# Total attempts per call, first included (botocore "standard" mode: exponential backoff with
+# jitter, retries throttling, 5xx and connection errors only).
+AWS_S3_MAX_ATTEMPTS = env_int("AWS_S3_MAX_ATTEMPTS", 3)
+
+
+def s3_client_config():
+    from botocore.config import Config
+
+    return Config(
+        connect_timeout=AWS_S3_CONNECT_TIMEOUT,
+        read_timeout=AWS_S3_READ_TIMEOUT,
+        retries={"max_attempts": AWS_S3_MAX_ATTEMPTS, "mode": "standard"},
+    )
+
+
+# django-storages builds its boto3 client with this (unless a storage's OPTIONS give their own).
+AWS_S3_CLIENT_CONFIG = s3_client_config()
+# Retry-After (seconds) on a 503 for a dependency (object store, database) that is unavailable.
+DEPENDENCY_RETRY_AFTER_SECONDS = env_int("DEPENDENCY_RETRY_AFTER_SECONDS", 5)
+# Reconciliation (part of the retention task) leaves objects and multipart uploads younger than
+# this alone: it must exceed the longest upload (an upload in flight has an open multipart
+# upload, and a moment between completing it and recording its row).
+ARTIFACT_ORPHAN_GRACE_SECONDS = env_int("ARTIFACT_ORPHAN_GRACE_SECONDS", 24 * 3600)
