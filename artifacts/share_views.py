@@ -31,7 +31,7 @@ from tokens.services import LinkKeyDead, link_key_check
 
 from . import sharing, signing
 from .downloads import signed_artifact_response
-from .errors import InvalidArtifactPath
+from .errors import DependencyUnavailable, InvalidArtifactPath
 from .models import Share
 from .paths import artifact_path_clean
 from .views import build_for_key
@@ -187,6 +187,11 @@ class SignedLinkView(View):
             return _refused(dead.code, dead.message)
         except _Refusal as refusal:
             return _refused(refusal.code, refusal.message)
+        except DependencyUnavailable as down:
+            response = JsonResponse({"detail": str(down.detail), "code": "unavailable"}, status=503)
+            response["Retry-After"] = str(settings.DEPENDENCY_RETRY_AFTER_SECONDS)
+            response["Cache-Control"] = "no-store"
+            return response
 
     def _artifact(self, request, *, key, build, path, paths):
         gone = _Refusal("artifact_gone", "This artifact no longer exists.")
