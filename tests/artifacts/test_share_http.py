@@ -257,3 +257,30 @@ def test_other_methods_are_refused(api, stocked):
     parts = urlsplit(url)
     response = Client().post(f"{parts.path}?{parts.query}")
     assert response.status_code == 403
+
+
+def test_no_log_record_carries_a_signature(api, stocked, caplog):
+    caplog.set_level("DEBUG")
+    body = share(api, stocked.token, stocked.build.pk, expires_in=60).json()
+    url = body["artifacts"][0]["url"]
+    signature = dict(parse_qsl(urlsplit(url).query))["sig"]
+    fetch(url)
+    fetch(altered(url, kid="999999"))  # a refusal, logged by Django as a 403
+    fetch(body["url"].replace("/dl/", "/dl/nothing/"))  # a 404
+    assert caplog.records, "the refusals were logged"
+    for record in caplog.records:
+        assert signature not in record.getMessage()
+        assert "sig=" not in record.getMessage()
+
+
+def test_a_deploy_tokens_shares_stop_when_the_project_opts_out(api):
+    project = make_project(slug="cd2", deploy_tokens_enabled=True)
+    main = make_build(project, ref="refs/heads/main")
+    upload(api, main.token, main.build.pk, "a.txt", b"main")
+    _, token = deploy_token_current(project=project)
+    url = share(api, token, main.build.pk, expires_in=60).json()["artifacts"][0]["url"]
+    assert fetch(url).status_code == 200
+    project.deploy_tokens_enabled = False
+    project.save()
+    response = fetch(url)
+    assert response.status_code == 403 and response.json()["code"] == "deploy_tokens_disabled"
