@@ -150,6 +150,14 @@ def _wants_json(request) -> bool:
     return "application/json" in accept and "text/html" not in accept
 
 
+def _build_for(key, build_id: int) -> Build | None:
+    """The build a link names, if its key still reaches it (a share key is bound to its build,
+    loaded with the key: no query)."""
+    if key.build_id is not None:
+        return key.build if key.build_id == build_id else None
+    return visible_build(Build.objects.select_related("project"), key, build_id).first()
+
+
 @method_decorator(csrf_exempt, name="dispatch")
 class SignedLinkView(View):
     """A signed link: a listing (path ends with ``/``) or one artifact. Anything that does not
@@ -169,18 +177,13 @@ class SignedLinkView(View):
                 now=time.time(),
             )
             key = link_key_check(kid=params.kid)
-            build = visible_build(
-                Build.objects.select_related("project"), key, int(build_id)
-            ).first()
+            build = _build_for(key, int(build_id))
             if build is None:
                 raise _Refusal("build_gone", "This build no longer exists or is out of reach.")
-            share = Share.objects.filter(key=key).only("paths").first()
-            paths = share.paths if share is not None and share.paths else None
             if rest == "" or rest.endswith("/"):
-                return self._listing(
-                    request, key=key, build=build, prefix=rest, paths=paths, exp=params.exp
-                )
-            return self._artifact(request, key=key, build=build, path=rest, paths=paths)
+                return self._listing(request, key=key, build=build, prefix=rest, exp=params.exp)
+            # The signature binds the path: only paths the share named were ever signed.
+            return self._artifact(request, key=key, build=build, path=rest)
         except signing.LinkInvalid as invalid:
             return _refused(str(invalid.code), invalid.message)
         except LinkKeyDead as dead:
@@ -193,20 +196,20 @@ class SignedLinkView(View):
             response["Cache-Control"] = "no-store"
             return response
 
-    def _artifact(self, request, *, key, build, path, paths):
+    def _artifact(self, request, *, key, build, path):
         gone = _Refusal("artifact_gone", "This artifact no longer exists.")
         try:
             path = artifact_path_clean(path)
         except InvalidArtifactPath:
             raise gone from None
-        if paths is not None and path not in paths:
-            raise gone
-        artifact = sharing.shared_artifacts(key=key, build=build).filter(path=path).first()
+        artifact = sharing.shared_artifact(key=key, build=build, path=path)
         if artifact is None:
             raise gone
         return signed_artifact_response(request, artifact)
 
-    def _listing(self, request, *, key, build, prefix, paths, exp):
+    def _listing(self, request, *, key, build, prefix, exp):
+        share = Share.objects.filter(key=key).only("paths").first()
+        paths = share.paths if share is not None and share.paths else None
         # Absolute links from the configured base, never from the request's Host header.
         base_url = settings.PUBLIC_BASE_URL
         found = sharing.shared_artifacts(key=key, build=build, paths=paths, prefix=prefix)

@@ -8,14 +8,16 @@ only, one build, inside the sharer's path prefix, never outliving it), so nothin
 """
 
 from datetime import timedelta
+from functools import cache
 
 from django.conf import settings
+from django.db import connections
 from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
 from ..access import path_prefix_validate, visible_build
 from ..errors import InvalidCredential, KeyForbidden
-from ..models import ApiKey, AuditEvent
+from ..models import ApiKey, AuditEvent, _DigestLookup
 from ..scopes import Scope
 from .minting import _create, audit
 
@@ -135,33 +137,79 @@ class LinkKeyDead(Exception):
         self.message = message
 
 
+class _KeyByIdLookup(_DigestLookup):
+    """The key with this id, its build and its project: the digest lookup's prepared statement
+    with another WHERE (a signed link names its key by id; this runs on every link request)."""
+
+    def __init__(self, connection) -> None:
+        super().__init__(connection)
+        q = connection.ops.quote_name
+        self.sql = self.sql.rsplit(" WHERE ", 1)[0] + f" WHERE k.{q(ApiKey._meta.pk.column)} = %s"
+
+
+class _AncestorLookup:
+    """For a chain of ancestor ids: which are dead (revoked or expired) and which are deploy
+    tokens, in one prepared statement per chain length."""
+
+    @classmethod
+    @cache
+    def for_connection(cls, alias: str, vendor: str, count: int) -> "_AncestorLookup":
+        return cls(connections[alias], count)
+
+    def __init__(self, connection, count: int) -> None:
+        q = connection.ops.quote_name
+        meta = ApiKey._meta
+        revoked = q(meta.get_field("revoked_at").column)
+        expires = q(meta.get_field("expires_at").column)
+        kind = q(meta.get_field("kind").column)
+        dead = f"({revoked} IS NOT NULL OR ({expires} IS NOT NULL AND {expires} <= %s))"
+        self.sql = (
+            f"SELECT CASE WHEN {dead} THEN 1 ELSE 0 END, {kind} "  # noqa: S608
+            f"FROM {q(meta.db_table)} WHERE {q(meta.pk.column)} IN ({', '.join(['%s'] * count)})"
+            f" AND ({dead} OR {kind} = %s)"
+        )
+
+    def suspects(self, connection, ids: list[int], now) -> list[tuple[bool, str]]:
+        moment = connection.ops.adapt_datetimefield_value(now)
+        with connection.cursor() as cursor:
+            cursor.execute(self.sql, [moment, *ids, moment, ApiKey.Kind.DEPLOY.value])
+            return [(bool(is_dead), kind) for is_dead, kind in cursor.fetchall()]
+
+
 def link_key_check(*, kid: int) -> ApiKey:
     """The key a signed link names, if it may still read: alive, every ancestor alive, holding
     ``artifacts:read`` now (a deploy token's shares stop when the project opts out). Raises
-    LinkKeyDead with the reason otherwise. Two indexed queries at most."""
-    key = ApiKey.objects.select_related("build", "project").filter(pk=kid).first()
+    LinkKeyDead with the reason otherwise. Two prepared queries at most."""
+    connection = connections[ApiKey.objects.db]
+    lookup = _KeyByIdLookup.for_connection(connection.alias, connection.vendor)
+    key = lookup.fetch(connection, kid)
     if key is None:
         raise LinkKeyDead("key_unknown", "The key this link was signed under no longer exists.")
     if key.is_revoked():
         raise LinkKeyDead("key_revoked", "This link was withdrawn: its key has been revoked.")
     if key.is_expired():
         raise LinkKeyDead("key_expired", "This link's key has expired.")
-    if key.parent_id is not None and ApiKey.objects.any_dead(key.ancestor_ids):
-        raise LinkKeyDead(
-            "ancestor_revoked",
-            "This link was withdrawn: the key it was shared from is revoked or expired.",
-        )
-    if key.parent_id is not None and _deploy_switched_off(key):
-        raise LinkKeyDead(
-            "deploy_tokens_disabled",
-            "This link was shared by a deploy token, and the project has switched those off.",
-        )
+    if key.parent_id is not None:
+        _ancestors_check(key)
     if Scope.ARTIFACTS_READ not in key.effective_scopes:
         raise LinkKeyDead("missing_scope", "This link's key may no longer read artifacts.")
     return key
 
 
-def _deploy_switched_off(key: ApiKey) -> bool:
-    if key.project.deploy_tokens_enabled:
-        return False
-    return ApiKey.objects.filter(pk__in=key.ancestor_ids, kind=ApiKey.Kind.DEPLOY).exists()
+def _ancestors_check(key: ApiKey) -> None:
+    """No ancestor revoked or expired, and no deploy token among them while the project has
+    switched deploy tokens off."""
+    connection = connections[ApiKey.objects.db]
+    ids = key.ancestor_ids
+    lookup = _AncestorLookup.for_connection(connection.alias, connection.vendor, len(ids))
+    found = lookup.suspects(connection, ids, timezone.now())
+    if any(is_dead for is_dead, _ in found):
+        raise LinkKeyDead(
+            "ancestor_revoked",
+            "This link was withdrawn: the key it was shared from is revoked or expired.",
+        )
+    if found and not key.project.deploy_tokens_enabled:
+        raise LinkKeyDead(
+            "deploy_tokens_disabled",
+            "This link was shared by a deploy token, and the project has switched those off.",
+        )
