@@ -311,6 +311,15 @@ CELERY_BEAT_SCHEDULE["artifacts.retention_purge"] = {
 # running when its build was canceled keeps trying to upload with a key it legitimately held.
 TRIPWIRE_FINISH_GRACE_SECONDS = env_int("TRIPWIRE_FINISH_GRACE_SECONDS", 300)
 
+# --- Refusals: audit volume ---------------------------------------------------------------------
+# Rows one live key's refusals may add per action (denied / write denied) per
+# TRIPWIRE_WINDOW_SECONDS; past that the newest row counts the repeats. Never below
+# TRIPWIRE_WRITE_DENIALS (the tripwire counts these rows).
+AUDIT_REFUSALS_PER_WINDOW = env_int("AUDIT_REFUSALS_PER_WINDOW", 20)
+# Longest string kept in an audit row's detail (a request path, a message); longer ones are cut
+# and marked, so a hostile 1 MB URL costs the audit table a few hundred bytes.
+AUDIT_DETAIL_MAX_CHARS = env_int("AUDIT_DETAIL_MAX_CHARS", 512)
+
 # --- Sharing: signed /dl/ links ---------------------------------------------------------------
 # HMAC secrets for signed links, comma-separated: links are signed with the first and accepted
 # with any, so a new secret goes first and the old one stays listed until its links expire.

@@ -38,11 +38,6 @@ class BuildNotWritable(exceptions.PermissionDenied):
     default_code = "build_finished"
 
 
-class PathNotAllowed(exceptions.PermissionDenied):
-    default_detail = "This key may not write outside its path prefix."
-    default_code = "path_not_allowed"
-
-
 class BlobVanished(exceptions.APIException):
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     default_detail = "The stored copy of these bytes was purged during the upload; retry it."
