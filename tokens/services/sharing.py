@@ -139,42 +139,38 @@ class LinkKeyDead(Exception):
 
 
 class _KeyByIdLookup(_DigestLookup):
-    """The key with this id, its build and its project: the digest lookup's prepared statement
-    with another WHERE (a signed link names its key by id; this runs on every link request)."""
+    """The key with this id, its build, its project and how many of its ancestors are dead, in
+    one round trip: the digest lookup's prepared statement keyed by id instead (a signed link
+    names its key by id; this runs on every link request)."""
 
     def __init__(self, connection) -> None:
         super().__init__(connection)
         q = connection.ops.quote_name
-        self.sql = self.sql.rsplit(" WHERE ", 1)[0] + f" WHERE k.{q(ApiKey._meta.pk.column)} = %s"
+        digest, pk = q(ApiKey._meta.get_field("digest").column), q(ApiKey._meta.pk.column)
+        assert self.sql.count(f"{digest} = %s") == 2, "the digest lookup changed shape"
+        self.sql = self.sql.replace(f"{digest} = %s", f"{pk} = %s")
 
 
-class _AncestorLookup:
-    """For a chain of ancestor ids: which are dead (revoked or expired) and which are deploy
-    tokens, in one prepared statement per chain length."""
+class _DeployAncestorLookup:
+    """Is a deploy token among these ancestor ids? One prepared statement per chain length."""
 
     @classmethod
     @cache
-    def for_connection(cls, alias: str, vendor: str, count: int) -> "_AncestorLookup":
+    def for_connection(cls, alias: str, vendor: str, count: int) -> "_DeployAncestorLookup":
         return cls(connections[alias], count)
 
     def __init__(self, connection, count: int) -> None:
         q = connection.ops.quote_name
         meta = ApiKey._meta
-        revoked = q(meta.get_field("revoked_at").column)
-        expires = q(meta.get_field("expires_at").column)
-        kind = q(meta.get_field("kind").column)
-        dead = f"({revoked} IS NOT NULL OR ({expires} IS NOT NULL AND {expires} <= %s))"
         self.sql = (
-            f"SELECT CASE WHEN {dead} THEN 1 ELSE 0 END, {kind} "  # noqa: S608
-            f"FROM {q(meta.db_table)} WHERE {q(meta.pk.column)} IN ({', '.join(['%s'] * count)})"
-            f" AND ({dead} OR {kind} = %s)"
+            f"SELECT 1 FROM {q(meta.db_table)} WHERE {q(meta.pk.column)} IN "  # noqa: S608
+            f"({', '.join(['%s'] * count)}) AND {q(meta.get_field('kind').column)} = %s LIMIT 1"
         )
 
-    def suspects(self, connection, ids: list[int], now) -> list[tuple[bool, str]]:
-        moment = connection.ops.adapt_datetimefield_value(now)
+    def any(self, connection, ids: list[int]) -> bool:
         with connection.cursor() as cursor:
-            cursor.execute(self.sql, [moment, *ids, moment, ApiKey.Kind.DEPLOY.value])
-            return [(bool(is_dead), kind) for is_dead, kind in cursor.fetchall()]
+            cursor.execute(self.sql, [*ids, ApiKey.Kind.DEPLOY.value])
+            return cursor.fetchone() is not None
 
 
 def link_key_check(*, kid: int) -> ApiKey:
@@ -190,26 +186,25 @@ def link_key_check(*, kid: int) -> ApiKey:
         raise LinkKeyDead("key_revoked", "This link was withdrawn: its key has been revoked.")
     if key.is_expired():
         raise LinkKeyDead("key_expired", "This link's key has expired.")
-    if key.parent_id is not None:
-        _ancestors_check(key)
+    if key.parent_id is not None and key.dead_ancestors:
+        raise LinkKeyDead(
+            "ancestor_revoked",
+            "This link was withdrawn: the key it was shared from is revoked or expired.",
+        )
+    if key.parent_id is not None and not key.project.deploy_tokens_enabled:
+        _deploy_ancestor_check(key)
     if Scope.ARTIFACTS_READ not in key.effective_scopes:
         raise LinkKeyDead("missing_scope", "This link's key may no longer read artifacts.")
     return key
 
 
-def _ancestors_check(key: ApiKey) -> None:
-    """No ancestor revoked or expired, and no deploy token among them while the project has
-    switched deploy tokens off."""
+def _deploy_ancestor_check(key: ApiKey) -> None:
+    """While a project has switched deploy tokens off, links shared by one (or by a key
+    derived from one) stop too."""
     connection = connections[ApiKey.objects.db]
     ids = key.ancestor_ids
-    lookup = _AncestorLookup.for_connection(connection.alias, connection.vendor, len(ids))
-    found = lookup.suspects(connection, ids, timezone.now())
-    if any(is_dead for is_dead, _ in found):
-        raise LinkKeyDead(
-            "ancestor_revoked",
-            "This link was withdrawn: the key it was shared from is revoked or expired.",
-        )
-    if found and not key.project.deploy_tokens_enabled:
+    lookup = _DeployAncestorLookup.for_connection(connection.alias, connection.vendor, len(ids))
+    if lookup.any(connection, ids):
         raise LinkKeyDead(
             "deploy_tokens_disabled",
             "This link was shared by a deploy token, and the project has switched those off.",
