@@ -39,6 +39,7 @@ bench: install
 	$(PY) bench/auth.py
 	$(PY) bench/transfer.py
 	$(PY) bench/storage.py
+	$(PY) bench/share.py
 
 lint: install
 	$(VENV)/bin/ruff check .
