@@ -140,6 +140,20 @@ EXPECTED: dict[tuple[str, str], dict[str, int]] = {
         staff_session=401,
     ),
     ("build-finish", "OPTIONS"): OPTIONS_AUTHENTICATED,
+    ("build-statuses", "GET"): READ_BUILD,
+    ("build-statuses", "POST"): row(
+        running_build=201,
+        finished_build=403,  # a finished build's own key no longer reports; derived ones do
+        other_build=404,
+        other_project=403,
+        derived_read_only=403,
+        derived_prefix=403,
+        deploy_current=403,
+        deploy_in_grace=403,
+        project=403,
+        staff_session=401,
+    ),
+    ("build-statuses", "OPTIONS"): OPTIONS_AUTHENTICATED,
     ("artifact-list", "GET"): READ_BUILD,
     ("artifact-list", "OPTIONS"): OPTIONS_AUTHENTICATED,
     ("artifact", "GET"): {**READ_BUILD, "derived_prefix": 404},  # dist/ is outside docs/
@@ -313,6 +327,7 @@ class World:
             "build-create": {"ref": "refs/heads/main"},
             "build-finish": {"state": "succeeded"},
             "key-derive": {"scopes": ["artifacts:read"], "expires_in": 60},
+            "build-statuses": {"context": "downstream/tests", "state": "success"},
         }.get(name, {})
         if method == "POST":
             return client.post(url, body, format="json")
