@@ -13,6 +13,7 @@ from .deploy import (
     deploy_token_rotate,
 )
 from .derivation import key_derive
+from .downstream import key_derive_for_downstream, key_token
 from .expiry import ExpiryWarning, key_expiry_warn
 from .minting import audit, key_mint_for_build, key_mint_project
 from .revocation import key_revoke
@@ -28,8 +29,10 @@ __all__ = [
     "key_authenticate",
     "key_denied",
     "key_derive",
+    "key_derive_for_downstream",
     "key_expiry_warn",
     "key_mint_for_build",
     "key_mint_project",
     "key_revoke",
+    "key_token",
 ]
