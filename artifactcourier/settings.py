@@ -335,3 +335,4 @@ CELERY_BEAT_SCHEDULE["webhooks.deliveries_sweep"] = {
     "task": "webhooks.deliveries_sweep",
     "schedule": float(os.environ.get("WEBHOOK_SWEEP_EVERY_SECONDS", "30")),
 }
+SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"]["WebhookEventEnum"] = "webhooks.models.Event"

@@ -12,7 +12,7 @@ import random
 import secrets
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
@@ -284,7 +284,7 @@ def _keys_for(delivery: Delivery) -> tuple[ApiKey, ApiKey]:
 
 
 def _iso(value: datetime) -> str:
-    return value.astimezone(timezone.UTC).isoformat().replace("+00:00", "Z")
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def payload_build(*, delivery: Delivery, now: datetime) -> dict:
