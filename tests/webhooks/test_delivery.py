@@ -70,7 +70,7 @@ def test_during_rotation_both_secrets_verify_and_after_the_grace_only_the_new(
     attempt_all()
     last = receiver.received[-1]
     verified(new, last)
-    with pytest.raises(Exception, match="[Ss]ignature"):
+    with pytest.raises(Exception, match=r"[Ss]ignature"):
         verified(created["signing_secret"], last)
 
 
@@ -135,7 +135,7 @@ def test_500_then_200_is_delivered_with_two_attempts_and_one_webhook_id(api, man
 def test_non_2xx_is_a_failure_and_redirects_are_not_followed(api, manager_token, status):
     answer = Answer(status, b"no", {"Location": "http://127.0.0.1:1/elsewhere"})
     with Receiver(answer) as receiver:
-        created, delivery = ping(api, manager_token, receiver.url)
+        _, delivery = ping(api, manager_token, receiver.url)
         attempt_all()
     assert len(receiver.received) == 3  # the whole (test) schedule, each to the same URL
     delivery.refresh_from_db()
@@ -145,7 +145,7 @@ def test_non_2xx_is_a_failure_and_redirects_are_not_followed(api, manager_token,
 
 def test_410_gone_disables_the_subscription_at_once_and_audits_why(api, manager_token):
     with Receiver(Answer(410)) as receiver:
-        created, delivery = ping(api, manager_token, receiver.url)
+        created, _ = ping(api, manager_token, receiver.url)
         attempt_all()
     assert len(receiver.received) == 1
     subscription = Subscription.objects.get()

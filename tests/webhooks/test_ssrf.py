@@ -66,7 +66,7 @@ def test_literal_addresses_of_every_non_public_class_are_refused(address):
 
 @pytest.mark.parametrize("address", REFUSED)
 def test_a_hostname_resolving_to_one_is_refused(address):
-    with pytest.raises(TargetRefused, match="hooks.example resolves to"):
+    with pytest.raises(TargetRefused, match=r"hooks\.example resolves to"):
         target_resolve("hooks.example", 443, resolve=resolver(address))
 
 

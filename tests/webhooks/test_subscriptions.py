@@ -52,7 +52,8 @@ def test_secrets_are_encrypted_at_rest(api, manager_token):
     assert body["signing_secret"] not in stored
     assert SIGV4["secret_access_key"] not in stored
     assert crypto.decrypt(row.secret_encrypted) == body["signing_secret"]
-    assert body["sigv4"] == {"access_key_id": "AKIDEXAMPLE", "region": "eu-west-1", "service": "lambda"}
+    public = {"access_key_id": "AKIDEXAMPLE", "region": "eu-west-1", "service": "lambda"}
+    assert body["sigv4"] == public
 
 
 def test_encryption_keys_rotate(settings):
