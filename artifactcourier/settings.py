@@ -6,6 +6,7 @@ so ``make run`` works on a laptop with no servers. Setting ``DATABASE_URL`` mean
 deployment: then ``SECRET_KEY`` and ``TOKEN_PEPPER`` must come from the environment too.
 """
 
+import hashlib
 import json
 import os
 import secrets
@@ -296,6 +297,7 @@ CELERY_BEAT_SCHEDULE["artifacts.retention_purge"] = {
 # running when its build was canceled keeps trying to upload with a key it legitimately held.
 TRIPWIRE_FINISH_GRACE_SECONDS = env_int("TRIPWIRE_FINISH_GRACE_SECONDS", 300)
 
+<<<<<<< HEAD
 # --- Webhooks (downstream subscriptions) ------------------------------------------------------
 # Fernet keys (comma-separated, newest first) encrypting subscriptions' secrets at rest; rotate by
 # prepending a new key and running `manage.py webhooks_reencrypt`. Default: one derived from
@@ -336,3 +338,27 @@ CELERY_BEAT_SCHEDULE["webhooks.deliveries_sweep"] = {
     "schedule": float(os.environ.get("WEBHOOK_SWEEP_EVERY_SECONDS", "30")),
 }
 SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"]["WebhookEventEnum"] = "webhooks.models.Event"
+=======
+# --- Sharing: signed /dl/ links ---------------------------------------------------------------
+# HMAC secrets for signed links, comma-separated: links are signed with the first and accepted
+# with any, so a new secret goes first and the old one stays listed until its links expire.
+# Embedded default: derived from SECRET_KEY (a deployment sets its own).
+SHARE_SIGNING_SECRETS = env_list("SHARE_SIGNING_SECRETS") or [
+    hashlib.sha256(f"share-signing:{SECRET_KEY}".encode()).hexdigest()
+]
+# A share's links live this long unless the request says otherwise, and at most SHARE_MAX_SECONDS
+# (never beyond the sharer's own expiry).
+SHARE_DEFAULT_SECONDS = env_int("SHARE_DEFAULT_SECONDS", 3600)
+SHARE_MAX_SECONDS = env_int("SHARE_MAX_SECONDS", 7 * 86400)
+SHARE_MAX_PATHS = env_int("SHARE_MAX_PATHS", 1000)
+# How /dl/ artifact links are served: "direct" (the app streams the bytes), "x-accel" (the app
+# answers X-Accel-Redirect to SHARE_X_ACCEL_LOCATION, an nginx `internal` location aliased to
+# ARTIFACT_ROOT, and nginx streams from disk), or "s3" (302 to a short-lived S3 URL).
+SHARE_SERVE_MODE = os.environ.get("SHARE_SERVE_MODE", "direct")
+if SHARE_SERVE_MODE not in {"direct", "x-accel", "s3"}:
+    raise ImproperlyConfigured("SHARE_SERVE_MODE must be 'direct', 'x-accel' or 's3'.")
+SHARE_X_ACCEL_LOCATION = os.environ.get("SHARE_X_ACCEL_LOCATION", "/_artifacts/")
+# S3 URLs handed to clients are signed for this endpoint (the one clients reach), not the
+# internal AWS_S3_ENDPOINT_URL the app talks to (e.g. http://minio:9000 in compose).
+AWS_S3_PUBLIC_ENDPOINT_URL = os.environ.get("AWS_S3_PUBLIC_ENDPOINT_URL", "")
+>>>>>>> main

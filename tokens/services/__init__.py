@@ -17,9 +17,16 @@ from .downstream import key_derive_for_downstream, key_token
 from .expiry import ExpiryWarning, key_expiry_warn
 from .minting import audit, key_mint_for_build, key_mint_project
 from .revocation import key_revoke
+from .sharing import (
+    LinkKeyDead,
+    key_mint_share,
+    link_key_check,
+    share_allowed,
+)
 
 __all__ = [
     "ExpiryWarning",
+    "LinkKeyDead",
     "RotatedDeployToken",
     "audit",
     "deploy_token_current",
@@ -33,6 +40,9 @@ __all__ = [
     "key_expiry_warn",
     "key_mint_for_build",
     "key_mint_project",
+    "key_mint_share",
     "key_revoke",
     "key_token",
+    "link_key_check",
+    "share_allowed",
 ]
