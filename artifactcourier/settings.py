@@ -297,7 +297,6 @@ CELERY_BEAT_SCHEDULE["artifacts.retention_purge"] = {
 # running when its build was canceled keeps trying to upload with a key it legitimately held.
 TRIPWIRE_FINISH_GRACE_SECONDS = env_int("TRIPWIRE_FINISH_GRACE_SECONDS", 300)
 
-<<<<<<< HEAD
 # --- Webhooks (downstream subscriptions) ------------------------------------------------------
 # Fernet keys (comma-separated, newest first) encrypting subscriptions' secrets at rest; rotate by
 # prepending a new key and running `manage.py webhooks_reencrypt`. Default: one derived from
@@ -338,7 +337,7 @@ CELERY_BEAT_SCHEDULE["webhooks.deliveries_sweep"] = {
     "schedule": float(os.environ.get("WEBHOOK_SWEEP_EVERY_SECONDS", "30")),
 }
 SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"]["WebhookEventEnum"] = "webhooks.models.Event"
-=======
+
 # --- Sharing: signed /dl/ links ---------------------------------------------------------------
 # HMAC secrets for signed links, comma-separated: links are signed with the first and accepted
 # with any, so a new secret goes first and the old one stays listed until its links expire.
@@ -361,4 +360,3 @@ SHARE_X_ACCEL_LOCATION = os.environ.get("SHARE_X_ACCEL_LOCATION", "/_artifacts/"
 # S3 URLs handed to clients are signed for this endpoint (the one clients reach), not the
 # internal AWS_S3_ENDPOINT_URL the app talks to (e.g. http://minio:9000 in compose).
 AWS_S3_PUBLIC_ENDPOINT_URL = os.environ.get("AWS_S3_PUBLIC_ENDPOINT_URL", "")
->>>>>>> main
