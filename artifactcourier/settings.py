@@ -337,6 +337,11 @@ CELERY_BEAT_SCHEDULE["webhooks.deliveries_sweep"] = {
     "schedule": float(os.environ.get("WEBHOOK_SWEEP_EVERY_SECONDS", "30")),
 }
 SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"]["WebhookEventEnum"] = "webhooks.models.Event"
+# Publishing a task tries the broker once instead of retrying for seconds: a finish request
+# never waits on a broker that is down (its deliveries sit in the outbox; the sweeper queues
+# them when the broker is back). Consuming workers keep their own reconnect policy.
+if not CELERY_BROKER_URL.startswith("filesystem://"):
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"max_retries": env_int("CELERY_PUBLISH_MAX_RETRIES", 0)}
 
 # --- Sharing: signed /dl/ links ---------------------------------------------------------------
 # HMAC secrets for signed links, comma-separated: links are signed with the first and accepted
