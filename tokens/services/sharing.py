@@ -17,15 +17,16 @@ from ..access import path_prefix_validate, visible_build
 from ..errors import InvalidCredential, KeyForbidden
 from ..models import ApiKey, AuditEvent
 from ..scopes import Scope
-from .minting import _create, audit
+from .denials import audit_refusal
+from .minting import _create
 
 
 def _refuse(*, key: ApiKey, code: str, message: str, ip: str | None, detail: dict) -> KeyForbidden:
-    """Audit a refused share and return the 403 to raise."""
-    audit(
+    """Audit a refused share (rate-limited like every refusal of a live key) and return the 403
+    to raise."""
+    audit_refusal(
         action=AuditEvent.Action.DENIED,
         key=key,
-        actor=f"key:{key.pk}",
         reason=f"share refused: {code}",
         ip=ip,
         detail=detail,
