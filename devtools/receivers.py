@@ -5,6 +5,7 @@ Used by the webhook tests and bench/fanout.py. A receiver answers from a script 
 """
 
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -15,6 +16,7 @@ class Received:
     path: str
     headers: dict[str, str]  # names lower-cased
     body: bytes
+    at: float = 0.0  # time.monotonic() on arrival
 
 
 @dataclass
@@ -47,6 +49,7 @@ class Receiver:
                             self.path,
                             {k.lower(): v for k, v in self.headers.items()},
                             body,
+                            time.monotonic(),
                         )
                     )
                     receiver.arrived.notify_all()
