@@ -273,11 +273,11 @@ def _keys_for(delivery: Delivery) -> tuple[ApiKey, ApiKey]:
     name = f"webhook subscription {delivery.subscription_id}"
     actor = f"webhook:{delivery.subscription_id}"
     with transaction.atomic():
-        read_key, _ = token_services.key_derive_for_downstream(
-            build=delivery.build, scopes=[Scope.ARTIFACTS_READ], name=name, actor=actor
-        )
-        status_key, _ = token_services.key_derive_for_downstream(
-            build=delivery.build, scopes=[Scope.BUILD_STATUS], name=name, actor=actor
+        read_key, status_key = token_services.keys_derive_for_downstream(
+            build=delivery.build,
+            scope_sets=[[Scope.ARTIFACTS_READ], [Scope.BUILD_STATUS]],
+            name=name,
+            actor=actor,
         )
         Delivery.objects.filter(pk=delivery.pk).update(read_key=read_key, status_key=status_key)
     return read_key, status_key
@@ -388,7 +388,9 @@ def delivery_attempt(*, delivery_id: int, resolve=None) -> DeliveryAttempt | Non
     token = _lease_take(delivery_id)
     if token is None:
         return None
-    delivery = Delivery.objects.select_related("subscription__project", "build").get(pk=delivery_id)
+    delivery = Delivery.objects.select_related(
+        "subscription__project", "build", "read_key", "status_key"
+    ).get(pk=delivery_id)
     subscription = delivery.subscription
     now = timezone.now()
     started = time.monotonic()
@@ -450,7 +452,8 @@ def _outcome_record(
     }
     if outcome.ok:
         held.update(**fields, state=Delivery.State.DELIVERED, delivered_at=now)
-        Subscription.objects.filter(pk=subscription.pk).update(consecutive_failures=0)
+        if subscription.consecutive_failures:
+            Subscription.objects.filter(pk=subscription.pk).update(consecutive_failures=0)
         return attempt
     if outcome.status_code == 410:
         # 410 Gone: the receiver says this endpoint is gone for good.

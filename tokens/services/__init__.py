@@ -14,7 +14,7 @@ from .deploy import (
     deploy_token_rotate_away,
 )
 from .derivation import key_derive
-from .downstream import key_derive_for_downstream, key_token
+from .downstream import key_token, keys_derive_for_downstream
 from .expiry import ExpiryWarning, key_expiry_warn
 from .minting import audit, key_mint_for_build, key_mint_project
 from .revocation import key_revoke, key_revoke_by
@@ -40,7 +40,6 @@ __all__ = [
     "key_authenticate",
     "key_denied",
     "key_derive",
-    "key_derive_for_downstream",
     "key_expiry_warn",
     "key_mint_for_build",
     "key_mint_project",
@@ -49,6 +48,7 @@ __all__ = [
     "key_revoke",
     "key_revoke_by",
     "key_token",
+    "keys_derive_for_downstream",
     "link_key_check",
     "share_allowed",
 ]
