@@ -38,6 +38,7 @@ test-fast: install
 bench: install
 	$(PY) bench/auth.py
 	$(PY) bench/transfer.py
+	$(PY) bench/fanout.py
 
 lint: install
 	$(VENV)/bin/ruff check .
