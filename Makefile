@@ -40,6 +40,7 @@ bench: install
 	$(PY) bench/transfer.py
 	$(PY) bench/storage.py
 	$(PY) bench/share.py
+	$(PY) bench/fanout.py
 
 lint: install
 	$(VENV)/bin/ruff check .
