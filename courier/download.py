@@ -128,11 +128,12 @@ class Downloader:
             return Outcome(remote.path, "unchanged", target.stat().st_size, remote.sha256)
         part = target.with_name(f".{target.name}{PART_SUFFIX}")
         handle = self.reporter.start(remote.path, remote.size)
-        resumed_from = part.stat().st_size if part.exists() else 0
+        resumed_from = 0
         attempt = 0
         while True:
             try:
-                digest, size = self._transfer(remote, part, handle)
+                digest, size, offset = self._transfer(remote, part, handle)
+                resumed_from = max(resumed_from, offset)
                 break
             except _Retry as exc:
                 if attempt >= self.client.config.retries:
@@ -150,7 +151,9 @@ class Downloader:
         )
         return Outcome(remote.path, "downloaded", size, digest, resumed_from=resumed_from)
 
-    def _transfer(self, remote: Remote, part: Path, handle: object) -> tuple[str, int]:
+    def _transfer(self, remote: Remote, part: Path, handle: object) -> tuple[str, int, int]:
+        """One GET; returns the digest, the size and where the server resumed (0: from the
+        start). Raises _Retry for a transfer worth resuming, CourierError for a verdict."""
         offset = part.stat().st_size if part.exists() else 0
         headers = {"Accept": "*/*", "Accept-Encoding": "identity"}
         if offset:
@@ -190,7 +193,6 @@ class Downloader:
             self.reporter.reset(handle, offset)
             digest = hashlib.sha256()
             if offset and mode == "ab":
-                digest = hashlib.sha256()
                 with part.open("rb") as f:
                     while chunk := f.read(CHUNK):
                         digest.update(chunk)
@@ -221,7 +223,7 @@ class Downloader:
             raise CourierError(
                 f"SHA-256 mismatch: expected {expected}, got {actual}; the file was not kept"
             )
-        return actual, size
+        return actual, size, offset if mode == "ab" else 0
 
 
 class _Retry(Exception):

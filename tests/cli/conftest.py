@@ -48,19 +48,36 @@ def manage(env: dict, *args: str) -> str:
     ).stdout
 
 
-def courier(*args: str, env: dict | None = None, cwd=None, timeout: float = 300, stdin=None):
-    """Run the installed `courier` console script with exactly ``env`` (plus PATH/HOME)."""
+def courier(
+    *args: str,
+    env: dict | None = None,
+    cwd=None,
+    timeout: float = 300,
+    stdin=None,
+    reveals_secrets: bool = False,
+) -> Result:
+    """Run the installed `courier` console script with exactly ``env`` (plus PATH/HOME), as a
+    CI job does: no terminal. Every run is checked for what must never show in a CI log:
+    control characters (escape sequences, forged lines) and the token it was given."""
     base = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "LC_ALL") if k in os.environ}
+    env = {**base, "COURIER_RETRIES": "2", **(env or {})}
     proc = subprocess.run(
         [str(COURIER), *args],
-        env={**base, "COURIER_RETRIES": "2", **(env or {})},
+        env=env,
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
         input=stdin,
     )
-    return Result(proc.returncode, proc.stdout, proc.stderr)
+    result = Result(proc.returncode, proc.stdout, proc.stderr)
+    controls = [ch for ch in result.output if ch != "\n" and not ch.isprintable()]
+    assert not controls, f"control characters in the output: {controls!r}"
+    if not reveals_secrets:
+        for name in ("COURIER_TOKEN", "COURIER_DEPLOY_TOKEN"):
+            if env.get(name):
+                assert env[name] not in result.output, f"{name} shows in the output"
+    return result
 
 
 def server_env(data_dir: Path, **extra) -> dict:
@@ -115,6 +132,7 @@ def started(courier_server):
         "--format",
         "env",
         env={"COURIER_URL": courier_server.url, "COURIER_TOKEN": courier_server.project_token},
+        reveals_secrets=True,
     )
     assert result.code == 0, result.stderr
     lines = dict(line.split("=", 1) for line in result.stdout.splitlines())
