@@ -18,7 +18,7 @@ def listing(base: str, paths: list[str], digest: str | None = None) -> dict:
         "key_id": 1,
         "build": {"id": 1, "number": 1, "project": "app"},
         "artifacts": [
-            {"path": p, "size": len(CONTENT), "sha256": digest or sha256(CONTENT), "url": f"{base}/f"}
+            {"path": p, "size": len(CONTENT), "sha256": digest or sha256(CONTENT), "url": base + "/f"}
             for p in paths
         ],
     }
@@ -129,7 +129,7 @@ def test_uploads_are_retried_on_5xx_and_error_details_are_escaped(tmp_path):
         ("PUT", "/api/v1/builds/7/artifacts/a.txt"): put,
     }
     (tmp_path / "a.txt").write_bytes(b"abc")
-    with stub_server(routes) as (base, seen):
+    with stub_server(routes) as (base, _):
         ok = courier(
             "upload", str(tmp_path / "a.txt"), "--retries", "3",
             env={"COURIER_URL": base, "COURIER_TOKEN": "acb_" + "t" * 40, "COURIER_BUILD": "7"},
