@@ -12,13 +12,14 @@ CONTENT = b"payload\n"
 
 
 def listing(base: str, paths: list[str], digest: str | None = None) -> dict:
+    link = f"{base}/f"
     return {
         "url": f"{base}/listing",
         "expires_at": "2030-01-01T00:00:00Z",
         "key_id": 1,
         "build": {"id": 1, "number": 1, "project": "app"},
         "artifacts": [
-            {"path": p, "size": len(CONTENT), "sha256": digest or sha256(CONTENT), "url": base + "/f"}
+            {"path": p, "size": len(CONTENT), "sha256": digest or sha256(CONTENT), "url": link}
             for p in paths
         ],
     }
