@@ -45,9 +45,13 @@ _DEFAULT_IGNORABLE = (
 _PERCENT_ENCODED = re.compile(r"%[0-9A-Fa-f]{2}")
 
 
+_DEFAULT_IGNORABLE_CHARS = re.compile(
+    "[" + "".join(f"{chr(low)}-{chr(high)}" for low, high in _DEFAULT_IGNORABLE) + "]"
+)
+
+
 def _default_ignorable(char: str) -> bool:
-    code = ord(char)
-    return any(low <= code <= high for low, high in _DEFAULT_IGNORABLE)
+    return _DEFAULT_IGNORABLE_CHARS.match(char) is not None
 
 
 def _character_problem(char: str) -> str | None:
@@ -94,9 +98,10 @@ def path_problem(path: str, *, prefix: bool = False) -> str | None:
     unfinished (empty, or ending in a dot), and the empty prefix is fine."""
     if not path:
         return None if prefix else "is empty"
-    for char in path:
-        if problem := _character_problem(char):
-            return problem
+    if not (path.isascii() and path.isprintable()) or "\\" in path:  # else nothing to find
+        for char in path:
+            if problem := _character_problem(char):
+                return problem
     if match := _PERCENT_ENCODED.search(path):
         return (
             f"contains '{match.group()}', a percent-encoded byte (not valid UTF-8, or "
