@@ -64,9 +64,16 @@ class OfferedLookupsOnly:
         return True
 
     def offered_lookups(self, request) -> set[str]:
+        # Asked once per query parameter; the filters (some query for their choices) are
+        # built once per request.
+        cache = getattr(request, "_offered_lookups", None) if request is not None else None
+        if cache is not None and self.model in cache:
+            return cache[self.model]
         offered = self._date_hierarchy_lookups()
         for item in self.get_list_filter(request):
             offered.update(self._filter_parameters(item, request))
+        if request is not None:
+            request._offered_lookups = {**(cache or {}), self.model: offered}
         return offered
 
     def _date_hierarchy_lookups(self) -> set[str]:
