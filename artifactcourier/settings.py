@@ -258,14 +258,30 @@ SPECTACULAR_SETTINGS = {
 KEY_LAST_USED_INTERVAL = env_int("KEY_LAST_USED_INTERVAL", 60)
 
 # --- Logging: tokens and signatures never reach a log line ------------------------------------
+# Every handler carries the one redaction (tokens.logging): Django's default handlers are
+# replaced, not kept beside ours (its "django" logger's console and mail_admins, and
+# "django.server"), so no record reaches a stream or a mail unfiltered. gunicorn's own logs go
+# through the same filter (artifactcourier.gunicorn_logging), Celery's too (celery.py).
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"redact": {"()": "tokens.logging.RedactSecretsFilter"}},
+    "filters": {
+        "redact": {"()": "tokens.logging.RedactSecretsFilter"},
+        "require_debug_false": {"()": "django.utils.log.RequireDebugFalse"},
+    },
     "handlers": {
         "console": {"class": "logging.StreamHandler", "filters": ["redact"]},
+        "mail_admins": {
+            "level": "ERROR",
+            "class": "django.utils.log.AdminEmailHandler",
+            "filters": ["require_debug_false", "redact"],
+        },
     },
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "loggers": {
+        "django": {"handlers": ["mail_admins"], "level": "INFO", "propagate": True},
+        "django.server": {"handlers": ["console"], "level": "INFO", "propagate": False},
+    },
 }
 # Deploy tokens live at most this long (they are rotated well before).
 DEPLOY_TOKEN_MAX_DAYS = env_int("DEPLOY_TOKEN_MAX_DAYS", 365)

@@ -2,6 +2,7 @@ from django.db import models
 from django.db.models import Count, OuterRef, Subquery, Sum
 from django.db.models.functions import Coalesce
 
+from artifactcourier.parsers import validate_json_value
 from tokens import access
 
 
@@ -69,7 +70,8 @@ class Build(models.Model):
         "webhooks fire unless the project allows it.",
     )
     state = models.CharField(max_length=16, choices=State.choices, default=State.RUNNING)
-    metadata = models.JSONField(default=dict, blank=True)
+    # The API's JSON checks also hold for an edit in the admin: no lone surrogate, bounded depth.
+    metadata = models.JSONField(default=dict, blank=True, validators=[validate_json_value])
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
