@@ -242,3 +242,19 @@ def test_a_download_with_a_build_key_costs_the_key_and_the_artifact(
         response = client.get(url)
     assert response.status_code == 200
     assert client.get(f"/api/v1/builds/{build.build.pk + 1000}/artifacts/a.txt").status_code == 404
+
+
+@pytest.mark.parametrize("kind", ["build", "deploy"])
+def test_the_build_view_does_not_fetch_the_project_authentication_loaded(
+    api, build, kind, django_assert_num_queries
+):
+    """Key (1), the build with its totals (1), its statuses (1): the project came with the key."""
+    build.build.project.deploy_tokens_enabled = True
+    build.build.project.save(update_fields=["deploy_tokens_enabled"])
+    token = build.token if kind == "build" else deploy_token_current(project=build.build.project)[1]
+    client = api.as_key(token)
+    client.get("/api/v1/keys/self")
+    with django_assert_num_queries(3):
+        response = client.get(f"/api/v1/builds/{build.build.pk}/")
+    assert response.status_code == 200
+    assert response.json()["project"] == build.build.project.slug
