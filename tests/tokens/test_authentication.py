@@ -258,3 +258,17 @@ def test_the_build_view_does_not_fetch_the_project_authentication_loaded(
         response = client.get(f"/api/v1/builds/{build.build.pk}/")
     assert response.status_code == 200
     assert response.json()["project"] == build.build.project.slug
+
+
+def test_on_postgresql_the_key_lookup_is_prepared_once_per_connection(api, build):
+    if connection.vendor != "postgresql":
+        pytest.skip("prepared statements are a PostgreSQL matter")
+    client = api.as_key(build.token)
+    for _ in range(8):
+        assert client.get("/api/v1/keys/self").status_code == 200
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE %s",
+            ["%WITH RECURSIVE chain%"],
+        )
+        assert cursor.fetchone()[0] == 1
