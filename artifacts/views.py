@@ -100,6 +100,7 @@ class ArtifactView(APIView):
             content_length=_content_length(request),
             content_type=_content_type(request),
             expected_sha256=request.headers.get("X-Checksum-Sha256"),
+            key=request.auth,
         )
         return Response(
             ArtifactSerializer(stored.artifact).data,
