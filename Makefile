@@ -44,8 +44,9 @@ bench: install
 	$(PY) bench/fanout.py
 
 # Mutation testing of the access core (tokens/, artifacts/paths.py; [tool.mutmut] in
-# pyproject.toml). Not part of CI: it takes minutes to hours. MUTATE_ARGS narrows it, e.g.
-# MUTATE_ARGS='"tokens.access*"'; `.venv/bin/mutmut browse` shows the survivors.
+# pyproject.toml). Not part of CI: it takes minutes to hours. MUTATE_ARGS narrows it to some
+# mutants, e.g. MUTATE_ARGS='"tokens.access.*" "artifacts.paths.*"'; `.venv/bin/mutmut
+# browse` shows the survivors.
 mutate: install
 	rm -rf mutants
 	SECRET_KEY=$(TEST_SECRET) TOKEN_PEPPER=$(TEST_PEPPER) DATABASE_URL= \
