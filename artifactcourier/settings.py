@@ -361,6 +361,17 @@ SHARE_X_ACCEL_LOCATION = os.environ.get("SHARE_X_ACCEL_LOCATION", "/_artifacts/"
 # internal AWS_S3_ENDPOINT_URL the app talks to (e.g. http://minio:9000 in compose).
 AWS_S3_PUBLIC_ENDPOINT_URL = os.environ.get("AWS_S3_PUBLIC_ENDPOINT_URL", "")
 
+# --- Authentication on PostgreSQL -----------------------------------------------------------------
+# The per-request key lookup binds its parameters on the server, so PostgreSQL prepares it once
+# per connection (tokens.models._hot_cursor). Set to false behind a transaction-mode pooler that
+# cannot keep prepared statements (PgBouncer before 1.21).
+AUTH_PREPARED_STATEMENTS = env_bool("AUTH_PREPARED_STATEMENTS", True)
+if AUTH_PREPARED_STATEMENTS and DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    # Django turns psycopg's preparing off (prepare_threshold None), which also refuses an
+    # explicit prepare=True. A threshold no query reaches keeps automatic preparing off (and
+    # Django's own client-side binding cursors never prepare) while allowing the explicit one.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("prepare_threshold", 2**31)
+
 # --- Dependencies: timeouts, retries, 503 ---------------------------------------------------
 # Every call to the object store is bounded: a store that accepts connections but never answers
 # costs a request at most about connect/read timeout x attempts, then a 503 with Retry-After,

@@ -11,7 +11,7 @@ def build_get_for_key(*, key, build_id: int | str, with_totals: bool = False) ->
     404 (also when it exists elsewhere).
 
     A build-bound key's build was loaded with the key (authentication's one round trip): unless
-    totals are wanted, it is answered from there, without a second query.
+    totals are wanted, it is answered from there, without a second query; so is the project.
     """
     build_id = int(build_id)
     if not with_totals and key.build_id is not None and "build" in key._state.fields_cache:
@@ -23,4 +23,7 @@ def build_get_for_key(*, key, build_id: int | str, with_totals: bool = False) ->
         if with_totals
         else Build.objects.all()
     )
-    return get_object_or_404(visible_build(queryset, key, build_id))
+    build = get_object_or_404(visible_build(queryset, key, build_id))
+    if "project" in key._state.fields_cache and build.project_id == key.project_id:
+        build.project = key.project  # loaded with the key: no query for what it already knew
+    return build
