@@ -309,20 +309,51 @@ def _file_chunks(storage, name: str, *, start: int, length: int, chunk_size: int
             yield data
 
 
+def _public_s3_client(storage):
+    """A client that signs for the endpoint clients reach (AWS_S3_PUBLIC_ENDPOINT_URL, else the
+    storage's own), with SigV4: a pre-signed URL is only valid for the host it was signed for,
+    and signature v2 is gone from AWS regions opened since 2014."""
+    import boto3
+    from botocore.config import Config
+
+    endpoint = settings.AWS_S3_PUBLIC_ENDPOINT_URL or storage.endpoint_url or None
+    cache_key = (endpoint, storage.access_key, storage.region_name)
+    client = _PUBLIC_CLIENTS.get(cache_key)
+    if client is None:
+        # Keys from the storage's options, else boto3's own chain (environment, instance role).
+        client = boto3.session.Session().client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name=storage.region_name or "us-east-1",
+            aws_access_key_id=storage.access_key or None,
+            aws_secret_access_key=storage.secret_key or None,
+            aws_session_token=getattr(storage, "security_token", None) or None,
+            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+        )
+        _PUBLIC_CLIENTS[cache_key] = client
+    return client
+
+
+_PUBLIC_CLIENTS: dict = {}
+
+
 def blob_presigned_url(name: str, *, filename: str, expires: int) -> str | None:
-    """A short-lived URL straight to the storage (S3), or None when the storage has none."""
+    """A short-lived SigV4 URL straight to the storage (S3) for clients, or None when the
+    storage has none. S3 answers it with the disposition and type set here."""
     storage = blob_storage()
     if not _is_s3(storage):
         return None
-    # Signing is local (no request), but django-storages may fetch credentials.
+    # Signing is local (no request), but boto3 may fetch credentials.
     with s3_errors(storage):
-        return storage.url(
-            name,
-            parameters={
+        return _public_s3_client(storage).generate_presigned_url(
+            "get_object",
+            Params={
+                "Bucket": storage.bucket_name,
+                "Key": storage._normalize_name(name),
                 "ResponseContentDisposition": content_disposition_header(True, filename),
                 "ResponseContentType": "application/octet-stream",
             },
-            expire=expires,
+            ExpiresIn=expires,
         )
 
 
