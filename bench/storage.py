@@ -2,7 +2,8 @@
 
 The deployment shape on loopback: gunicorn (2 processes x 4 threads), moto's S3 server behind
 a fault-injecting proxy (devtools/faults.py), SQLite or, with BENCH_DATABASE_URL, PostgreSQL
-(an empty database of your own). Two scenarios, each with a same-run baseline (S3 healthy):
+(the bench creates, then drops, a fresh database per code version, named after that URL's with
+a suffix). Two scenarios, each with a same-run baseline (S3 healthy):
 
 A. S3 slow to complete uploads (CompleteMultipartUpload delayed SLOW_COMPLETE seconds): uploads
    to one build run back to back in the background while build creation in the same project
@@ -15,6 +16,7 @@ with git archive into a temporary directory), so the before/after figures come f
 Figures are printed (medians, max), never asserted.
 """
 
+import contextlib
 import http.client
 import json
 import os
@@ -218,6 +220,25 @@ def scenario_dead_store(app: App, proxy: FaultyS3, dead: bool) -> list:
     return [summary(health), summary([s for _, s in results]), ",".join(statuses)]
 
 
+@contextlib.contextmanager
+def fresh_database(url: str | None, suffix: str):
+    if not url:
+        yield None
+        return
+    import psycopg
+
+    base, _, name = url.rpartition("/")
+    name = f"{name}_{suffix}"
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(f"{base}/postgres", autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def run(label: str, code: Path, s3_server: str, database_url: str | None) -> list[list]:
     bucket = f"bench-{uuid.uuid4().hex[:12]}"
     client = boto3.client(
@@ -264,8 +285,9 @@ def main() -> None:
     try:
         wait_for_port(port, moto)
         rows = []
-        for label, code, _ in codes:
-            rows += run(label, code, f"http://127.0.0.1:{port}", database_url)
+        for index, (label, code, _) in enumerate(codes):
+            with fresh_database(database_url, f"bench{index}") as url:
+                rows += run(label, code, f"http://127.0.0.1:{port}", url)
     finally:
         stop(moto)
         for _, _, tmp in codes:
