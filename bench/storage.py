@@ -24,6 +24,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -89,6 +90,12 @@ class App:
             self.env.pop(name, None)
         if database_url:
             self.env["DATABASE_URL"] = database_url
+        self.python = [sys.executable]
+        if code != ROOT:
+            # The editable install maps the project's packages to this checkout: import the
+            # baseline's code only (no site processing, its directory first).
+            self.python = [sys.executable, "-S"]
+            self.env["PYTHONPATH"] = f"{code}{os.pathsep}{sysconfig.get_paths()['purelib']}"
         self.manage("migrate", "--noinput")
         slug = f"bench{uuid.uuid4().hex[:8]}"
         self.slug = slug
@@ -96,7 +103,7 @@ class App:
         self.port = free_port()
         self.proc = subprocess.Popen(
             [
-                sys.executable,
+                *self.python,
                 "-m",
                 "gunicorn",
                 "artifactcourier.wsgi:application",
@@ -120,7 +127,7 @@ class App:
 
     def manage(self, *args) -> str:
         return subprocess.run(
-            [sys.executable, "manage.py", *args],
+            [*self.python, "manage.py", *args],
             cwd=self.code,
             env=self.env,
             check=True,
