@@ -143,7 +143,17 @@ class App:
             self.project_token,
             {"ref": "refs/heads/main", "trusted": True},
         )
+        if status != 201:
+            print(f"build creation answered {status}: {data[:200]!r}", file=sys.stderr)
         return (json.loads(data) if status == 201 else None), seconds
+
+    def build_for_scenario(self) -> dict:
+        for _ in range(30):
+            build, _ = self.build_create()
+            if build is not None:
+                return build
+            time.sleep(2)
+        raise RuntimeError("no build could be created")
 
     def close(self) -> None:
         stop(self.proc)
@@ -172,7 +182,7 @@ def scenario_slow_complete(app: App, proxy: FaultyS3, slow: bool) -> list:
         return SLOW_COMPLETE if slow and is_complete_multipart(method, path) else None
 
     proxy.rule = rule
-    build, _ = app.build_create()
+    build = app.build_for_scenario()
     data = os.urandom(UPLOAD_SIZE)
     busy = threading.Event()
     busy.set()
@@ -182,13 +192,15 @@ def scenario_slow_complete(app: App, proxy: FaultyS3, slow: bool) -> list:
     def uploader():
         deadline = time.monotonic() + WINDOW
         n = 0
-        while time.monotonic() < deadline:
-            path = f"/api/v1/builds/{build['id']}/artifacts/u{n}.bin"
-            status, _, seconds = request(app.port, "PUT", path, build["key"]["token"], data)
-            uploads.append(seconds)
-            upload_statuses.add(str(status))
-            n += 1
-        busy.clear()
+        try:
+            while time.monotonic() < deadline:
+                path = f"/api/v1/builds/{build['id']}/artifacts/u{n}.bin"
+                status, _, seconds = request(app.port, "PUT", path, build["key"]["token"], data)
+                uploads.append(seconds)
+                upload_statuses.add(str(status))
+                n += 1
+        finally:
+            busy.clear()
 
     thread = threading.Thread(target=uploader)
     thread.start()
@@ -203,7 +215,7 @@ def scenario_slow_complete(app: App, proxy: FaultyS3, slow: bool) -> list:
 
 
 def scenario_dead_store(app: App, proxy: FaultyS3, dead: bool) -> list:
-    build, _ = app.build_create()
+    build = app.build_for_scenario()
     token = build["key"]["token"]
     path = f"/api/v1/builds/{build['id']}/artifacts/kept.bin"
     request(app.port, "PUT", path, token, os.urandom(100_000))
