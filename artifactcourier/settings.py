@@ -385,7 +385,7 @@ AWS_S3_MAX_ATTEMPTS = env_int("AWS_S3_MAX_ATTEMPTS", 2)
 # Circuit breaker: after this many unavailability errors in a row (0: never), a process answers
 # 503 at once for AWS_S3_BREAKER_SECONDS without calling the store, so a dead store cannot tie
 # up every server thread (and /healthz behind them) for the length of its timeouts.
-AWS_S3_BREAKER_FAILURES = env_int("AWS_S3_BREAKER_FAILURES", 5)
+AWS_S3_BREAKER_FAILURES = env_int("AWS_S3_BREAKER_FAILURES", 3)
 AWS_S3_BREAKER_SECONDS = env_int("AWS_S3_BREAKER_SECONDS", 10)
 
 

@@ -228,7 +228,8 @@ def artifact_link(
         raise BuildNotWritable()
     if key is not None and not key_alive(key=key):
         raise InvalidCredential(
-            "This API token was revoked during the upload; nothing was stored.", code="revoked"
+            "This API token was revoked or expired during the upload; nothing was stored.",
+            code="revoked",
         )
     existing = Artifact.objects.filter(build=build, path=path).select_related("blob").first()
     if existing is not None:
