@@ -311,3 +311,9 @@ CELERY_BEAT_SCHEDULE["artifacts.retention_purge"] = {
 # Write denials this soon after a key's build finished are not tripwire input: a job still
 # running when its build was canceled keeps trying to upload with a key it legitimately held.
 TRIPWIRE_FINISH_GRACE_SECONDS = env_int("TRIPWIRE_FINISH_GRACE_SECONDS", 300)
+
+# --- Serving --------------------------------------------------------------------------------
+# An upload whose body sends no byte for this many seconds is cut (408, nothing stored), so a
+# stalled client frees its thread; 0 waits forever. A slow upload that keeps sending is never
+# cut. Applies under gunicorn (the server `make run` and the compose stack use).
+ARTIFACT_UPLOAD_IDLE_TIMEOUT = env_int("ARTIFACT_UPLOAD_IDLE_TIMEOUT", 60)
