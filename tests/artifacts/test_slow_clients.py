@@ -54,10 +54,13 @@ def test_a_dozen_half_sent_requests_do_not_hold_up_anyone_else(embedded):
 def small(tmp_path_factory):
     """One process of 4 threads, a 3 s heartbeat timeout and a 2 s upload idle timeout."""
     data_dir = tmp_path_factory.mktemp("small")
-    env = {**server_env(data_dir, "filesystem"), "ARTIFACT_UPLOAD_IDLE_TIMEOUT": "2"}
+    env = {
+        **server_env(data_dir, "filesystem"),
+        "ARTIFACT_UPLOAD_IDLE_TIMEOUT": "2",
+        "GUNICORN_THREADS": "4",
+    }
     store = Store("filesystem", root=data_dir / "artifacts")
-    options = ("--threads", "4", "--timeout", "3")
-    with serving(data_dir, env, store, *options) as server:
+    with serving(data_dir, env, store, "--timeout", "3") as server:
         yield server
 
 
