@@ -3,7 +3,8 @@
 Serving model: a few processes, each with a pool of threads (gthread). A connection costs a
 thread only while a request is being read or answered; a client that has sent nothing waits on
 the worker's poller and costs a file descriptor. A slow client (an upload at modem speed, a
-request head sent byte by byte) therefore ties up one thread, never a whole process.
+request head sent byte by byte) therefore ties up one thread, never a whole process, and a
+request head must arrive whole within GUNICORN_HEAD_TIMEOUT seconds.
 
 ``timeout`` is a heartbeat under gthread: the worker's main loop checks in every second
 whatever its threads are doing, so a long transfer is never killed for taking long. A stalled
@@ -18,7 +19,8 @@ wsgi_app = "artifactcourier.wsgi:application"
 # Loopback unless told otherwise (the compose stack binds 0.0.0.0:8000 on its command line).
 bind = [os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")]
 
-worker_class = "gthread"
+# gunicorn's gthread, plus a deadline for the request head (GUNICORN_HEAD_TIMEOUT, 20 s).
+worker_class = "artifactcourier.serving.ThreadWorker"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 # Threads per process: how many requests (and slow clients mid-request) one process serves at
 # once. 2 x 32 lets dozens of slow uploaders coexist with everyone else on a laptop.

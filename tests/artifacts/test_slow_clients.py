@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 
 import pytest
@@ -50,14 +51,32 @@ def test_a_dozen_half_sent_requests_do_not_hold_up_anyone_else(embedded):
         assert response.status == 201, body
 
 
+def test_concurrent_uploads_and_reads_on_one_sqlite_database_all_succeed(embedded):
+    """The threads of both processes write and read the embedded SQLite database at once."""
+
+    def upload(i: int):
+        data = os.urandom(50_000 + i)
+        response, body = embedded.request("PUT", embedded.artifact(f"many/{i}.bin"), body=data)
+        listing_response, _ = embedded.request("GET", embedded.artifact() + "?prefix=many/")
+        return response.status, listing_response.status, body
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(upload, range(32)))
+    assert [r[:2] for r in results] == [(201, 200)] * 32, [r for r in results if r[0] != 201]
+    _, listing = embedded.request("GET", embedded.artifact() + "?prefix=many/&page_size=100")
+    assert json.loads(listing)["count"] == 32
+
+
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    """One process of 4 threads, a 3 s heartbeat timeout and a 2 s upload idle timeout."""
+    """One process of 4 threads, a 3 s heartbeat timeout, 3 s for a request head and a 2 s
+    upload idle timeout."""
     data_dir = tmp_path_factory.mktemp("small")
     env = {
         **server_env(data_dir, "filesystem"),
         "ARTIFACT_UPLOAD_IDLE_TIMEOUT": "2",
         "GUNICORN_THREADS": "4",
+        "GUNICORN_HEAD_TIMEOUT": "3",
     }
     store = Store("filesystem", root=data_dir / "artifacts")
     with serving(data_dir, env, store, "--timeout", "3") as server:
@@ -127,3 +146,28 @@ def test_stalled_uploads_are_cut_with_408_and_leave_nothing_behind(small):
     _, listing = small.request("GET", small.artifact() + "?prefix=stalled/")
     assert json.loads(listing)["count"] == 0
     assert small.store.objects() == before
+
+
+def test_a_request_head_never_finished_is_closed_and_frees_its_thread(small):
+    """More half-sent heads than threads: each connection is closed unanswered once the head
+    deadline passes, and the server answers others meanwhile and after."""
+    with ExitStack() as stack:
+        socks = []
+        for _ in range(6):
+            sock = half_sent(small.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            stack.callback(sock.close)
+            socks.append(sock)
+        for sock in socks:
+            assert _response(sock) == b""  # closed without an answer
+    conn = http.client.HTTPConnection("127.0.0.1", small.port, timeout=PATIENCE)
+    conn.request("GET", "/healthz")
+    assert conn.getresponse().status == 200
+
+
+def test_a_request_head_sent_slowly_but_whole_in_time_is_answered(small):
+    sock = half_sent(small.port, b"GET /healthz HTTP/1.1\r\n")
+    with sock:
+        for part in (b"Host: 127.0.0.1\r\n", b"Connection: close\r\n", b"\r\n"):
+            time.sleep(0.3)
+            sock.sendall(part)
+        assert _response(sock).startswith(b"HTTP/1.1 200")
