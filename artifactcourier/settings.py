@@ -6,6 +6,7 @@ so ``make run`` works on a laptop with no servers. Setting ``DATABASE_URL`` mean
 deployment: then ``SECRET_KEY`` and ``TOKEN_PEPPER`` must come from the environment too.
 """
 
+import hashlib
 import json
 import os
 import secrets
@@ -90,7 +91,7 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 PUBLIC_BASE_URL = os.environ.get("PUBLIC_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "artifactcourier.apps.AdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -154,7 +155,21 @@ if EMBEDDED and not DATABASE_URL:
         }
     }
 else:
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+    DATABASES = {
+        "default": dj_database_url.parse(
+            DATABASE_URL,
+            conn_max_age=60,
+            # A persistent connection the server dropped (restart, failover, an idle timeout,
+            # pg_terminate_backend) is found at the next request's first query and replaced,
+            # instead of failing that request.
+            conn_health_checks=True,
+        )
+    }
+    if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        # An unreachable server fails a request in seconds (503), not after the OS's timeout.
+        DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+            "connect_timeout", env_int("DATABASE_CONNECT_TIMEOUT", 5)
+        )
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -234,7 +249,9 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 100,
     "EXCEPTION_HANDLER": "artifactcourier.api.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_RENDERER_CLASSES": ["artifactcourier.parsers.SafeJSONRenderer"],
+    # JSON only: a form or multipart body is 415, never read as an empty object.
+    "DEFAULT_PARSER_CLASSES": ["artifactcourier.parsers.SafeJSONParser"],
     "UNAUTHENTICATED_USER": None,
 }
 SPECTACULAR_SETTINGS = {
@@ -317,3 +334,121 @@ TRIPWIRE_FINISH_GRACE_SECONDS = env_int("TRIPWIRE_FINISH_GRACE_SECONDS", 300)
 # stalled client frees its thread; 0 waits forever. A slow upload that keeps sending is never
 # cut. Applies under gunicorn (the server `make run` and the compose stack use).
 ARTIFACT_UPLOAD_IDLE_TIMEOUT = env_int("ARTIFACT_UPLOAD_IDLE_TIMEOUT", 60)
+
+# --- Refusals: audit volume ---------------------------------------------------------------------
+# Rows one live key's refusals may add per action (denied / write denied) per
+# TRIPWIRE_WINDOW_SECONDS; past that the newest row counts the repeats. Never below
+# TRIPWIRE_WRITE_DENIALS (the tripwire counts these rows).
+AUDIT_REFUSALS_PER_WINDOW = env_int("AUDIT_REFUSALS_PER_WINDOW", 20)
+# Longest string kept in an audit row's detail (a request path, a message); longer ones are cut
+# and marked, so a hostile 1 MB URL costs the audit table a few hundred bytes.
+AUDIT_DETAIL_MAX_CHARS = env_int("AUDIT_DETAIL_MAX_CHARS", 512)
+
+# --- Sharing: signed /dl/ links ---------------------------------------------------------------
+# HMAC secrets for signed links, comma-separated: links are signed with the first and accepted
+# with any, so a new secret goes first and the old one stays listed until its links expire.
+# Embedded default: derived from SECRET_KEY (a deployment sets its own).
+SHARE_SIGNING_SECRETS = env_list("SHARE_SIGNING_SECRETS") or [
+    hashlib.sha256(f"share-signing:{SECRET_KEY}".encode()).hexdigest()
+]
+# A share's links live this long unless the request says otherwise, and at most SHARE_MAX_SECONDS
+# (never beyond the sharer's own expiry).
+SHARE_DEFAULT_SECONDS = env_int("SHARE_DEFAULT_SECONDS", 3600)
+SHARE_MAX_SECONDS = env_int("SHARE_MAX_SECONDS", 7 * 86400)
+SHARE_MAX_PATHS = env_int("SHARE_MAX_PATHS", 1000)
+# How /dl/ artifact links are served: "direct" (the app streams the bytes), "x-accel" (the app
+# answers X-Accel-Redirect to SHARE_X_ACCEL_LOCATION, an nginx `internal` location aliased to
+# ARTIFACT_ROOT, and nginx streams from disk), or "s3" (302 to a short-lived S3 URL).
+SHARE_SERVE_MODE = os.environ.get("SHARE_SERVE_MODE", "direct")
+if SHARE_SERVE_MODE not in {"direct", "x-accel", "s3"}:
+    raise ImproperlyConfigured("SHARE_SERVE_MODE must be 'direct', 'x-accel' or 's3'.")
+SHARE_X_ACCEL_LOCATION = os.environ.get("SHARE_X_ACCEL_LOCATION", "/_artifacts/")
+# S3 URLs handed to clients are signed for this endpoint (the one clients reach), not the
+# internal AWS_S3_ENDPOINT_URL the app talks to (e.g. http://minio:9000 in compose).
+AWS_S3_PUBLIC_ENDPOINT_URL = os.environ.get("AWS_S3_PUBLIC_ENDPOINT_URL", "")
+
+# --- Dependencies: timeouts, retries, 503 ---------------------------------------------------
+# Every call to the object store is bounded: a store that accepts connections but never answers
+# costs a request at most about connect/read timeout x attempts, then a 503 with Retry-After,
+# instead of holding a server thread for minutes.
+AWS_S3_CONNECT_TIMEOUT = float(os.environ.get("AWS_S3_CONNECT_TIMEOUT", "3"))
+# Per socket read, not per request: a large part upload or download that keeps moving is fine.
+AWS_S3_READ_TIMEOUT = float(os.environ.get("AWS_S3_READ_TIMEOUT", "10"))
+# Total attempts per call, first included (botocore "standard" mode: exponential backoff with
+# jitter, retries throttling, 5xx and connection errors only).
+AWS_S3_MAX_ATTEMPTS = env_int("AWS_S3_MAX_ATTEMPTS", 2)
+# Circuit breaker: after this many unavailability errors in a row (0: never), a process answers
+# 503 at once for AWS_S3_BREAKER_SECONDS without calling the store, so a dead store cannot tie
+# up every server thread (and /healthz behind them) for the length of its timeouts.
+AWS_S3_BREAKER_FAILURES = env_int("AWS_S3_BREAKER_FAILURES", 5)
+AWS_S3_BREAKER_SECONDS = env_int("AWS_S3_BREAKER_SECONDS", 10)
+
+
+def s3_client_config():
+    from botocore.config import Config
+
+    return Config(
+        connect_timeout=AWS_S3_CONNECT_TIMEOUT,
+        read_timeout=AWS_S3_READ_TIMEOUT,
+        retries={"max_attempts": AWS_S3_MAX_ATTEMPTS, "mode": "standard"},
+    )
+
+
+# django-storages builds its boto3 client with this (unless a storage's OPTIONS give their own).
+AWS_S3_CLIENT_CONFIG = s3_client_config()
+# Retry-After (seconds) on a 503 for a dependency (object store, database) that is unavailable.
+DEPENDENCY_RETRY_AFTER_SECONDS = env_int("DEPENDENCY_RETRY_AFTER_SECONDS", 5)
+# Reconciliation (part of the retention task) leaves objects and multipart uploads younger than
+# this alone: it must exceed the longest upload (an upload in flight has an open multipart
+# upload, and a moment between completing it and recording its row).
+ARTIFACT_ORPHAN_GRACE_SECONDS = env_int("ARTIFACT_ORPHAN_GRACE_SECONDS", 24 * 3600)
+
+# --- Hostile input --------------------------------------------------------------------------
+# JSON bodies nest arrays/objects at most this deep (400 json_too_deep).
+JSON_MAX_DEPTH = env_int("JSON_MAX_DEPTH", 32)
+
+# --- Webhooks (downstream subscriptions) ------------------------------------------------------
+# Fernet keys (comma-separated, newest first) encrypting subscriptions' secrets at rest; rotate by
+# prepending a new key and running `manage.py webhooks_reencrypt`. Default: one derived from
+# SECRET_KEY (so the embedded mode needs nothing); a deployment should set its own.
+WEBHOOK_ENCRYPTION_KEYS = env_list("WEBHOOK_ENCRYPTION_KEYS")
+# Plain http targets (and http+sigv4) are refused unless this is on (the embedded default).
+WEBHOOK_ALLOW_HTTP = env_bool("WEBHOOK_ALLOW_HTTP", EMBEDDED)
+# Networks a target may resolve into although they are not public (CIDRs, comma-separated).
+WEBHOOK_ALLOWED_NETWORKS = env_list("WEBHOOK_ALLOWED_NETWORKS", "127.0.0.1/32" if EMBEDDED else "")
+WEBHOOK_CONNECT_TIMEOUT = float(os.environ.get("WEBHOOK_CONNECT_TIMEOUT", "5"))
+# Whole-response budget: a receiver dripping bytes cannot hold a worker longer than this.
+WEBHOOK_READ_TIMEOUT = float(os.environ.get("WEBHOOK_READ_TIMEOUT", "15"))
+WEBHOOK_RESPONSE_MAX_BYTES = env_int("WEBHOOK_RESPONSE_MAX_BYTES", 64 * 1024)
+WEBHOOK_RESPONSE_EXCERPT_CHARS = env_int("WEBHOOK_RESPONSE_EXCERPT_CHARS", 1000)
+# Seconds before attempt 1, 2, ... (Svix's schedule); each delay gets +-20 % jitter.
+WEBHOOK_RETRY_SCHEDULE = [
+    float(s) for s in env_list("WEBHOOK_RETRY_SCHEDULE", "0,5,300,1800,7200,18000,36000,36000")
+]
+# A Retry-After longer than this is capped (a receiver cannot park a delivery for days).
+WEBHOOK_RETRY_AFTER_MAX_SECONDS = env_int("WEBHOOK_RETRY_AFTER_MAX_SECONDS", 36000)
+# This many deliveries in a row that exhausted their retries disable the subscription.
+WEBHOOK_DISABLE_AFTER_FAILED_DELIVERIES = env_int("WEBHOOK_DISABLE_AFTER_FAILED_DELIVERIES", 3)
+# Pre-signed links in a payload expire this long after the attempt that carries them.
+WEBHOOK_LINK_EXPIRES_SECONDS = env_int("WEBHOOK_LINK_EXPIRES_SECONDS", 24 * 3600)
+# After rotate-secret, the previous signing secret keeps signing (a second signature) this long.
+WEBHOOK_SECRET_ROTATION_GRACE_SECONDS = env_int("WEBHOOK_SECRET_ROTATION_GRACE_SECONDS", 86400)
+# A send task is killed after this (connect + read + minting); an attempt holds its delivery
+# (a lease) a little longer, so a second run of the task never sends alongside the first.
+WEBHOOK_TASK_TIME_LIMIT = int(WEBHOOK_CONNECT_TIMEOUT + WEBHOOK_READ_TIMEOUT + 10)
+WEBHOOK_LEASE_SECONDS = env_int("WEBHOOK_LEASE_SECONDS", WEBHOOK_TASK_TIME_LIMIT + 10)
+# Retries due within this many seconds are queued with a countdown; later ones by the sweeper.
+WEBHOOK_COUNTDOWN_MAX_SECONDS = env_int("WEBHOOK_COUNTDOWN_MAX_SECONDS", 60)
+# The sweeper re-queues due deliveries whose queued task has not started within this long
+# (lost with a broker outage or a killed worker).
+WEBHOOK_REQUEUE_AFTER_SECONDS = env_int("WEBHOOK_REQUEUE_AFTER_SECONDS", 120)
+CELERY_BEAT_SCHEDULE["webhooks.deliveries_sweep"] = {
+    "task": "webhooks.deliveries_sweep",
+    "schedule": float(os.environ.get("WEBHOOK_SWEEP_EVERY_SECONDS", "30")),
+}
+SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"]["WebhookEventEnum"] = "webhooks.models.Event"
+# Publishing a task tries the broker once instead of retrying for seconds: a finish request
+# never waits on a broker that is down (its deliveries sit in the outbox; the sweeper queues
+# them when the broker is back). Consuming workers keep their own reconnect policy.
+if not CELERY_BROKER_URL.startswith("filesystem://"):
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"max_retries": env_int("CELERY_PUBLISH_MAX_RETRIES", 0)}

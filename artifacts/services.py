@@ -12,6 +12,9 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from builds.models import Build, Project
+from tokens.errors import InvalidCredential
+from tokens.models import ApiKey
+from tokens.services import key_alive
 
 from . import storage
 from .errors import (
@@ -65,9 +68,10 @@ def _check_quota(*, build: Build, size: int) -> None:
         raise QuotaExceeded(reason)
 
 
-def _blob_touch(sha256: str) -> bool:
-    """Mark a blob as about to be linked; False if no such blob."""
-    return bool(Blob.objects.filter(sha256=sha256).update(referenced_at=timezone.now()))
+def _project_holds(*, project_id: int, sha256: str) -> bool:
+    """Does one of the project's own artifacts already hold these bytes? Deliberately blind to
+    other projects: what they store must not be observable here (docs/design.md, "Dedup")."""
+    return Artifact.objects.filter(build__project_id=project_id, blob_id=sha256).exists()
 
 
 def artifact_store(
@@ -78,12 +82,18 @@ def artifact_store(
     content_length: int | None,
     content_type: str = "",
     expected_sha256: str | None = None,
+    key: ApiKey | None = None,
 ) -> StoredArtifact:
     """Stream a request body into the build's artifact at ``path``.
 
     Same bytes at the same path again: the existing artifact (created=False). Different bytes:
     ArtifactConflict. The bytes become visible only once their digest is verified and the
     artifact row is committed; any failure before that leaves nothing behind.
+
+    Three steps, and only the last takes locks: receive (stream into a staged object, hashing),
+    ``blob_publish`` (make the staged bytes a blob: network calls, no transaction) and
+    ``artifact_link`` (under the build's and project's row locks, re-check and link). ``key``,
+    the key that sent the body, must still be alive when the artifact is linked.
     """
     path = artifact_path_clean(path)
     if expected_sha256 is not None:
@@ -102,16 +112,15 @@ def artifact_store(
     if content_length is not None and content_length > room:
         raise QuotaExceeded(reason)  # before a single body byte is read
 
-    if existing is not None:
-        # Only the digest matters now: hash the body, store nothing.
-        writer = storage.DiscardingWriter()
-    elif expected_sha256 is not None and _blob_touch(expected_sha256):
-        # The store already holds bytes with the announced digest: verify, don't rewrite.
+    if existing is not None or (
+        expected_sha256 is not None
+        and _project_holds(project_id=build.project_id, sha256=expected_sha256)
+    ):
+        # Only the digest matters now: hash the body to verify it, store nothing.
         writer = storage.DiscardingWriter()
     else:
         writer = storage.blob_writer_open()
 
-    committed = False
     try:
         received = body_receive(
             stream=stream,
@@ -129,100 +138,119 @@ def artifact_store(
                     "artifacts are immutable."
                 )
             return StoredArtifact(existing, created=False)
-        stored = _artifact_link(
+        published = None
+        if not isinstance(writer, storage.DiscardingWriter):
+            published = blob_publish(writer=writer, sha256=received.sha256, size=received.size)
+    except BaseException:
+        try:
+            writer.abort()
+        except Exception:  # the original error matters more than a failed cleanup
+            logger.exception("could not discard a staged upload")
+        raise
+    try:
+        return artifact_link(
+            key=key,
             build=build,
             path=path,
             sha256=received.sha256,
-            size=received.size,
             content_type=content_type or "application/octet-stream",
-            writer=writer,
         )
-        committed = True
-        return stored
-    finally:
-        if not committed:
-            try:
-                writer.abort()
-            except Exception:  # the original error matters more than a failed cleanup
-                logger.exception("could not discard a staged upload")
+    except BaseException:
+        if published is not None and published.created:
+            blob_discard_unlinked(blob=published.blob)
+        raise
+
+
+@dataclass(frozen=True)
+class PublishedBlob:
+    blob: Blob
+    created: bool  # False: the bytes were stored already, this upload's copy was dropped
+
+
+def blob_discard_unlinked(*, blob: Blob) -> None:
+    """Undo a ``blob_publish`` whose link was refused, unless an upload of the same bytes has
+    touched the blob since (it is about to link it): then retention decides, after its grace."""
+    try:
+        blob_purge_if_unreferenced(
+            sha256=blob.sha256, referenced_before=blob.referenced_at + timedelta(microseconds=1)
+        )
+    except Exception:  # the refusal matters more; retention removes the blob later
+        logger.exception("could not discard the unlinked blob %s", blob.sha256)
+
+
+def blob_publish(*, writer: storage.BlobWriter, sha256: str, size: int) -> PublishedBlob:
+    """Make the verified, staged bytes of ``writer`` the blob for ``sha256``.
+
+    Runs outside any transaction and takes no lock: completing the staged upload is a network
+    call that may take seconds (S3 assembles the parts), and no row lock may wait on it.
+    The row is recorded with ``referenced_at`` now, so retention leaves it alone for its grace
+    period while ``artifact_link`` links it. If the bytes are stored already (a concurrent upload
+    of the same content published first), ours are a duplicate: deleted, and theirs is marked
+    as referenced now. A crash between completing and recording leaves an object no row names;
+    retention's reconciliation deletes it after the grace period.
+    """
+    name = writer.commit(sha256=sha256)
+    try:
+        with transaction.atomic():
+            blob = Blob.objects.create(sha256=sha256, size=size, storage_name=name)
+        return PublishedBlob(blob, created=True)
+    except IntegrityError:
+        pass
+    try:
+        storage.blob_delete(name)
+    except Exception:  # an orphan object costs space (reconciliation removes it); not the upload
+        logger.exception("could not delete the duplicate object %s", name)
+    Blob.objects.filter(sha256=sha256).update(referenced_at=timezone.now())
+    blob = Blob.objects.filter(sha256=sha256).first()
+    if blob is None:  # purged in between: vanishingly rare; a retry stores it again
+        raise BlobVanished()
+    return PublishedBlob(blob, created=False)
 
 
 @transaction.atomic
-def _artifact_link(
+def artifact_link(
     *,
+    key: ApiKey | None,
     build: Build,
     path: str,
     sha256: str,
-    size: int,
     content_type: str,
-    writer: storage.BlobWriter,
 ) -> StoredArtifact:
-    """Second half of a store: under the build's row lock (and the project's, for its quota),
-    re-check what may have changed while the body streamed (finish, a concurrent upload of the
-    path, quotas, purge) and link."""
+    """Link the stored blob ``sha256`` as the build's artifact at ``path``.
+
+    Under the build's row lock (and the project's, for its quota) re-checks what may have
+    changed while the body streamed: the build finished, the key (or one it came from) was
+    revoked, a concurrent upload took the path, quotas, a purge of the blob. No network call
+    happens here: every lock taken is released within a few queries.
+    """
     build = Build.objects.select_for_update().get(pk=build.pk)
     if not build.is_running:
         raise BuildNotWritable()
+    if key is not None and not key_alive(key=key):
+        raise InvalidCredential(
+            "This API token was revoked during the upload; nothing was stored.", code="revoked"
+        )
     existing = Artifact.objects.filter(build=build, path=path).select_related("blob").first()
     if existing is not None:
         if existing.sha256 != sha256:
             raise ArtifactConflict(
                 f"{path} already holds different bytes; artifacts are immutable."
             )
-        writer.abort()
         return StoredArtifact(existing, created=False)
     # The project's row orders the quota checks of all its builds' uploads: under the build's
     # lock alone, two builds could each see room for one more artifact and both take it.
     Project.objects.select_for_update(no_key=True).get(pk=build.project_id)
-    _check_quota(build=build, size=size)
     # Locking the blob row orders us against retention: it deletes a blob only under this lock
     # and only if nothing references it, so once we hold it the blob stays.
     blob = Blob.objects.select_for_update().filter(sha256=sha256).first()
-    if blob is None and isinstance(writer, storage.DiscardingWriter):
-        raise BlobVanished()
-    name = None
     if blob is None:
-        blob, name = _blob_publish(sha256=sha256, size=size, writer=writer)
-    else:
-        writer.abort()  # the bytes are stored already: dedup
-        Blob.objects.filter(pk=blob.pk).update(referenced_at=timezone.now())
-    try:
-        artifact = Artifact.objects.create(
-            build=build, path=path, blob=blob, content_type=content_type[:255]
-        )
-    except Exception:
-        if name is not None:
-            # The object was published for a row that will not exist: do not leave it behind.
-            storage.blob_delete(name)
-        raise
-    return StoredArtifact(artifact, created=True)
-
-
-def _blob_publish(*, sha256: str, size: int, writer: storage.BlobWriter) -> tuple[Blob, str | None]:
-    """Publish the staged bytes as the blob for ``sha256`` and return it locked, with the name
-    of the object published (None when another upload's blob won).
-
-    An upload of the same bytes to another build holds another build's lock, so it can get here
-    at the same time: on PostgreSQL the second insert waits for the first transaction and then
-    violates the primary key. The savepoint keeps our transaction usable; the other upload's
-    blob is then as good as ours, so ours is deleted at once (no row will ever name it, whether
-    or not this transaction commits) and the artifact links to theirs.
-    """
-    name = writer.commit(sha256=sha256)
-    try:
-        with transaction.atomic():
-            return Blob.objects.create(sha256=sha256, size=size, storage_name=name), name
-    except IntegrityError:
-        pass
-    try:
-        storage.blob_delete(name)
-    except Exception:  # an orphan object costs space; failing the upload would cost more
-        logger.exception("could not delete the duplicate object %s", name)
-    blob = Blob.objects.select_for_update().filter(sha256=sha256).first()
-    if blob is None:  # purged since that upload linked it: vanishingly rare; a retry stores it
         raise BlobVanished()
+    _check_quota(build=build, size=blob.size)
     Blob.objects.filter(pk=blob.pk).update(referenced_at=timezone.now())
-    return blob, None
+    artifact = Artifact.objects.create(
+        build=build, path=path, blob=blob, content_type=content_type[:255]
+    )
+    return StoredArtifact(artifact, created=True)
 
 
 # --- Retention ----------------------------------------------------------------------------
@@ -233,6 +261,9 @@ class PurgeResult:
     artifacts: int
     blobs: int
     staging_files: int
+    uploads_aborted: int = 0
+    orphans_deleted: int = 0
+    unknown_objects: int = 0
 
 
 def builds_expired(*, now: datetime):
@@ -272,6 +303,20 @@ def retention_purge(*, now: datetime | None = None) -> PurgeResult:
         for sha256 in candidates.values_list("sha256", flat=True).iterator()
     )
     staging = storage.staging_purge(older_than_seconds=settings.ARTIFACT_BLOB_GRACE_SECONDS)
-    return PurgeResult(
-        artifacts=deleted.get("artifacts.Artifact", 0), blobs=blobs, staging_files=staging
+    reconciled = storage.storage_reconcile(
+        known_names=_blob_names_known,
+        older_than_seconds=settings.ARTIFACT_ORPHAN_GRACE_SECONDS,
+        now=now.timestamp(),
     )
+    return PurgeResult(
+        artifacts=deleted.get("artifacts.Artifact", 0),
+        blobs=blobs,
+        staging_files=staging,
+        uploads_aborted=reconciled.uploads_aborted,
+        orphans_deleted=reconciled.orphans_deleted,
+        unknown_objects=len(reconciled.unknown),
+    )
+
+
+def _blob_names_known(names: list[str]) -> set[str]:
+    return set(Blob.objects.filter(storage_name__in=names).values_list("storage_name", flat=True))

@@ -10,12 +10,13 @@ from rest_framework.views import APIView
 
 from builds.models import Build
 from builds.selectors import build_get_for_key
-from tokens.access import path_allowed, visible_artifacts
+from tokens import services as token_services
+from tokens.access import visible_artifacts
+from tokens.authentication import client_ip
 from tokens.scopes import Scope
 
 from . import services
 from .downloads import artifact_response
-from .errors import PathNotAllowed
 from .models import Artifact
 from .paths import artifact_path_clean, artifact_prefix_clean
 from .serializers import ArtifactSerializer
@@ -89,8 +90,9 @@ class ArtifactView(APIView):
     def put(self, request, build_id: int, artifact_path: str):
         build = build_for_key(request, build_id)
         path = artifact_path_clean(artifact_path)
-        if not path_allowed(request.auth, path):
-            raise PathNotAllowed()
+        token_services.key_path_check(
+            key=request.auth, artifact_path=path, ip=client_ip(request), path=request.path
+        )
         stored = services.artifact_store(
             build=build,
             path=path,
@@ -98,6 +100,7 @@ class ArtifactView(APIView):
             content_length=_content_length(request),
             content_type=_content_type(request),
             expected_sha256=request.headers.get("X-Checksum-Sha256"),
+            key=request.auth,
         )
         return Response(
             ArtifactSerializer(stored.artifact).data,

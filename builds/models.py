@@ -1,6 +1,8 @@
 from django.db import models
-from django.db.models import Count, Sum
+from django.db.models import Count, OuterRef, Subquery, Sum
 from django.db.models.functions import Coalesce
+
+from tokens import access
 
 
 class Project(models.Model):
@@ -29,7 +31,19 @@ class Project(models.Model):
 
 
 class BuildQuerySet(models.QuerySet):
-    def with_totals(self):
+    def with_totals(self, *, path_prefix: str = ""):
+        """Annotate artifact_count and total_size: of every artifact, or with ``path_prefix``
+        (a key limited to a prefix) only of those under it, so a key never learns how much
+        lies outside what it may read."""
+        if path_prefix:
+            Artifact = self.model._meta.get_field("artifacts").related_model
+            visible = access.under_prefix(
+                Artifact.objects.filter(build=OuterRef("pk")).order_by(), path_prefix
+            ).values("build")
+            return self.annotate(
+                artifact_count=Coalesce(Subquery(visible.annotate(n=Count("pk")).values("n")), 0),
+                total_size=Coalesce(Subquery(visible.annotate(s=Sum("blob__size")).values("s")), 0),
+            )
         return self.annotate(
             artifact_count=Count("artifacts"),
             total_size=Coalesce(Sum("artifacts__blob__size"), 0),

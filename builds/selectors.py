@@ -1,3 +1,4 @@
+from django.http import Http404
 from django.shortcuts import get_object_or_404
 
 from tokens.access import visible_build
@@ -7,6 +8,19 @@ from .models import Build
 
 def build_get_for_key(*, key, build_id: int | str, with_totals: bool = False) -> Build:
     """The build ``build_id`` (an int, or the digits a URL captured) if ``key`` reaches it, else
-    404 (also when it exists elsewhere)."""
-    queryset = Build.objects.with_totals() if with_totals else Build.objects.all()
-    return get_object_or_404(visible_build(queryset, key, int(build_id)))
+    404 (also when it exists elsewhere).
+
+    A build-bound key's build was loaded with the key (authentication's one round trip): unless
+    totals are wanted, it is answered from there, without a second query.
+    """
+    build_id = int(build_id)
+    if not with_totals and key.build_id is not None and "build" in key._state.fields_cache:
+        if key.build_id != build_id:
+            raise Http404
+        return key.build
+    queryset = (
+        Build.objects.with_totals(path_prefix=key.path_prefix)
+        if with_totals
+        else Build.objects.all()
+    )
+    return get_object_or_404(visible_build(queryset, key, build_id))
