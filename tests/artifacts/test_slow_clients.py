@@ -31,6 +31,10 @@ def embedded(tmp_path_factory):
         yield server
 
 
+def auth(server) -> dict:
+    return {"Authorization": f"Bearer {server.token}"}
+
+
 def half_sent(port: int, head: bytes) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port))
     sock.sendall(head)
@@ -108,6 +112,25 @@ def test_a_slow_upload_taking_longer_than_the_worker_timeout_completes(small):
     conn.close()
     response, downloaded = small.request("GET", small.artifact("slow.bin"))
     assert downloaded == data
+
+
+def test_a_slow_download_taking_longer_than_the_worker_timeout_completes(small):
+    """16 MiB read at about 2.5 MB/s (several seconds) against a 3 s worker timeout: more than
+    the socket buffers hold, so the server is still writing when the timeout would strike."""
+    data = os.urandom(16 * 1024 * 1024)
+    response, body = small.request("PUT", small.artifact("big-slow.bin"), body=data)
+    assert response.status == 201, body
+    conn = http.client.HTTPConnection("127.0.0.1", small.port, timeout=60)
+    conn.request("GET", small.artifact("big-slow.bin"), headers=auth(small))
+    response = conn.getresponse()
+    assert response.status == 200
+    received = bytearray()
+    while piece := response.read(256 * 1024):
+        received += piece
+        time.sleep(0.1)
+    conn.close()
+    assert len(received) == int(response.getheader("Content-Length")) == len(data)
+    assert received == data
 
 
 def _stalled_upload(server, path: str, chunked: bool) -> socket.socket:
