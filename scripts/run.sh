@@ -12,6 +12,19 @@ umask 077
 mkdir -p "$AC_DATA_DIR"
 chmod 700 "$AC_DATA_DIR"
 
+web="" worker="" stopped=""
+stop() {
+    [ -n "$stopped" ] && return
+    stopped=1
+    # shellcheck disable=SC2086  # an unset pid expands to nothing
+    kill -TERM $web $worker 2>/dev/null || true
+    [ -z "$web" ] || wait "$web" 2>/dev/null || true
+    [ -z "$worker" ] || wait "$worker" 2>/dev/null || true
+}
+trap 'stop; exit 130' INT
+trap 'stop; exit 143' TERM HUP
+trap stop EXIT
+
 # Each child runs in a process group of its own (job control), so a signal sent to this
 # script's group (Ctrl-C; `kill -- -PGID` from systemd, docker or a CI runner) reaches only this
 # script, which hands each child exactly one TERM. A prefork Celery worker whose pool processes
@@ -25,18 +38,10 @@ worker=$!
 web=$!
 set +m
 
-stopped=""
-stop() {
-    [ -n "$stopped" ] && return
-    stopped=1
-    kill -TERM "$web" "$worker" 2>/dev/null || true
-    wait "$web" 2>/dev/null || true
-    wait "$worker" 2>/dev/null || true
-}
-trap 'stop; exit 130' INT
-trap 'stop; exit 143' TERM HUP
-trap stop EXIT
-
 echo "artifactcourier: http://127.0.0.1:$PORT/  (API docs: /api/docs/, admin: /admin/)"
-# Either process ending ends the service: a web without its worker (or the reverse) is half up.
-wait -n "$web" "$worker" || true
+# Either process ending ends the service (a web without its worker, or the reverse, is half
+# up), with that process's exit status.
+status=0
+wait -n "$web" "$worker" || status=$?
+stop
+exit "$status"
