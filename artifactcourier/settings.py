@@ -38,6 +38,18 @@ def env_list(name: str, default: str = "") -> list[str]:
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
 EMBEDDED = not DATABASE_URL or DATABASE_URL.startswith("sqlite")
 
+# --- Embedded data directory: private to the user running the service -----------------------
+# It holds the database (sessions, key digests, deploy seeds), the generated secrets and the
+# artifacts: a 0700 directory, and files created 0600 by every embedded process (manage.py
+# commands, web, worker), including SQLite's own, which follow the umask.
+if EMBEDDED:
+    os.umask(0o077)
+    DATA_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    DATA_DIR.chmod(0o700)  # also tightens a directory made by an older version
+    # Stored blobs get this mode explicitly (Django's default is 0644, whatever the umask).
+    FILE_UPLOAD_PERMISSIONS = 0o600
+    FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o700
+
 
 def _embedded_secrets() -> dict[str, str]:
     """Generate once and persist the embedded mode's secrets, so restarts keep tokens valid."""
@@ -97,6 +109,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "artifactcourier.middleware.TransferCodings",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "artifactcourier.middleware.PrivateApiResponses",
@@ -217,10 +230,13 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
     _broker_dir = DATA_DIR / "broker"
     (_broker_dir / "queue").mkdir(parents=True, exist_ok=True)
     (_broker_dir / "processed").mkdir(parents=True, exist_ok=True)
+    (_broker_dir / "control").mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "queue"),
         "data_folder_out": str(_broker_dir / "queue"),
         "processed_folder": str(_broker_dir / "processed"),
+        # kombu's default is ./control, relative to the working directory (the repository).
+        "control_folder": str(_broker_dir / "control"),
         "store_processed": False,
     }
 CELERY_BEAT_SCHEDULE: dict = {}
@@ -328,6 +344,12 @@ CELERY_BEAT_SCHEDULE["artifacts.retention_purge"] = {
 # Write denials this soon after a key's build finished are not tripwire input: a job still
 # running when its build was canceled keeps trying to upload with a key it legitimately held.
 TRIPWIRE_FINISH_GRACE_SECONDS = env_int("TRIPWIRE_FINISH_GRACE_SECONDS", 300)
+
+# --- Serving --------------------------------------------------------------------------------
+# An upload whose body sends no byte for this many seconds is cut (408, nothing stored), so a
+# stalled client frees its thread; 0 waits forever. A slow upload that keeps sending is never
+# cut. Applies under gunicorn (the server `make run` and the compose stack use).
+ARTIFACT_UPLOAD_IDLE_TIMEOUT = env_int("ARTIFACT_UPLOAD_IDLE_TIMEOUT", 60)
 
 # --- Refusals: audit volume ---------------------------------------------------------------------
 # Rows one live key's refusals may add per action (denied / write denied) per

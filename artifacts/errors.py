@@ -21,6 +21,14 @@ class IncompleteBody(exceptions.APIException):
     default_code = "incomplete_body"
 
 
+class BodyStalled(exceptions.APIException):
+    # RFC 9110 §15.5.9: the server did not receive a complete request in the time it was
+    # prepared to wait. The client may retry; the connection is closed.
+    status_code = status.HTTP_408_REQUEST_TIMEOUT
+    default_detail = "The request body stopped arriving; nothing was stored."
+    default_code = "body_stalled"
+
+
 class ArtifactConflict(exceptions.APIException):
     status_code = status.HTTP_409_CONFLICT
     default_detail = "This path already holds different bytes; artifacts are immutable."
