@@ -295,3 +295,11 @@ CELERY_BEAT_SCHEDULE["artifacts.retention_purge"] = {
 # Write denials this soon after a key's build finished are not tripwire input: a job still
 # running when its build was canceled keeps trying to upload with a key it legitimately held.
 TRIPWIRE_FINISH_GRACE_SECONDS = env_int("TRIPWIRE_FINISH_GRACE_SECONDS", 300)
+
+# --- Many small artifacts: file-count quota, batch uploads -------------------------------------
+# A build may hold at most this many artifacts (413 beyond): the byte quota alone lets 0-byte
+# uploads create rows without bound.
+BUILD_ARTIFACTS_MAX_FILES = env_int("BUILD_ARTIFACTS_MAX_FILES", 100_000)
+# A batch upload (tar stream) may expand to at most this many bytes per byte of request body
+# (compressed archives only): past it, the archive is taken for a decompression bomb (413).
+ARTIFACT_BATCH_MAX_EXPANSION = env_int("ARTIFACT_BATCH_MAX_EXPANSION", 200)

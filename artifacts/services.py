@@ -2,18 +2,17 @@
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Q, Sum
-from django.db.models.functions import Coalesce
+from django.db.models import Q
 from django.utils import timezone
 
 from builds.models import Build, Project
 
-from . import storage
+from . import storage, usage
 from .errors import (
     ArtifactConflict,
     BlobVanished,
@@ -36,33 +35,15 @@ class StoredArtifact:
     created: bool
 
 
-def _quota_room(*, build: Build) -> tuple[int, str]:
-    """How many more bytes one artifact of ``build`` may have, and the sentence if it has not."""
-    max_size = settings.ARTIFACT_MAX_SIZE
-    used = Artifact.objects.filter(build__project_id=build.project_id).aggregate(
-        project=Coalesce(Sum("blob__size"), 0),
-        build=Coalesce(Sum("blob__size", filter=Q(build_id=build.pk)), 0),
-    )
-    build_room = settings.BUILD_ARTIFACTS_QUOTA - used["build"]
-    project_room = settings.PROJECT_ARTIFACTS_QUOTA - used["project"]
-    return min(
-        (max_size, f"An artifact may be at most {max_size} bytes."),
-        (
-            build_room,
-            f"The build's artifacts may total at most {settings.BUILD_ARTIFACTS_QUOTA} bytes.",
-        ),
-        (
-            project_room,
-            f"The project's artifacts may total at most {settings.PROJECT_ARTIFACTS_QUOTA} bytes.",
-        ),
-        key=lambda room: room[0],
-    )
-
-
-def _check_quota(*, build: Build, size: int) -> None:
-    room, reason = _quota_room(build=build)
-    if size > room:
-        raise QuotaExceeded(reason)
+def _checksum_clean(expected_sha256: str | None) -> str | None:
+    if expected_sha256 is None:
+        return None
+    expected_sha256 = expected_sha256.strip().lower()
+    if not SHA256_HEX.match(expected_sha256):
+        raise ChecksumMismatch(
+            "X-Checksum-Sha256 must be 64 hexadecimal characters.", code="invalid_checksum"
+        )
+    return expected_sha256
 
 
 def _blob_touch(sha256: str) -> bool:
@@ -84,145 +65,153 @@ def artifact_store(
     Same bytes at the same path again: the existing artifact (created=False). Different bytes:
     ArtifactConflict. The bytes become visible only once their digest is verified and the
     artifact row is committed; any failure before that leaves nothing behind.
+
+    ``build`` comes loaded with its project (usage counters): the quota is checked against
+    them before a body byte is read, and decided when the artifact is linked.
     """
     path = artifact_path_clean(path)
-    if expected_sha256 is not None:
-        expected_sha256 = expected_sha256.strip().lower()
-        if not SHA256_HEX.match(expected_sha256):
-            raise ChecksumMismatch(
-                "X-Checksum-Sha256 must be 64 hexadecimal characters.", code="invalid_checksum"
-            )
+    expected_sha256 = _checksum_clean(expected_sha256)
     if not build.is_running:
         raise BuildNotWritable()
-    existing = Artifact.objects.filter(build=build, path=path).select_related("blob").first()
-    room, reason = _quota_room(build=build)
-    if existing is not None:
-        # A re-upload replaces nothing: it may be as large as what the path already holds.
-        room = max(room, existing.size)
+    room, reason = usage.usage_room(build=build)
     if content_length is not None and content_length > room:
-        raise QuotaExceeded(reason)  # before a single body byte is read
+        # Over quota, unless it re-sends what the path holds: a re-upload replaces nothing.
+        existing = Artifact.objects.filter(build=build, path=path).select_related("blob").first()
+        if existing is not None:
+            room = max(room, existing.size)
+        if content_length > room:
+            raise QuotaExceeded(reason)  # before a single body byte is read
 
-    if existing is not None:
-        # Only the digest matters now: hash the body, store nothing.
-        writer = storage.DiscardingWriter()
-    elif expected_sha256 is not None and _blob_touch(expected_sha256):
+    if expected_sha256 is not None and _blob_touch(expected_sha256):
         # The store already holds bytes with the announced digest: verify, don't rewrite.
         writer = storage.DiscardingWriter()
     else:
         writer = storage.blob_writer_open()
 
-    committed = False
+    published = None
     try:
         received = body_receive(
             stream=stream,
             writer=writer,
             content_length=content_length,
-            limit=room,
+            limit=max(room, 0),
             limit_reason=reason,
         )
         if expected_sha256 is not None and received.sha256 != expected_sha256:
             raise ChecksumMismatch()
-        if existing is not None:
-            if existing.sha256 != received.sha256:
-                raise ArtifactConflict(
-                    f"{path} already holds different bytes (sha256 {existing.sha256}); "
-                    "artifacts are immutable."
-                )
-            return StoredArtifact(existing, created=False)
+        if not isinstance(writer, storage.DiscardingWriter):
+            published = _blob_publish(sha256=received.sha256, size=received.size, writer=writer)
+        writer = None
         stored = _artifact_link(
             build=build,
             path=path,
-            sha256=received.sha256,
-            size=received.size,
+            blob=Blob(sha256=received.sha256, size=received.size),
             content_type=content_type or "application/octet-stream",
-            writer=writer,
         )
-        committed = True
+        published = None
         return stored
     finally:
-        if not committed:
+        if writer is not None:
             try:
                 writer.abort()
             except Exception:  # the original error matters more than a failed cleanup
                 logger.exception("could not discard a staged upload")
+        if published is not None:
+            _blob_unpublish(published)
 
 
-@transaction.atomic
-def _artifact_link(
-    *,
-    build: Build,
-    path: str,
-    sha256: str,
-    size: int,
-    content_type: str,
-    writer: storage.BlobWriter,
-) -> StoredArtifact:
-    """Second half of a store: under the build's row lock (and the project's, for its quota),
-    re-check what may have changed while the body streamed (finish, a concurrent upload of the
-    path, quotas, purge) and link."""
-    build = Build.objects.select_for_update().get(pk=build.pk)
-    if not build.is_running:
-        raise BuildNotWritable()
-    existing = Artifact.objects.filter(build=build, path=path).select_related("blob").first()
-    if existing is not None:
-        if existing.sha256 != sha256:
-            raise ArtifactConflict(
-                f"{path} already holds different bytes; artifacts are immutable."
-            )
-        writer.abort()
-        return StoredArtifact(existing, created=False)
-    # The project's row orders the quota checks of all its builds' uploads: under the build's
-    # lock alone, two builds could each see room for one more artifact and both take it.
-    Project.objects.select_for_update(no_key=True).get(pk=build.project_id)
-    _check_quota(build=build, size=size)
-    # Locking the blob row orders us against retention: it deletes a blob only under this lock
-    # and only if nothing references it, so once we hold it the blob stays.
-    blob = Blob.objects.select_for_update().filter(sha256=sha256).first()
-    if blob is None and isinstance(writer, storage.DiscardingWriter):
-        raise BlobVanished()
-    name = None
-    if blob is None:
-        blob, name = _blob_publish(sha256=sha256, size=size, writer=writer)
-    else:
-        writer.abort()  # the bytes are stored already: dedup
-        Blob.objects.filter(pk=blob.pk).update(referenced_at=timezone.now())
+class _PathTaken(Exception):
+    pass
+
+
+def _artifact_link(*, build: Build, path: str, blob: Blob, content_type: str) -> StoredArtifact:
+    """Second half of a store: the artifact row and the usage counters, in one transaction.
+
+    The insert skips a path already taken (a concurrent upload of it, or a re-upload); the
+    counters refuse if the build finished or a quota is full meanwhile. Either way nothing of
+    this transaction stays. The blob row exists (published, or touched by this upload within
+    its grace period); if retention removed it anyway, the foreign key refuses the link.
+    """
+    now = timezone.now()
     try:
-        artifact = Artifact.objects.create(
-            build=build, path=path, blob=blob, content_type=content_type[:255]
-        )
-    except Exception:
-        if name is not None:
-            # The object was published for a row that will not exist: do not leave it behind.
-            storage.blob_delete(name)
-        raise
+        with transaction.atomic():
+            inserted = Artifact.objects.insert_new(
+                [
+                    {
+                        "build_id": build.pk,
+                        "path": path,
+                        "blob_id": blob.sha256,
+                        "content_type": content_type,
+                    }
+                ],
+                created_at=now,
+            )
+            if not inserted:
+                raise _PathTaken
+            usage.usage_charge(build_id=build.pk, project_id=build.project_id, size=blob.size)
+    except _PathTaken:
+        existing = Artifact.objects.filter(build=build, path=path).select_related("blob").first()
+        if existing is None:  # deleted since: vanishingly rare
+            raise ArtifactConflict(f"{path} changed during the upload; retry it.") from None
+        if existing.sha256 != blob.sha256:
+            raise ArtifactConflict(
+                f"{path} already holds different bytes (sha256 {existing.sha256}); "
+                "artifacts are immutable."
+            ) from None
+        return StoredArtifact(existing, created=False)
+    except IntegrityError as exc:  # the blob's row went (retention): the bytes must come again
+        raise BlobVanished() from exc
+    artifact = Artifact(
+        pk=inserted[path],
+        build=build,
+        path=path,
+        blob=blob,
+        content_type=content_type[:255],
+        created_at=now,
+    )
     return StoredArtifact(artifact, created=True)
 
 
-def _blob_publish(*, sha256: str, size: int, writer: storage.BlobWriter) -> tuple[Blob, str | None]:
-    """Publish the staged bytes as the blob for ``sha256`` and return it locked, with the name
-    of the object published (None when another upload's blob won).
+@dataclass(frozen=True)
+class _Published:
+    """A blob row this upload created (so it may remove it again if the link fails)."""
 
-    An upload of the same bytes to another build holds another build's lock, so it can get here
-    at the same time: on PostgreSQL the second insert waits for the first transaction and then
-    violates the primary key. The savepoint keeps our transaction usable; the other upload's
-    blob is then as good as ours, so ours is deleted at once (no row will ever name it, whether
-    or not this transaction commits) and the artifact links to theirs.
+    sha256: str
+    storage_name: str
+
+
+def _blob_publish(*, sha256: str, size: int, writer: storage.BlobWriter) -> _Published | None:
+    """Publish the staged bytes and record the blob, before any lock is taken. If a blob of
+    these bytes exists already (or another upload's won a race), it is marked referenced and
+    ours is deleted at once: no row will ever name it. Returns what this created, if anything.
     """
     name = writer.commit(sha256=sha256)
-    try:
-        with transaction.atomic():
-            return Blob.objects.create(sha256=sha256, size=size, storage_name=name), name
-    except IntegrityError:
-        pass
+    holder = Blob.objects.publish([(sha256, size, name)])[sha256]
+    if holder == name:
+        return _Published(sha256=sha256, storage_name=name)
     try:
         storage.blob_delete(name)
     except Exception:  # an orphan object costs space; failing the upload would cost more
         logger.exception("could not delete the duplicate object %s", name)
-    blob = Blob.objects.select_for_update().filter(sha256=sha256).first()
-    if blob is None:  # purged since that upload linked it: vanishingly rare; a retry stores it
-        raise BlobVanished()
-    Blob.objects.filter(pk=blob.pk).update(referenced_at=timezone.now())
-    return blob, None
+    return None
+
+
+def _blob_unpublish(published: _Published) -> None:
+    """The link failed: remove the blob this upload created, unless something references it
+    by now. (If this fails, retention removes it after its grace period.)"""
+    try:
+        with transaction.atomic():
+            blob = (
+                Blob.objects.select_for_update()
+                .filter(sha256=published.sha256, storage_name=published.storage_name)
+                .first()
+            )
+            if blob is None or Artifact.objects.filter(blob=blob).exists():
+                return
+            blob.delete()
+        storage.blob_delete(published.storage_name)
+    except Exception:
+        logger.exception("could not remove the unlinked blob %s", published.sha256)
 
 
 # --- Retention ----------------------------------------------------------------------------
@@ -233,6 +222,7 @@ class PurgeResult:
     artifacts: int
     blobs: int
     staging_files: int
+    usage_drifts: list = field(default_factory=list)
 
 
 def builds_expired(*, now: datetime):
@@ -263,8 +253,11 @@ def blob_purge_if_unreferenced(*, sha256: str, referenced_before: datetime) -> b
 def retention_purge(*, now: datetime | None = None) -> PurgeResult:
     """Delete artifacts of builds past their project's retention, then unreferenced blobs."""
     now = now or timezone.now()
-    expired = Artifact.objects.filter(build__in=builds_expired(now=now))
-    _, deleted = expired.delete()
+    expired = builds_expired(now=now).filter(used_files__gt=0)
+    deleted = sum(
+        usage.build_artifacts_delete(build_id=build_id)
+        for build_id in expired.values_list("pk", flat=True).iterator()
+    )
     referenced_before = now - timedelta(seconds=settings.ARTIFACT_BLOB_GRACE_SECONDS)
     candidates = Blob.objects.unreferenced().filter(referenced_at__lt=referenced_before)
     blobs = sum(
@@ -272,6 +265,7 @@ def retention_purge(*, now: datetime | None = None) -> PurgeResult:
         for sha256 in candidates.values_list("sha256", flat=True).iterator()
     )
     staging = storage.staging_purge(older_than_seconds=settings.ARTIFACT_BLOB_GRACE_SECONDS)
+    drifts = usage.usage_reconcile()
     return PurgeResult(
-        artifacts=deleted.get("artifacts.Artifact", 0), blobs=blobs, staging_files=staging
+        artifacts=deleted, blobs=blobs, staging_files=staging, usage_drifts=drifts
     )

@@ -1,6 +1,4 @@
 from django.db import models
-from django.db.models import Count, Sum
-from django.db.models.functions import Coalesce
 
 
 class Project(models.Model):
@@ -19,6 +17,17 @@ class Project(models.Model):
         default=90, help_text="Builds' artifacts (and build keys) expire after this many days."
     )
     build_counter = models.PositiveIntegerField(default=0, editable=False)
+    # Quota usage, kept in step with the artifact rows by the services that add or remove them
+    # (in the same transaction), so checking a quota reads one row instead of summing
+    # artifacts; retention recomputes them and reports any drift.
+    used_bytes = models.BigIntegerField(
+        default=0,
+        editable=False,
+        help_text="Bytes of all its artifacts (a blob shared by two counts twice).",
+    )
+    used_files = models.BigIntegerField(
+        default=0, editable=False, help_text="Number of its artifacts."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -26,14 +35,6 @@ class Project(models.Model):
 
     def __str__(self) -> str:
         return self.slug
-
-
-class BuildQuerySet(models.QuerySet):
-    def with_totals(self):
-        return self.annotate(
-            artifact_count=Count("artifacts"),
-            total_size=Coalesce(Sum("artifacts__blob__size"), 0),
-        )
 
 
 class Build(models.Model):
@@ -58,8 +59,17 @@ class Build(models.Model):
     metadata = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
-
-    objects = BuildQuerySet.as_manager()
+    # Quota usage, kept in step with the artifact rows by the services that add or remove them
+    # (in the same transaction), so checking a quota reads one row instead of summing
+    # artifacts; retention recomputes them and reports any drift.
+    used_bytes = models.BigIntegerField(
+        default=0,
+        editable=False,
+        help_text="Bytes of all its artifacts (a blob shared by two counts twice).",
+    )
+    used_files = models.BigIntegerField(
+        default=0, editable=False, help_text="Number of its artifacts."
+    )
 
     class Meta:
         ordering = ["-id"]

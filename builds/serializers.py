@@ -59,8 +59,8 @@ class StatusCheckSerializer(serializers.ModelSerializer):
 
 class BuildSerializer(serializers.ModelSerializer):
     project = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    artifact_count = serializers.IntegerField(read_only=True, default=0)
-    total_size = serializers.IntegerField(read_only=True, default=0)
+    artifact_count = serializers.IntegerField(source="used_files", read_only=True)
+    total_size = serializers.IntegerField(source="used_bytes", read_only=True)
     statuses = serializers.SerializerMethodField()
 
     class Meta:

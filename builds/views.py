@@ -24,7 +24,7 @@ from .serializers import (
 
 
 def build_for_key(request, build_id: int) -> Build:
-    return build_get_for_key(key=request.auth, build_id=build_id, with_totals=True)
+    return build_get_for_key(key=request.auth, build_id=build_id)
 
 
 class BuildCreateView(APIView):
@@ -72,8 +72,9 @@ class BuildFinishView(APIView):
         build = build_for_key(request, build_id)
         params = BuildFinishSerializer(data=request.data)
         params.is_valid(raise_exception=True)
-        services.build_finish(build=build, state=Build.State(params.validated_data["state"]))
-        return Response(BuildSerializer(build_for_key(request, build_id)).data)
+        state = Build.State(params.validated_data["state"])
+        build = services.build_finish(build=build, state=state)
+        return Response(BuildSerializer(build).data)
 
 
 class DeployTokenRotateView(APIView):
