@@ -8,4 +8,9 @@ def retention_purge() -> dict:
     """Purge expired builds' artifacts and unreferenced blobs. Safe to run twice or concurrently:
     every deletion re-checks its condition under a row lock."""
     result = services.retention_purge()
-    return {"artifacts": result.artifacts, "blobs": result.blobs, "staging": result.staging_files}
+    return {
+        "artifacts": result.artifacts,
+        "blobs": result.blobs,
+        "staging": result.staging_files,
+        "usage_drifts": [str(drift) for drift in result.usage_drifts],
+    }

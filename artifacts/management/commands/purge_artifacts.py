@@ -6,7 +6,8 @@ from artifacts import services
 class Command(BaseCommand):
     help = (
         "Delete artifacts of builds past their project's retention, then blobs no artifact "
-        "references any more (the same purge the periodic task runs)."
+        "references any more (the same purge the periodic task runs); then recompute the builds' "
+        "and projects' usage counters and report any that had drifted."
     )
 
     def handle(self, *args, **options):
@@ -15,3 +16,7 @@ class Command(BaseCommand):
             f"Purged {result.artifacts} artifact(s), {result.blobs} blob(s), "
             f"{result.staging_files} abandoned staging file(s)."
         )
+        for drift in result.usage_drifts:
+            self.stdout.write(f"Usage counter repaired: {drift}")
+        if not result.usage_drifts:
+            self.stdout.write("Usage counters: no usage drift.")
