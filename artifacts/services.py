@@ -120,54 +120,39 @@ def artifact_store(
             _blob_unpublish(published)
 
 
-class _PathTaken(Exception):
-    pass
-
-
 def _artifact_link(*, build: Build, path: str, blob: Blob, content_type: str) -> StoredArtifact:
-    """Second half of a store: the artifact row and the usage counters, in one transaction.
-
-    The insert skips a path already taken (a concurrent upload of it, or a re-upload); the
-    counters refuse if the build finished or a quota is full meanwhile. Either way nothing of
-    this transaction stays. The blob row exists (published, or touched by this upload within
-    its grace period); if retention removed it anyway, the foreign key refuses the link.
+    """Second half of a store: the artifact row, counted against the quotas, in one statement
+    that refuses if the build finished or a quota filled while the body streamed, or the path
+    was taken meanwhile (a concurrent upload of it, or a re-upload). The blob row exists
+    (published, or touched by this upload within its grace period); if retention removed it
+    anyway, the foreign key refuses the link.
     """
     now = timezone.now()
     try:
-        with transaction.atomic():
-            inserted = Artifact.objects.insert_new(
-                [
-                    {
-                        "build_id": build.pk,
-                        "path": path,
-                        "blob_id": blob.sha256,
-                        "content_type": content_type,
-                    }
-                ],
-                created_at=now,
-            )
-            if not inserted:
-                raise _PathTaken
-            usage.usage_charge(build_id=build.pk, project_id=build.project_id, size=blob.size)
-    except _PathTaken:
+        pk = usage.artifact_insert_within_quota(
+            build_id=build.pk,
+            path=path,
+            sha256=blob.sha256,
+            size=blob.size,
+            content_type=content_type,
+            created_at=now,
+        )
+    except IntegrityError as exc:  # the blob's row went (retention): the bytes must come again
+        raise BlobVanished() from exc
+    if pk is None:
         existing = Artifact.objects.filter(build=build, path=path).select_related("blob").first()
-        if existing is None:  # deleted since: vanishingly rare
-            raise ArtifactConflict(f"{path} changed during the upload; retry it.") from None
+        if existing is None:
+            raise usage.insert_refusal(build_id=build.pk, size=blob.size) or ArtifactConflict(
+                f"{path} changed during the upload; retry it."
+            )
         if existing.sha256 != blob.sha256:
             raise ArtifactConflict(
                 f"{path} already holds different bytes (sha256 {existing.sha256}); "
                 "artifacts are immutable."
-            ) from None
+            )
         return StoredArtifact(existing, created=False)
-    except IntegrityError as exc:  # the blob's row went (retention): the bytes must come again
-        raise BlobVanished() from exc
     artifact = Artifact(
-        pk=inserted[path],
-        build=build,
-        path=path,
-        blob=blob,
-        content_type=content_type[:255],
-        created_at=now,
+        pk=pk, build=build, path=path, blob=blob, content_type=content_type[:255], created_at=now
     )
     return StoredArtifact(artifact, created=True)
 
@@ -253,11 +238,9 @@ def blob_purge_if_unreferenced(*, sha256: str, referenced_before: datetime) -> b
 def retention_purge(*, now: datetime | None = None) -> PurgeResult:
     """Delete artifacts of builds past their project's retention, then unreferenced blobs."""
     now = now or timezone.now()
-    expired = builds_expired(now=now).filter(used_files__gt=0)
-    deleted = sum(
-        usage.build_artifacts_delete(build_id=build_id)
-        for build_id in expired.values_list("pk", flat=True).iterator()
-    )
+    # The usage counters follow the deleted rows (a trigger, artifacts/usage.py).
+    expired = Artifact.objects.filter(build__in=builds_expired(now=now).filter(used_files__gt=0))
+    _, deleted = expired.delete()
     referenced_before = now - timedelta(seconds=settings.ARTIFACT_BLOB_GRACE_SECONDS)
     candidates = Blob.objects.unreferenced().filter(referenced_at__lt=referenced_before)
     blobs = sum(
@@ -267,5 +250,8 @@ def retention_purge(*, now: datetime | None = None) -> PurgeResult:
     staging = storage.staging_purge(older_than_seconds=settings.ARTIFACT_BLOB_GRACE_SECONDS)
     drifts = usage.usage_reconcile()
     return PurgeResult(
-        artifacts=deleted, blobs=blobs, staging_files=staging, usage_drifts=drifts
+        artifacts=deleted.get("artifacts.Artifact", 0),
+        blobs=blobs,
+        staging_files=staging,
+        usage_drifts=drifts,
     )

@@ -1,19 +1,22 @@
 """Quota usage: bytes and files per build and per project, kept as counters on their rows.
 
-Every path that adds artifacts charges the counters, and every path that removes them releases
-them, in the same transaction as the rows, so a quota check reads one row instead of summing
-all the project's artifacts (which grew with the project). Retention recomputes the counters
-from the rows and repairs (and reports) any drift.
+A database trigger on the artifact table (migration 0005) adds every inserted artifact to its
+build's and project's counters and takes every deleted one off, in the statement that inserts
+or deletes it. That covers each path rows come and go by, the ORM's cascades and bulk deletes
+included, which no Python hook sees reliably. A quota check then reads one row instead of
+summing all the project's artifacts (which grew with the project). Retention recomputes the
+counters from the rows and repairs (and reports) any drift.
 
 Invariant: a project's counters are the sum of its builds' counters.
 """
 
 import logging
 from dataclasses import dataclass
+from functools import cache
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import Count, F, Sum
+from django.db import connections, transaction
+from django.db.models import Count, Sum
 from django.db.models.functions import Coalesce
 
 from builds.models import Build, Project
@@ -53,81 +56,103 @@ def usage_room(*, build: Build, files: int = 1) -> tuple[int, str]:
     return min(rooms, key=lambda room: room[0])
 
 
-def usage_charge(*, build_id: int, project_id: int, size: int, files: int = 1) -> None:
-    """Count ``files`` artifacts of ``size`` bytes in all against the build and its project, in
-    the caller's transaction; raise (and change nothing) if the build has finished or a quota
-    would be exceeded.
+class _LinkStatement:
+    """``INSERT`` one artifact only if its build runs and both quotas have room for it, and
+    the path is free; ``RETURNING`` its id. Composed once per connection from the models'
+    metadata (the upload path's compilation cost), so the columns stay in step with them.
 
-    Each is one conditional UPDATE. On PostgreSQL it locks the row, and a concurrent upload
-    waiting for that lock re-evaluates the WHERE on the row as committed (READ COMMITTED), so
-    two uploads cannot both take the last room. The build's row is locked before the
-    project's, the order every writer of both follows. On SQLite writers are serialised.
+    The check and the insert are one statement, and the trigger counts the row in it. On
+    PostgreSQL the build's and project's rows are locked (``FOR NO KEY UPDATE``, build first)
+    before the quota is read: a concurrent upload waits, then re-evaluates the condition on
+    the rows as committed (READ COMMITTED), so two uploads cannot both take the last room.
+    SQLite runs one writer at a time.
     """
-    charged = Build.objects.filter(
-        pk=build_id,
-        state=Build.State.RUNNING,
-        used_bytes__lte=settings.BUILD_ARTIFACTS_QUOTA - size,
-        used_files__lte=settings.BUILD_ARTIFACTS_MAX_FILES - files,
-    ).update(used_bytes=F("used_bytes") + size, used_files=F("used_files") + files)
-    if not charged:
-        raise _build_refusal(build_id=build_id, files=files)
-    charged = Project.objects.filter(
-        pk=project_id, used_bytes__lte=settings.PROJECT_ARTIFACTS_QUOTA - size
-    ).update(used_bytes=F("used_bytes") + size, used_files=F("used_files") + files)
-    if not charged:
-        raise QuotaExceeded(_project_bytes_sentence())
+
+    @classmethod
+    @cache
+    def for_connection(cls, alias: str, vendor: str) -> "_LinkStatement":
+        return cls(connections[alias])
+
+    def __init__(self, connection) -> None:
+        q = connection.ops.quote_name
+        a, b, p = Artifact._meta, Build._meta, Project._meta
+
+        def col(meta, name: str) -> str:
+            return q(meta.get_field(name).column)
+
+        lock = "FOR NO KEY UPDATE OF b, p" if connection.vendor == "postgresql" else ""
+        columns = ", ".join(col(a, n) for n in ["build", "path", "blob", "content_type"])
+        self.sql = (
+            f"INSERT INTO {q(a.db_table)} ({columns}, {col(a, 'created_at')}) "  # noqa: S608
+            f"SELECT b.{q(b.pk.column)}, %s, %s, %s, %s "
+            f"FROM {q(b.db_table)} b INNER JOIN {q(p.db_table)} p "
+            f"ON p.{q(p.pk.column)} = b.{col(b, 'project')} "
+            f"WHERE b.{q(b.pk.column)} = %s AND b.{col(b, 'state')} = %s "
+            f"AND b.{col(b, 'used_files')} + 1 <= %s AND b.{col(b, 'used_bytes')} + %s <= %s "
+            f"AND p.{col(p, 'used_bytes')} + %s <= %s {lock} "
+            f"ON CONFLICT ({col(a, 'build')}, {col(a, 'path')}) DO NOTHING "
+            f"RETURNING {q(a.pk.column)}"
+        )
+
+    def execute(self, connection, *, build_id, path, sha256, size, content_type, created_at):
+        params = [
+            path,
+            sha256,
+            content_type[:255],
+            connection.ops.adapt_datetimefield_value(created_at),
+            build_id,
+            Build.State.RUNNING.value,
+            settings.BUILD_ARTIFACTS_MAX_FILES,
+            size,
+            settings.BUILD_ARTIFACTS_QUOTA,
+            size,
+            settings.PROJECT_ARTIFACTS_QUOTA,
+        ]
+        with connection.cursor() as cursor:
+            cursor.execute(self.sql, params)
+            row = cursor.fetchone()
+        return None if row is None else row[0]
 
 
-def _build_refusal(*, build_id: int, files: int) -> Exception:
-    """Why usage_charge could not charge the build (only on a refusal: one more query)."""
-    build = Build.objects.filter(pk=build_id).values("state", "used_files").first()
+def artifact_insert_within_quota(
+    *, build_id: int, path: str, sha256: str, size: int, content_type: str, created_at
+) -> int | None:
+    """Insert the artifact and count it, in one statement; its id, or None if nothing was
+    inserted (see ``insert_refusal`` for why)."""
+    connection = connections[Artifact.objects.db]
+    statement = _LinkStatement.for_connection(connection.alias, connection.vendor)
+    return statement.execute(
+        connection,
+        build_id=build_id,
+        path=path,
+        sha256=sha256,
+        size=size,
+        content_type=content_type,
+        created_at=created_at,
+    )
+
+
+def insert_refusal(*, build_id: int, size: int, files: int = 1) -> Exception | None:
+    """Why a build could not take ``files`` more artifacts of ``size`` bytes in all, or None if
+    it could (so what stopped the insert was the path being taken). Only on a refusal."""
+    build = Build.objects.filter(pk=build_id).values(
+        "state", "used_files", "used_bytes", "project__used_bytes"
+    )
+    build = build.first()
     if build is None or build["state"] != Build.State.RUNNING:
         return BuildNotWritable()
     if build["used_files"] + files > settings.BUILD_ARTIFACTS_MAX_FILES:
         return QuotaExceeded(_files_sentence())
-    return QuotaExceeded(_build_bytes_sentence())
-
-
-def usage_release(*, build_id: int, project_id: int, size: int, files: int) -> None:
-    """Take removed artifacts off the counters, in the transaction that removes them."""
-    Build.objects.filter(pk=build_id).update(
-        used_bytes=F("used_bytes") - size, used_files=F("used_files") - files
-    )
-    Project.objects.filter(pk=project_id).update(
-        used_bytes=F("used_bytes") - size, used_files=F("used_files") - files
-    )
+    if build["used_bytes"] + size > settings.BUILD_ARTIFACTS_QUOTA:
+        return QuotaExceeded(_build_bytes_sentence())
+    if build["project__used_bytes"] + size > settings.PROJECT_ARTIFACTS_QUOTA:
+        return QuotaExceeded(_project_bytes_sentence())
+    return None
 
 
 def _totals(artifacts) -> tuple[int, int]:
     row = artifacts.aggregate(size=Coalesce(Sum("blob__size"), 0), files=Count("pk"))
     return row["size"], row["files"]
-
-
-def build_artifacts_delete(*, build_id: int) -> int:
-    """Delete all of a build's artifacts and release their usage; return how many."""
-    with transaction.atomic():
-        # The build's row lock keeps an upload from charging it while we count and delete.
-        build = Build.objects.select_for_update().filter(pk=build_id).values("project_id")
-        build = build.first()
-        if build is None:
-            return 0
-        artifacts = Artifact.objects.filter(build_id=build_id)
-        size, files = _totals(artifacts)
-        if not files:
-            return 0
-        artifacts.delete()
-        usage_release(build_id=build_id, project_id=build["project_id"], size=size, files=files)
-        return files
-
-
-def build_deleted_release(sender, instance: Build, **kwargs) -> None:
-    """pre_delete of a Build (admin, or a project's cascade): its artifacts go with it, so the
-    project's counters lose what the build's hold. The ORM's cascade bypasses the services,
-    hence a receiver; it runs in the deleting transaction."""
-    Project.objects.filter(pk=instance.project_id).update(
-        used_bytes=F("used_bytes") - Build.objects.filter(pk=instance.pk).values("used_bytes"),
-        used_files=F("used_files") - Build.objects.filter(pk=instance.pk).values("used_files"),
-    )
 
 
 # --- Reconciliation ---------------------------------------------------------------------------

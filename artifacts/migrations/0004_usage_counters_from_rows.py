@@ -15,7 +15,9 @@ def counters_from_rows(apps, schema_editor):
             .annotate(files=Count("pk"), size=Coalesce(Sum("blob__size"), 0))
         )
         for row in totals.iterator():
-            owner.objects.filter(pk=row[field]).update(used_files=row["files"], used_bytes=row["size"])
+            owner.objects.filter(pk=row[field]).update(
+                used_files=row["files"], used_bytes=row["size"]
+            )
 
 
 class Migration(migrations.Migration):

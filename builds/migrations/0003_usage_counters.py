@@ -4,30 +4,41 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('builds', '0002_initial'),
+        ("builds", "0002_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='build',
-            name='used_bytes',
-            field=models.BigIntegerField(default=0, editable=False, help_text='Bytes of all its artifacts (a blob shared by two counts twice).'),
+            model_name="build",
+            name="used_bytes",
+            field=models.BigIntegerField(
+                default=0,
+                editable=False,
+                help_text="Bytes of all its artifacts (a blob shared by two counts twice).",
+            ),
         ),
         migrations.AddField(
-            model_name='build',
-            name='used_files',
-            field=models.BigIntegerField(default=0, editable=False, help_text='Number of its artifacts.'),
+            model_name="build",
+            name="used_files",
+            field=models.BigIntegerField(
+                default=0, editable=False, help_text="Number of its artifacts."
+            ),
         ),
         migrations.AddField(
-            model_name='project',
-            name='used_bytes',
-            field=models.BigIntegerField(default=0, editable=False, help_text='Bytes of all its artifacts (a blob shared by two counts twice).'),
+            model_name="project",
+            name="used_bytes",
+            field=models.BigIntegerField(
+                default=0,
+                editable=False,
+                help_text="Bytes of all its artifacts (a blob shared by two counts twice).",
+            ),
         ),
         migrations.AddField(
-            model_name='project',
-            name='used_files',
-            field=models.BigIntegerField(default=0, editable=False, help_text='Number of its artifacts.'),
+            model_name="project",
+            name="used_files",
+            field=models.BigIntegerField(
+                default=0, editable=False, help_text="Number of its artifacts."
+            ),
         ),
     ]

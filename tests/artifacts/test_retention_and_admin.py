@@ -92,7 +92,12 @@ def test_the_command_and_the_beat_task_run_the_same_purge(store, retention, caps
     Blob.objects.update(referenced_at=timezone.now() - timedelta(days=3))
     call_command("purge_artifacts")
     assert "Purged 2 artifact(s), 1 blob(s)" in capsys.readouterr().out
-    assert tasks.retention_purge.apply().get() == {"artifacts": 0, "blobs": 0, "staging": 0}
+    assert tasks.retention_purge.apply().get() == {
+        "artifacts": 0,
+        "blobs": 0,
+        "staging": 0,
+        "usage_drifts": [],
+    }
 
 
 def test_admin_lists_artifacts_and_blobs_read_only(admin_client, api, build):
