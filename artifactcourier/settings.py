@@ -6,6 +6,7 @@ so ``make run`` works on a laptop with no servers. Setting ``DATABASE_URL`` mean
 deployment: then ``SECRET_KEY`` and ``TOKEN_PEPPER`` must come from the environment too.
 """
 
+import hashlib
 import json
 import os
 import secrets
@@ -141,7 +142,21 @@ if EMBEDDED and not DATABASE_URL:
         }
     }
 else:
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+    DATABASES = {
+        "default": dj_database_url.parse(
+            DATABASE_URL,
+            conn_max_age=60,
+            # A persistent connection the server dropped (restart, failover, an idle timeout,
+            # pg_terminate_backend) is found at the next request's first query and replaced,
+            # instead of failing that request.
+            conn_health_checks=True,
+        )
+    }
+    if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        # An unreachable server fails a request in seconds (503), not after the OS's timeout.
+        DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+            "connect_timeout", env_int("DATABASE_CONNECT_TIMEOUT", 5)
+        )
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -295,6 +310,69 @@ CELERY_BEAT_SCHEDULE["artifacts.retention_purge"] = {
 # Write denials this soon after a key's build finished are not tripwire input: a job still
 # running when its build was canceled keeps trying to upload with a key it legitimately held.
 TRIPWIRE_FINISH_GRACE_SECONDS = env_int("TRIPWIRE_FINISH_GRACE_SECONDS", 300)
+
+# --- Refusals: audit volume ---------------------------------------------------------------------
+# Rows one live key's refusals may add per action (denied / write denied) per
+# TRIPWIRE_WINDOW_SECONDS; past that the newest row counts the repeats. Never below
+# TRIPWIRE_WRITE_DENIALS (the tripwire counts these rows).
+AUDIT_REFUSALS_PER_WINDOW = env_int("AUDIT_REFUSALS_PER_WINDOW", 20)
+# Longest string kept in an audit row's detail (a request path, a message); longer ones are cut
+# and marked, so a hostile 1 MB URL costs the audit table a few hundred bytes.
+AUDIT_DETAIL_MAX_CHARS = env_int("AUDIT_DETAIL_MAX_CHARS", 512)
+
+# --- Sharing: signed /dl/ links ---------------------------------------------------------------
+# HMAC secrets for signed links, comma-separated: links are signed with the first and accepted
+# with any, so a new secret goes first and the old one stays listed until its links expire.
+# Embedded default: derived from SECRET_KEY (a deployment sets its own).
+SHARE_SIGNING_SECRETS = env_list("SHARE_SIGNING_SECRETS") or [
+    hashlib.sha256(f"share-signing:{SECRET_KEY}".encode()).hexdigest()
+]
+# A share's links live this long unless the request says otherwise, and at most SHARE_MAX_SECONDS
+# (never beyond the sharer's own expiry).
+SHARE_DEFAULT_SECONDS = env_int("SHARE_DEFAULT_SECONDS", 3600)
+SHARE_MAX_SECONDS = env_int("SHARE_MAX_SECONDS", 7 * 86400)
+SHARE_MAX_PATHS = env_int("SHARE_MAX_PATHS", 1000)
+# How /dl/ artifact links are served: "direct" (the app streams the bytes), "x-accel" (the app
+# answers X-Accel-Redirect to SHARE_X_ACCEL_LOCATION, an nginx `internal` location aliased to
+# ARTIFACT_ROOT, and nginx streams from disk), or "s3" (302 to a short-lived S3 URL).
+SHARE_SERVE_MODE = os.environ.get("SHARE_SERVE_MODE", "direct")
+if SHARE_SERVE_MODE not in {"direct", "x-accel", "s3"}:
+    raise ImproperlyConfigured("SHARE_SERVE_MODE must be 'direct', 'x-accel' or 's3'.")
+SHARE_X_ACCEL_LOCATION = os.environ.get("SHARE_X_ACCEL_LOCATION", "/_artifacts/")
+# S3 URLs handed to clients are signed for this endpoint (the one clients reach), not the
+# internal AWS_S3_ENDPOINT_URL the app talks to (e.g. http://minio:9000 in compose).
+AWS_S3_PUBLIC_ENDPOINT_URL = os.environ.get("AWS_S3_PUBLIC_ENDPOINT_URL", "")
+
+# --- Dependencies: timeouts, retries, 503 ---------------------------------------------------
+# Every call to the object store is bounded: a store that accepts connections but never answers
+# costs a request at most about connect/read timeout x attempts, then a 503 with Retry-After,
+# instead of holding a server thread for minutes.
+AWS_S3_CONNECT_TIMEOUT = float(os.environ.get("AWS_S3_CONNECT_TIMEOUT", "3"))
+# Per socket read, not per request: a large part upload or download that keeps moving is fine.
+AWS_S3_READ_TIMEOUT = float(os.environ.get("AWS_S3_READ_TIMEOUT", "20"))
+# Total attempts per call, first included (botocore "standard" mode: exponential backoff with
+# jitter, retries throttling, 5xx and connection errors only).
+AWS_S3_MAX_ATTEMPTS = env_int("AWS_S3_MAX_ATTEMPTS", 3)
+
+
+def s3_client_config():
+    from botocore.config import Config
+
+    return Config(
+        connect_timeout=AWS_S3_CONNECT_TIMEOUT,
+        read_timeout=AWS_S3_READ_TIMEOUT,
+        retries={"max_attempts": AWS_S3_MAX_ATTEMPTS, "mode": "standard"},
+    )
+
+
+# django-storages builds its boto3 client with this (unless a storage's OPTIONS give their own).
+AWS_S3_CLIENT_CONFIG = s3_client_config()
+# Retry-After (seconds) on a 503 for a dependency (object store, database) that is unavailable.
+DEPENDENCY_RETRY_AFTER_SECONDS = env_int("DEPENDENCY_RETRY_AFTER_SECONDS", 5)
+# Reconciliation (part of the retention task) leaves objects and multipart uploads younger than
+# this alone: it must exceed the longest upload (an upload in flight has an open multipart
+# upload, and a moment between completing it and recording its row).
+ARTIFACT_ORPHAN_GRACE_SECONDS = env_int("ARTIFACT_ORPHAN_GRACE_SECONDS", 24 * 3600)
 
 # --- Many small artifacts: file-count quota, batch uploads -------------------------------------
 # A build may hold at most this many artifacts (413 beyond): the byte quota alone lets 0-byte

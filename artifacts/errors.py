@@ -9,6 +9,12 @@ class InvalidArtifactPath(exceptions.APIException):
     default_code = "invalid_path"
 
 
+class InvalidArchive(exceptions.APIException):
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_detail = "The body is not an acceptable tar archive; nothing was stored."
+    default_code = "invalid_archive"
+
+
 class ChecksumMismatch(exceptions.APIException):
     status_code = status.HTTP_400_BAD_REQUEST
     default_detail = "The body's SHA-256 does not match X-Checksum-Sha256; nothing was stored."
@@ -38,11 +44,6 @@ class BuildNotWritable(exceptions.PermissionDenied):
     default_code = "build_finished"
 
 
-class PathNotAllowed(exceptions.PermissionDenied):
-    default_detail = "This key may not write outside its path prefix."
-    default_code = "path_not_allowed"
-
-
 class BlobVanished(exceptions.APIException):
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     default_detail = "The stored copy of these bytes was purged during the upload; retry it."
@@ -54,3 +55,12 @@ class StorageFull(exceptions.APIException):
     status_code = status.HTTP_507_INSUFFICIENT_STORAGE
     default_detail = "The artifact store is out of space; nothing was stored. Try again later."
     default_code = "storage_full"
+
+
+class DependencyUnavailable(exceptions.APIException):
+    """The object store (or another service we depend on) is down, refused, or did not answer
+    within its timeouts: the request may succeed later. The API adds Retry-After."""
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = "The artifact storage is unavailable; nothing was changed. Retry later."
+    default_code = "unavailable"

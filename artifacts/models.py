@@ -139,3 +139,45 @@ class Artifact(models.Model):
     @property
     def sha256(self) -> str:
         return self.blob.sha256
+
+
+class ShareQuerySet(models.QuerySet):
+    def for_build(self, build):
+        return self.filter(build=build)
+
+
+class Share(models.Model):
+    """Signed links handed out for a build, all signed under one derived key of their own:
+    revoking that key withdraws every link of the share, and nothing else."""
+
+    build = models.ForeignKey("builds.Build", on_delete=models.CASCADE, related_name="shares")
+    key = models.OneToOneField(
+        "tokens.ApiKey",
+        on_delete=models.CASCADE,
+        related_name="share",
+        help_text="The read-only key the links are signed under; revoke it to withdraw them.",
+    )
+    shared_by = models.ForeignKey(
+        "tokens.ApiKey",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The key that asked for the share.",
+    )
+    paths = models.JSONField(
+        default=list, blank=True, help_text="The shared paths; empty means all under the prefix."
+    )
+    prefix = models.CharField(
+        max_length=1024, blank=True, help_text="Only artifacts under this path are shared."
+    )
+    expires_at = models.DateTimeField(help_text="When the links stop working.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = ShareQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"share of {self.build_id} by key {self.shared_by_id}"

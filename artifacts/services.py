@@ -11,6 +11,9 @@ from django.db.models import Q
 from django.utils import timezone
 
 from builds.models import Build, Project
+from tokens import services as token_services
+from tokens.errors import InvalidCredential
+from tokens.models import ApiKey
 
 from . import storage, usage
 from .errors import (
@@ -35,7 +38,7 @@ class StoredArtifact:
     created: bool
 
 
-def _checksum_clean(expected_sha256: str | None) -> str | None:
+def checksum_clean(expected_sha256: str | None) -> str | None:
     if expected_sha256 is None:
         return None
     expected_sha256 = expected_sha256.strip().lower()
@@ -46,9 +49,10 @@ def _checksum_clean(expected_sha256: str | None) -> str | None:
     return expected_sha256
 
 
-def _blob_touch(sha256: str) -> bool:
-    """Mark a blob as about to be linked; False if no such blob."""
-    return bool(Blob.objects.filter(sha256=sha256).update(referenced_at=timezone.now()))
+def _project_holds(*, project_id: int, sha256: str) -> bool:
+    """Does one of the project's own artifacts already hold these bytes? Deliberately blind to
+    other projects: what they store must not be observable here (docs/design.md, "Dedup")."""
+    return Artifact.objects.filter(build__project_id=project_id, blob_id=sha256).exists()
 
 
 def artifact_store(
@@ -59,6 +63,7 @@ def artifact_store(
     content_length: int | None,
     content_type: str = "",
     expected_sha256: str | None = None,
+    key: ApiKey | None = None,
 ) -> StoredArtifact:
     """Stream a request body into the build's artifact at ``path``.
 
@@ -66,11 +71,14 @@ def artifact_store(
     ArtifactConflict. The bytes become visible only once their digest is verified and the
     artifact row is committed; any failure before that leaves nothing behind.
 
-    ``build`` comes loaded with its project (usage counters): the quota is checked against
-    them before a body byte is read, and decided when the artifact is linked.
+    Three steps, and none holds a lock across another: receive (stream into a staged object,
+    hashing), ``blob_publish`` (make the staged bytes a blob: network calls, no transaction)
+    and ``artifact_link`` (one statement that re-checks and links). ``key``, the key that sent
+    the body, must still be alive when the artifact is linked. ``build`` comes loaded with its
+    project: their usage counters refuse an upload over quota before a body byte is read.
     """
     path = artifact_path_clean(path)
-    expected_sha256 = _checksum_clean(expected_sha256)
+    expected_sha256 = checksum_clean(expected_sha256)
     if not build.is_running:
         raise BuildNotWritable()
     room, reason = usage.usage_room(build=build)
@@ -82,13 +90,14 @@ def artifact_store(
         if content_length > room:
             raise QuotaExceeded(reason)  # before a single body byte is read
 
-    if expected_sha256 is not None and _blob_touch(expected_sha256):
-        # The store already holds bytes with the announced digest: verify, don't rewrite.
+    if expected_sha256 is not None and _project_holds(
+        project_id=build.project_id, sha256=expected_sha256
+    ):
+        # Only the digest matters now: hash the body to verify it, store nothing.
         writer = storage.DiscardingWriter()
     else:
         writer = storage.blob_writer_open()
 
-    published = None
     try:
         received = body_receive(
             stream=stream,
@@ -99,41 +108,106 @@ def artifact_store(
         )
         if expected_sha256 is not None and received.sha256 != expected_sha256:
             raise ChecksumMismatch()
+        created = None
         if not isinstance(writer, storage.DiscardingWriter):
-            published = _blob_publish(sha256=received.sha256, size=received.size, writer=writer)
-        writer = None
-        stored = _artifact_link(
+            blob, fresh = _blob_publish(writer=writer, sha256=received.sha256, size=received.size)
+            created = blob if fresh else None
+    except BaseException:
+        try:
+            writer.abort()
+        except Exception:  # the original error matters more than a failed cleanup
+            logger.exception("could not discard a staged upload")
+        raise
+    try:
+        return artifact_link(
+            key=key,
             build=build,
             path=path,
-            blob=Blob(sha256=received.sha256, size=received.size),
+            sha256=received.sha256,
+            size=received.size,
             content_type=content_type or "application/octet-stream",
         )
-        published = None
-        return stored
-    finally:
-        if writer is not None:
-            try:
-                writer.abort()
-            except Exception:  # the original error matters more than a failed cleanup
-                logger.exception("could not discard a staged upload")
-        if published is not None:
-            _blob_unpublish(published)
+    except BaseException:
+        if created is not None:
+            _blob_unpublish(created)
+        raise
 
 
-def _artifact_link(*, build: Build, path: str, blob: Blob, content_type: str) -> StoredArtifact:
-    """Second half of a store: the artifact row, counted against the quotas, in one statement
-    that refuses if the build finished or a quota filled while the body streamed, or the path
-    was taken meanwhile (a concurrent upload of it, or a re-upload). The blob row exists
-    (published, or touched by this upload within its grace period); if retention removed it
-    anyway, the foreign key refuses the link.
+def blob_publish(*, writer: storage.BlobWriter, sha256: str, size: int) -> Blob:
+    """Make the verified, staged bytes of ``writer`` the blob for ``sha256`` and return its row.
+
+    Runs outside any transaction and takes no lock: completing the staged upload is a network
+    call that may take seconds (S3 assembles the parts), and no row lock may wait on it.
+    The row is recorded with ``referenced_at`` now, so retention leaves it alone for its grace
+    period while ``artifact_link`` links it. If the bytes are stored already (a concurrent upload
+    of the same content published first), ours are a duplicate: deleted, and theirs is marked
+    as referenced now. A crash between completing and recording leaves an object no row names;
+    retention's reconciliation deletes it after the grace period.
     """
+    return _blob_publish(writer=writer, sha256=sha256, size=size)[0]
+
+
+def _blob_publish(*, writer: storage.BlobWriter, sha256: str, size: int) -> tuple[Blob, bool]:
+    """blob_publish, and whether this created the blob row. One statement (an upsert)."""
+    name = writer.commit(sha256=sha256)
+    holder = Blob.objects.publish([(sha256, size, name)])[sha256]
+    if holder != name:
+        try:
+            storage.blob_delete(name)
+        except Exception:  # an orphan object costs space (reconciliation removes it)
+            logger.exception("could not delete the duplicate object %s", name)
+    return Blob(sha256=sha256, size=size, storage_name=holder), holder == name
+
+
+def _blob_unpublish(blob: Blob) -> None:
+    """The link failed: remove the blob this upload created, unless something references it
+    by now. (If this fails, retention removes it after its grace period.)"""
+    try:
+        with transaction.atomic():
+            row = (
+                Blob.objects.select_for_update()
+                .filter(sha256=blob.sha256, storage_name=blob.storage_name)
+                .first()
+            )
+            if row is None or Artifact.objects.filter(blob=row).exists():
+                return
+            row.delete()
+        storage.blob_delete(blob.storage_name)
+    except Exception:
+        logger.exception("could not remove the unlinked blob %s", blob.sha256)
+
+
+def artifact_link(
+    *,
+    key: ApiKey | None,
+    build: Build,
+    path: str,
+    sha256: str,
+    content_type: str,
+    size: int | None = None,
+) -> StoredArtifact:
+    """Link the stored blob ``sha256`` (of ``size`` bytes) as the build's artifact at ``path``.
+
+    Re-checks what may have changed while the body streamed: the key (or one it came from) was
+    revoked; then, in the one statement that inserts the row and counts it (usage.py), the
+    build finished, a quota filled, a concurrent upload took the path. If retention removed the
+    blob meanwhile, the foreign key refuses the row (503, retry). No lock outlives a statement.
+    """
+    if key is not None and not token_services.key_alive(key=key):
+        raise InvalidCredential(
+            "This API token was revoked during the upload; nothing was stored.", code="revoked"
+        )
+    if size is None:
+        size = Blob.objects.filter(sha256=sha256).values_list("size", flat=True).first()
+        if size is None:
+            raise BlobVanished()
     now = timezone.now()
     try:
         pk = usage.artifact_insert_within_quota(
             build_id=build.pk,
             path=path,
-            sha256=blob.sha256,
-            size=blob.size,
+            sha256=sha256,
+            size=size,
             content_type=content_type,
             created_at=now,
         )
@@ -142,61 +216,24 @@ def _artifact_link(*, build: Build, path: str, blob: Blob, content_type: str) ->
     if pk is None:
         existing = Artifact.objects.filter(build=build, path=path).select_related("blob").first()
         if existing is None:
-            raise usage.insert_refusal(build_id=build.pk, size=blob.size) or ArtifactConflict(
+            raise usage.insert_refusal(build_id=build.pk, size=size) or ArtifactConflict(
                 f"{path} changed during the upload; retry it."
             )
-        if existing.sha256 != blob.sha256:
+        if existing.sha256 != sha256:
             raise ArtifactConflict(
                 f"{path} already holds different bytes (sha256 {existing.sha256}); "
                 "artifacts are immutable."
             )
         return StoredArtifact(existing, created=False)
     artifact = Artifact(
-        pk=pk, build=build, path=path, blob=blob, content_type=content_type[:255], created_at=now
+        pk=pk,
+        build=build,
+        path=path,
+        blob=Blob(sha256=sha256, size=size),
+        content_type=content_type[:255],
+        created_at=now,
     )
     return StoredArtifact(artifact, created=True)
-
-
-@dataclass(frozen=True)
-class _Published:
-    """A blob row this upload created (so it may remove it again if the link fails)."""
-
-    sha256: str
-    storage_name: str
-
-
-def _blob_publish(*, sha256: str, size: int, writer: storage.BlobWriter) -> _Published | None:
-    """Publish the staged bytes and record the blob, before any lock is taken. If a blob of
-    these bytes exists already (or another upload's won a race), it is marked referenced and
-    ours is deleted at once: no row will ever name it. Returns what this created, if anything.
-    """
-    name = writer.commit(sha256=sha256)
-    holder = Blob.objects.publish([(sha256, size, name)])[sha256]
-    if holder == name:
-        return _Published(sha256=sha256, storage_name=name)
-    try:
-        storage.blob_delete(name)
-    except Exception:  # an orphan object costs space; failing the upload would cost more
-        logger.exception("could not delete the duplicate object %s", name)
-    return None
-
-
-def _blob_unpublish(published: _Published) -> None:
-    """The link failed: remove the blob this upload created, unless something references it
-    by now. (If this fails, retention removes it after its grace period.)"""
-    try:
-        with transaction.atomic():
-            blob = (
-                Blob.objects.select_for_update()
-                .filter(sha256=published.sha256, storage_name=published.storage_name)
-                .first()
-            )
-            if blob is None or Artifact.objects.filter(blob=blob).exists():
-                return
-            blob.delete()
-        storage.blob_delete(published.storage_name)
-    except Exception:
-        logger.exception("could not remove the unlinked blob %s", published.sha256)
 
 
 # --- Retention ----------------------------------------------------------------------------
@@ -207,6 +244,9 @@ class PurgeResult:
     artifacts: int
     blobs: int
     staging_files: int
+    uploads_aborted: int = 0
+    orphans_deleted: int = 0
+    unknown_objects: int = 0
     usage_drifts: list = field(default_factory=list)
 
 
@@ -236,7 +276,8 @@ def blob_purge_if_unreferenced(*, sha256: str, referenced_before: datetime) -> b
 
 
 def retention_purge(*, now: datetime | None = None) -> PurgeResult:
-    """Delete artifacts of builds past their project's retention, then unreferenced blobs."""
+    """Delete artifacts of builds past their project's retention, then unreferenced blobs;
+    reconcile the storage with the blobs, and the usage counters with the artifacts."""
     now = now or timezone.now()
     # The usage counters follow the deleted rows (a trigger, artifacts/usage.py).
     expired = Artifact.objects.filter(build__in=builds_expired(now=now).filter(used_files__gt=0))
@@ -248,10 +289,21 @@ def retention_purge(*, now: datetime | None = None) -> PurgeResult:
         for sha256 in candidates.values_list("sha256", flat=True).iterator()
     )
     staging = storage.staging_purge(older_than_seconds=settings.ARTIFACT_BLOB_GRACE_SECONDS)
-    drifts = usage.usage_reconcile()
+    reconciled = storage.storage_reconcile(
+        known_names=_blob_names_known,
+        older_than_seconds=settings.ARTIFACT_ORPHAN_GRACE_SECONDS,
+        now=now.timestamp(),
+    )
     return PurgeResult(
         artifacts=deleted.get("artifacts.Artifact", 0),
         blobs=blobs,
         staging_files=staging,
-        usage_drifts=drifts,
+        uploads_aborted=reconciled.uploads_aborted,
+        orphans_deleted=reconciled.orphans_deleted,
+        unknown_objects=len(reconciled.unknown),
+        usage_drifts=usage.usage_reconcile(),
     )
+
+
+def _blob_names_known(names: list[str]) -> set[str]:
+    return set(Blob.objects.filter(storage_name__in=names).values_list("storage_name", flat=True))

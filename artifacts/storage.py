@@ -7,18 +7,52 @@ the cheapest way it can: a rename on a filesystem, a multipart upload that is co
 aborted on S3. Neither copies the bytes a second time.
 """
 
+import contextlib
+import logging
 import os
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
+from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.files.storage import FileSystemStorage, Storage, storages
 from django.utils.http import content_disposition_header
 
+from .errors import DependencyUnavailable
+
+logger = logging.getLogger(__name__)
+
 STAGING_DIR = "incoming"
+BLOB_PREFIX = "blobs/"
+# S3 objects are written under their final name from the start (S3 cannot rename): an object
+# here with no Blob row is a staged upload that never got its row (a crash between completing
+# the upload and recording it).
+S3_STAGED_PREFIX = "blobs/staged/"
+
+
+@contextlib.contextmanager
+def s3_errors() -> Iterator[None]:
+    """Turn the object store being down, slow (the client's timeouts, after its bounded
+    retries) or overloaded into DependencyUnavailable (503), which the API answers with
+    Retry-After. A 4xx from S3 is our bug, not an outage: it stays an error."""
+    try:
+        yield
+    except ClientError as exc:
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        code = exc.response.get("Error", {}).get("Code", "")
+        if status >= 500 or code in {"SlowDown", "ServiceUnavailable", "RequestTimeout"}:
+            logger.warning("object store error %s (HTTP %s)", code, status)
+            raise DependencyUnavailable() from exc
+        raise
+    except BotoCoreError as exc:
+        # Connection refused/reset/closed, connect and read timeouts, a body cut mid-stream.
+        logger.warning("object store unavailable: %s", type(exc).__name__)
+        raise DependencyUnavailable() from exc
 
 
 def blob_storage() -> Storage:
@@ -109,19 +143,22 @@ class S3BlobWriter(BlobWriter):
         self.part_size = settings.ARTIFACT_S3_PART_SIZE
         self.buffer = bytearray()
         self.parts: list[dict] = []
-        self.upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key)[
-            "UploadId"
-        ]
+        self.upload_id = None
+        with s3_errors():
+            self.upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key)[
+                "UploadId"
+            ]
 
     def _flush(self) -> None:
         number = len(self.parts) + 1
-        response = self.client.upload_part(
-            Bucket=self.bucket,
-            Key=self.key,
-            UploadId=self.upload_id,
-            PartNumber=number,
-            Body=bytes(self.buffer),
-        )
+        with s3_errors():
+            response = self.client.upload_part(
+                Bucket=self.bucket,
+                Key=self.key,
+                UploadId=self.upload_id,
+                PartNumber=number,
+                Body=bytes(self.buffer),
+            )
         self.parts.append({"PartNumber": number, "ETag": response["ETag"]})
         self.buffer.clear()
 
@@ -133,12 +170,16 @@ class S3BlobWriter(BlobWriter):
     def commit(self, *, sha256: str) -> str:
         if self.buffer or not self.parts:
             self._flush()
-        self.client.complete_multipart_upload(
-            Bucket=self.bucket,
-            Key=self.key,
-            UploadId=self.upload_id,
-            MultipartUpload={"Parts": self.parts},
-        )
+        with s3_errors():
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=self.key,
+                UploadId=self.upload_id,
+                MultipartUpload={"Parts": self.parts},
+            )
+        # Completed: the upload id is spent, there is nothing left to abort (an abort now would
+        # answer NoSuchUpload). Until the Blob row exists, the object is reconciliation's.
+        self.upload_id = None
         return self.name
 
     def abort(self) -> None:
@@ -146,7 +187,8 @@ class S3BlobWriter(BlobWriter):
         if self.upload_id is None:
             return
         upload_id, self.upload_id = self.upload_id, None
-        self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=upload_id)
+        with s3_errors():
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=upload_id)
 
 
 def _is_s3(storage: Storage) -> bool:
@@ -181,21 +223,29 @@ def blob_read(name: str, *, start: int, length: int, chunk_size: int = 1 << 20) 
     """Stream ``length`` bytes of a blob from ``start`` without holding them all in memory."""
     storage = blob_storage()
     if length <= 0:
-        return
+        return iter(())
     if _is_s3(storage):
         # S3File would download the whole object to a temporary file first; a ranged GET
-        # streams exactly the bytes asked for.
-        response = storage.connection.meta.client.get_object(
-            Bucket=storage.bucket_name,
-            Key=storage._normalize_name(name),
-            Range=f"bytes={start}-{start + length - 1}",
-        )
-        body = response["Body"]
-        try:
-            yield from body.iter_chunks(chunk_size)
-        finally:
-            body.close()
-        return
+        # streams exactly the bytes asked for. The request is made now, not when the response
+        # starts streaming: an unreachable store is then a 503, not a connection cut after a 200.
+        with s3_errors():
+            response = storage.connection.meta.client.get_object(
+                Bucket=storage.bucket_name,
+                Key=storage._normalize_name(name),
+                Range=f"bytes={start}-{start + length - 1}",
+            )
+        return _s3_body_chunks(response["Body"], chunk_size)
+    return _file_chunks(storage, name, start=start, length=length, chunk_size=chunk_size)
+
+
+def _s3_body_chunks(body, chunk_size: int) -> Iterator[bytes]:
+    try:
+        yield from body.iter_chunks(chunk_size)
+    finally:
+        body.close()
+
+
+def _file_chunks(storage, name: str, *, start: int, length: int, chunk_size: int):
     with storage.open(name, "rb") as fh:
         fh.seek(start)
         remaining = length
@@ -212,18 +262,25 @@ def blob_presigned_url(name: str, *, filename: str, expires: int) -> str | None:
     storage = blob_storage()
     if not _is_s3(storage):
         return None
-    return storage.url(
-        name,
-        parameters={
-            "ResponseContentDisposition": content_disposition_header(True, filename),
-            "ResponseContentType": "application/octet-stream",
-        },
-        expire=expires,
-    )
+    # Signing is local (no request), but django-storages may fetch credentials.
+    with s3_errors():
+        return storage.url(
+            name,
+            parameters={
+                "ResponseContentDisposition": content_disposition_header(True, filename),
+                "ResponseContentType": "application/octet-stream",
+            },
+            expire=expires,
+        )
 
 
 def blob_delete(name: str) -> None:
-    blob_storage().delete(name)
+    storage = blob_storage()
+    if _is_s3(storage):
+        with s3_errors():
+            storage.delete(name)
+        return
+    storage.delete(name)
 
 
 def staging_purge(*, older_than_seconds: int) -> int:
@@ -242,3 +299,107 @@ def staging_purge(*, older_than_seconds: int) -> int:
             entry.unlink(missing_ok=True)
             removed += 1
     return removed
+
+
+# --- Reconciliation -------------------------------------------------------------------------
+
+
+@dataclass
+class Reconciled:
+    """What a reconciliation pass did: aborted multipart uploads, deleted orphan objects, and
+    the names of objects the database does not know that are not ours to delete."""
+
+    uploads_aborted: int = 0
+    orphans_deleted: int = 0
+    unknown: list[str] = field(default_factory=list)
+
+
+def storage_reconcile(
+    *, known_names, older_than_seconds: int, now: float | None = None
+) -> Reconciled:
+    """Bring the store back in line with the database.
+
+    ``known_names(names)`` returns the subset of ``names`` a Blob row names. Everything younger
+    than ``older_than_seconds`` is left alone: an upload in flight has an open multipart upload,
+    and between completing it and recording its row, an object no row names yet.
+    Under ``blobs/`` every object is one an upload wrote (unique name per write), so one that no
+    row names after the grace period is an orphan (a worker killed between completing the
+    upload and recording it) and is deleted; anything else the database does not know is only
+    reported, for an operator to look at.
+    """
+    storage = blob_storage()
+    cutoff = (time.time() if now is None else now) - older_than_seconds
+    result = Reconciled()
+    if _is_s3(storage):
+        with s3_errors():
+            _s3_reconcile(storage, known_names, cutoff, result)
+    elif isinstance(storage, FileSystemStorage):
+        _filesystem_reconcile(storage, known_names, cutoff, result)
+    if result.unknown:
+        logger.warning(
+            "%d object(s) in the artifact storage are unknown to the database, e.g. %s",
+            len(result.unknown),
+            ", ".join(result.unknown[:5]),
+        )
+    return result
+
+
+def _s3_reconcile(storage, known_names, cutoff: float, result: Reconciled) -> None:
+    client = storage.connection.meta.client
+    bucket = storage.bucket_name
+    prefix = storage._normalize_name(BLOB_PREFIX)
+    cutoff_dt = datetime.fromtimestamp(cutoff, tz=UTC)
+    for page in client.get_paginator("list_multipart_uploads").paginate(
+        Bucket=bucket, Prefix=prefix
+    ):
+        for upload in page.get("Uploads", []):
+            if upload["Initiated"] < cutoff_dt:
+                client.abort_multipart_upload(
+                    Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                )
+                result.uploads_aborted += 1
+    # Object keys carry the storage's location prefix; Blob.storage_name does not.
+    root = storage._normalize_name("")
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=root):
+        objects = {
+            item["Key"][len(root) :]: item
+            for item in page.get("Contents", [])
+            if item["LastModified"] < cutoff_dt
+        }
+        unknown = set(objects) - known_names(list(objects))
+        for name in sorted(unknown):
+            if name.startswith(BLOB_PREFIX):
+                client.delete_object(Bucket=bucket, Key=objects[name]["Key"])
+                result.orphans_deleted += 1
+            else:
+                result.unknown.append(name)
+
+
+def _filesystem_reconcile(storage, known_names, cutoff: float, result: Reconciled) -> None:
+    root = Path(storage.path(""))
+    if not root.is_dir():
+        return
+    batch: list[tuple[str, Path]] = []
+
+    def settle() -> None:
+        unknown = {name for name, _ in batch} - known_names([name for name, _ in batch])
+        for name, path in batch:
+            if name not in unknown:
+                continue
+            if name.startswith(BLOB_PREFIX):
+                path.unlink(missing_ok=True)
+                result.orphans_deleted += 1
+            else:
+                result.unknown.append(name)
+        batch.clear()
+
+    for path in root.rglob("*"):
+        name = path.relative_to(root).as_posix()
+        if name.startswith(f"{STAGING_DIR}/") or not path.is_file():
+            continue  # staging files are staging_purge's
+        if path.stat().st_mtime >= cutoff:
+            continue
+        batch.append((name, path))
+        if len(batch) >= 1000:
+            settle()
+    settle()

@@ -12,5 +12,8 @@ def retention_purge() -> dict:
         "artifacts": result.artifacts,
         "blobs": result.blobs,
         "staging": result.staging_files,
+        "uploads_aborted": result.uploads_aborted,
+        "orphans_deleted": result.orphans_deleted,
+        "unknown_objects": result.unknown_objects,
         "usage_drifts": [str(drift) for drift in result.usage_drifts],
     }

@@ -27,15 +27,15 @@ from .models import Artifact
 logger = logging.getLogger(__name__)
 
 
-def _files_sentence() -> str:
+def files_sentence() -> str:
     return f"A build may have at most {settings.BUILD_ARTIFACTS_MAX_FILES} artifacts."
 
 
-def _build_bytes_sentence() -> str:
+def build_bytes_sentence() -> str:
     return f"The build's artifacts may total at most {settings.BUILD_ARTIFACTS_QUOTA} bytes."
 
 
-def _project_bytes_sentence() -> str:
+def project_bytes_sentence() -> str:
     return f"The project's artifacts may total at most {settings.PROJECT_ARTIFACTS_QUOTA} bytes."
 
 
@@ -45,11 +45,11 @@ def usage_room(*, build: Build, files: int = 1) -> tuple[int, str]:
     ``build`` and ``build.project``: no query. A hint to refuse early; ``usage_charge`` decides.
     """
     if build.used_files + files > settings.BUILD_ARTIFACTS_MAX_FILES:
-        return -1, _files_sentence()
+        return -1, files_sentence()
     max_size = settings.ARTIFACT_MAX_SIZE if files == 1 else None
     rooms = [
-        (settings.BUILD_ARTIFACTS_QUOTA - build.used_bytes, _build_bytes_sentence()),
-        (settings.PROJECT_ARTIFACTS_QUOTA - build.project.used_bytes, _project_bytes_sentence()),
+        (settings.BUILD_ARTIFACTS_QUOTA - build.used_bytes, build_bytes_sentence()),
+        (settings.PROJECT_ARTIFACTS_QUOTA - build.project.used_bytes, project_bytes_sentence()),
     ]
     if max_size is not None:
         rooms.append((max_size, f"An artifact may be at most {max_size} bytes."))
@@ -142,11 +142,11 @@ def insert_refusal(*, build_id: int, size: int, files: int = 1) -> Exception | N
     if build is None or build["state"] != Build.State.RUNNING:
         return BuildNotWritable()
     if build["used_files"] + files > settings.BUILD_ARTIFACTS_MAX_FILES:
-        return QuotaExceeded(_files_sentence())
+        return QuotaExceeded(files_sentence())
     if build["used_bytes"] + size > settings.BUILD_ARTIFACTS_QUOTA:
-        return QuotaExceeded(_build_bytes_sentence())
+        return QuotaExceeded(build_bytes_sentence())
     if build["project__used_bytes"] + size > settings.PROJECT_ARTIFACTS_QUOTA:
-        return QuotaExceeded(_project_bytes_sentence())
+        return QuotaExceeded(project_bytes_sentence())
     return None
 
 

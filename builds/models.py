@@ -1,4 +1,8 @@
 from django.db import models
+from django.db.models import Count, OuterRef, Subquery, Sum
+from django.db.models.functions import Coalesce
+
+from tokens import access
 
 
 class Project(models.Model):
@@ -17,9 +21,9 @@ class Project(models.Model):
         default=90, help_text="Builds' artifacts (and build keys) expire after this many days."
     )
     build_counter = models.PositiveIntegerField(default=0, editable=False)
-    # Quota usage, kept in step with the artifact rows by the services that add or remove them
-    # (in the same transaction), so checking a quota reads one row instead of summing
-    # artifacts; retention recomputes them and reports any drift.
+    # Quota usage, kept in step with the artifact rows by a database trigger in the statement
+    # that adds or removes them (artifacts/usage.py), so checking a quota reads one row instead
+    # of summing artifacts; retention recomputes them and reports any drift.
     used_bytes = models.BigIntegerField(
         default=0,
         editable=False,
@@ -35,6 +39,23 @@ class Project(models.Model):
 
     def __str__(self) -> str:
         return self.slug
+
+
+class BuildQuerySet(models.QuerySet):
+    def with_totals(self, *, path_prefix: str = ""):
+        """With ``path_prefix`` (a key limited to a prefix), annotate artifact_count and
+        total_size of the artifacts under it only, so a key never learns how much lies outside
+        what it may read. Without, the build's usage counters are its totals: no annotation."""
+        if path_prefix:
+            Artifact = self.model._meta.get_field("artifacts").related_model
+            visible = access.under_prefix(
+                Artifact.objects.filter(build=OuterRef("pk")).order_by(), path_prefix
+            ).values("build")
+            return self.annotate(
+                artifact_count=Coalesce(Subquery(visible.annotate(n=Count("pk")).values("n")), 0),
+                total_size=Coalesce(Subquery(visible.annotate(s=Sum("blob__size")).values("s")), 0),
+            )
+        return self
 
 
 class Build(models.Model):
@@ -59,9 +80,9 @@ class Build(models.Model):
     metadata = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
-    # Quota usage, kept in step with the artifact rows by the services that add or remove them
-    # (in the same transaction), so checking a quota reads one row instead of summing
-    # artifacts; retention recomputes them and reports any drift.
+    # Quota usage, kept in step with the artifact rows by a database trigger in the statement
+    # that adds or removes them (artifacts/usage.py), so checking a quota reads one row instead
+    # of summing artifacts; retention recomputes them and reports any drift.
     used_bytes = models.BigIntegerField(
         default=0,
         editable=False,
@@ -70,6 +91,8 @@ class Build(models.Model):
     used_files = models.BigIntegerField(
         default=0, editable=False, help_text="Number of its artifacts."
     )
+
+    objects = BuildQuerySet.as_manager()
 
     class Meta:
         ordering = ["-id"]

@@ -1,3 +1,4 @@
+from django.http import Http404
 from django.shortcuts import get_object_or_404
 
 from tokens.access import visible_build
@@ -5,15 +6,21 @@ from tokens.access import visible_build
 from .models import Build
 
 
-def build_get_for_key(*, key, build_id: int | str) -> Build:
+def build_get_for_key(*, key, build_id: int | str, with_totals: bool = False) -> Build:
     """The build ``build_id`` (an int, or the digits a URL captured) if ``key`` reaches it, else
     404 (also when it exists elsewhere).
 
-    A build-bound key was loaded with its build and project (one query, at authentication), so
-    its own build costs no further query: this runs on every upload and download.
+    A build-bound key's build was loaded with the key and its project (authentication's one
+    round trip): it is answered from there, without a second query, unless totals under the
+    key's path prefix are wanted (the build's own totals are its usage counters).
     """
     build_id = int(build_id)
-    build = getattr(key, "build", None)
-    if build is not None and build.pk == build_id and key.build_id == build_id:
-        return build
-    return get_object_or_404(visible_build(Build.objects.select_related("project"), key, build_id))
+    prefix_totals = with_totals and bool(key.path_prefix)
+    if not prefix_totals and key.build_id is not None and "build" in key._state.fields_cache:
+        if key.build_id != build_id:
+            raise Http404
+        return key.build
+    queryset = Build.objects.select_related("project")
+    if prefix_totals:
+        queryset = queryset.with_totals(path_prefix=key.path_prefix)
+    return get_object_or_404(visible_build(queryset, key, build_id))

@@ -59,8 +59,8 @@ class StatusCheckSerializer(serializers.ModelSerializer):
 
 class BuildSerializer(serializers.ModelSerializer):
     project = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    artifact_count = serializers.IntegerField(source="used_files", read_only=True)
-    total_size = serializers.IntegerField(source="used_bytes", read_only=True)
+    artifact_count = serializers.SerializerMethodField()
+    total_size = serializers.SerializerMethodField()
     statuses = serializers.SerializerMethodField()
 
     class Meta:
@@ -80,6 +80,14 @@ class BuildSerializer(serializers.ModelSerializer):
             "total_size",
             "statuses",
         ]
+
+    # Totals under a prefix-limited key's prefix when annotated (Build.objects.with_totals),
+    # else the build's usage counters.
+    def get_artifact_count(self, build) -> int:
+        return getattr(build, "artifact_count", build.used_files)
+
+    def get_total_size(self, build) -> int:
+        return getattr(build, "total_size", build.used_bytes)
 
     def get_statuses(self, build) -> list[dict]:
         """The latest status per context."""

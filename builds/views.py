@@ -24,7 +24,7 @@ from .serializers import (
 
 
 def build_for_key(request, build_id: int) -> Build:
-    return build_get_for_key(key=request.auth, build_id=build_id)
+    return build_get_for_key(key=request.auth, build_id=build_id, with_totals=True)
 
 
 class BuildCreateView(APIView):

@@ -10,6 +10,7 @@ from django.db.models import Q, QuerySet
 from django.db.models.functions import Substr
 
 from .models import ApiKey
+from .scopes import Scope
 
 # Ref globs stay in a small alphabet so the regex built from them means the same on every
 # database (PostgreSQL's regex dialect is not Python's).
@@ -76,8 +77,20 @@ def manageable_projects(queryset: QuerySet, *, key: ApiKey | None, user) -> Quer
 
 
 def revocable_keys(queryset: QuerySet, key: ApiKey) -> QuerySet:
-    """Keys ``key`` may revoke: itself and everything derived from it (never an ancestor)."""
-    return queryset.filter(Q(pk=key.pk) | Q(lineage__startswith=key.subtree_lineage))
+    """Keys ``key`` may revoke: itself and everything derived from it (never an ancestor); with
+    tokens:manage, also its project's deploy tokens and what was derived from them. A shared
+    key finds itself here too, so that asking is an audited 403, not a 404
+    (tokens.services.key_revoke_by refuses it)."""
+    q = Q(pk=key.pk) | Q(lineage__startswith=key.subtree_lineage)
+    if Scope.TOKENS_MANAGE in key.effective_scopes:
+        # Bound to no build and not a project key: a deploy token or derived from one (project
+        # keys are never granted keys:mint, so nothing else derives without a build).
+        q |= Q(
+            project_id=key.project_id,
+            build__isnull=True,
+            kind__in=[ApiKey.Kind.DEPLOY, ApiKey.Kind.DERIVED],
+        )
+    return queryset.filter(q)
 
 
 def visible_build(queryset: QuerySet, key: ApiKey, build_id: int) -> QuerySet:

@@ -42,12 +42,28 @@ class _DigestLookup:
         columns += [f"p.{q(f.column)}" for f in self.project_fields]
         build_id = q(meta.get_field("build").column)
         project_id = q(meta.get_field("project").column)
+        table, pk = q(meta.db_table), q(meta.pk.column)
+        parent_id, digest = q(meta.get_field("parent").column), q(meta.get_field("digest").column)
+        dead = (
+            f"CASE WHEN a.{q(meta.get_field('revoked_at').column)} IS NOT NULL OR "
+            f"a.{q(meta.get_field('expires_at').column)} <= %s THEN 1 ELSE 0 END"
+        )
+        # The ancestors' state comes with the key in the same round trip: a recursive walk up
+        # ``parent`` (primary-key lookups, at most KEY_DERIVE_MAX_DEPTH steps; empty for a root
+        # key). Both SQLite and PostgreSQL run WITH RECURSIVE.
         self.sql = (
-            f"SELECT {', '.join(columns)} FROM {q(meta.db_table)} k "  # noqa: S608
+            f"WITH RECURSIVE chain(id, parent, dead) AS ("  # noqa: S608
+            f"SELECT a.{pk}, a.{parent_id}, {dead} FROM {table} a WHERE a.{pk} = "
+            f"(SELECT {parent_id} FROM {table} WHERE {digest} = %s) "
+            f"UNION ALL SELECT a.{pk}, a.{parent_id}, {dead} FROM {table} a "
+            f"INNER JOIN chain c ON a.{pk} = c.parent) "
+            f"SELECT {', '.join(columns)}, "
+            f"(SELECT COUNT(*) FROM chain WHERE chain.dead = 1) "
+            f"FROM {table} k "
             f"INNER JOIN {q(Project._meta.db_table)} p ON p.{q(Project._meta.pk.column)} = "
             f"k.{project_id} "
             f"LEFT JOIN {q(Build._meta.db_table)} b ON b.{q(Build._meta.pk.column)} = k.{build_id} "
-            f"WHERE k.{q(meta.get_field('digest').column)} = %s"
+            f"WHERE k.{digest} = %s"
         )
         self.converters = []
         fields = [*self.key_fields, *self.build_fields, *self.project_fields]
@@ -59,12 +75,15 @@ class _DigestLookup:
                 self.converters.append((i, found, expression))
 
     def fetch(self, connection, digest: str) -> "ApiKey | None":
+        """The key (``dead_ancestors`` set: how many of its ancestors are revoked or expired
+        now), or None."""
+        now = connection.ops.adapt_datetimefield_value(timezone.now())
         with connection.cursor() as cursor:
-            cursor.execute(self.sql, [digest])
+            cursor.execute(self.sql, [now, digest, now, digest])
             row = cursor.fetchone()
         if row is None:
             return None
-        values = list(row)
+        values = list(row[:-1])
         for i, converters, expression in self.converters:
             for converter in converters:
                 values[i] = converter(values[i], expression, connection)
@@ -78,6 +97,7 @@ class _DigestLookup:
                 connection.alias, [f.attname for f in self.build_fields], values[k:b]
             )
             key.build.project = key.project
+        key.dead_ancestors = row[-1]
         return key
 
 
@@ -185,7 +205,8 @@ def _active_by_context(*, want_active: bool) -> Q:
 
 class ApiKeyQuerySet(models.QuerySet):
     def get_by_digest(self, digest: str) -> "ApiKey | None":
-        """One indexed query: the key (with its build loaded) or None."""
+        """One round trip: the key, its build, its project and how many of its ancestors are
+        dead (``dead_ancestors``), or None."""
         connection = connections[self.db]
         return _digest_lookup(connection).fetch(connection, digest)
 
@@ -355,6 +376,12 @@ class ApiKey(models.Model):
             deploy_tokens_enabled=self.project.deploy_tokens_enabled,
         )
         return frozenset(Scope(s) for s in self.scopes) - withheld
+
+    @property
+    def is_shared(self) -> bool:
+        """A deploy token: one token handed to every trusted build and every CD consumer, so no
+        single holder may pull a lever that cuts off the others (revoking it, tripping it)."""
+        return self.kind == self.Kind.DEPLOY
 
     @property
     def is_switched_off(self) -> bool:

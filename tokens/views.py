@@ -1,13 +1,10 @@
-from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from . import services
-from .access import revocable_keys
 from .authentication import client_ip
-from .models import ApiKey
 from .scopes import Scope
 from .serializers import DerivedKeySerializer, KeyDeriveSerializer, KeySerializer
 
@@ -40,12 +37,14 @@ class KeyDeriveView(APIView):
 
 
 class KeyRevokeView(APIView):
-    """Revoke the caller's own key or any key derived from it, and everything below it."""
+    """Revoke the caller's own key or any key derived from it, and everything below it; a key
+    with tokens:manage also its project's deploy tokens. A deploy token cannot revoke itself."""
 
     required_scopes: set = set()
 
     @extend_schema(responses={204: None})
     def delete(self, request, key_id: int):
-        key = get_object_or_404(revocable_keys(ApiKey.objects, request.auth), pk=key_id)
-        services.key_revoke(key=key, reason="revoked via API", actor=f"key:{request.auth.pk}")
+        services.key_revoke_by(
+            caller=request.auth, key_id=key_id, ip=client_ip(request), path=request.path
+        )
         return Response(status=status.HTTP_204_NO_CONTENT)

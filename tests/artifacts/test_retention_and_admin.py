@@ -1,4 +1,5 @@
 import os
+import re
 from datetime import timedelta
 
 import pytest
@@ -88,16 +89,31 @@ def test_purge_spares_a_blob_referenced_again_before_its_turn(store, retention):
     assert Blob.objects.filter(pk=blob.pk).exists()
 
 
-def test_the_command_and_the_beat_task_run_the_same_purge(store, retention, capsys):
-    Blob.objects.update(referenced_at=timezone.now() - timedelta(days=3))
+def run_purge_command(capsys) -> tuple[int, int]:
     call_command("purge_artifacts")
-    assert "Purged 2 artifact(s), 1 blob(s)" in capsys.readouterr().out
-    assert tasks.retention_purge.apply().get() == {
-        "artifacts": 0,
-        "blobs": 0,
-        "staging": 0,
-        "usage_drifts": [],
-    }
+    out = capsys.readouterr().out
+    counts = re.search(r"Purged (\d+) artifact\(s\), (\d+) blob\(s\)", out)
+    assert counts, out
+    return int(counts[1]), int(counts[2])
+
+
+def run_purge_task(capsys) -> tuple[int, int]:
+    result = tasks.retention_purge.apply().get()
+    assert result["staging"] == 0
+    return result["artifacts"], result["blobs"]
+
+
+@pytest.mark.parametrize("run", [run_purge_command, run_purge_task], ids=["command", "task"])
+def test_the_command_and_the_beat_task_each_purge_the_expired_data(
+    api, store, retention, capsys, run
+):
+    """Each on its own, on the same state: a task (or command) that does nothing fails here."""
+    _, old, new, files, _ = retention
+    Blob.objects.update(referenced_at=timezone.now() - timedelta(days=3))
+    assert run(capsys) == (2, 1)
+    assert not Artifact.objects.filter(build=old.build).exists()
+    assert len(store.objects()) == 2
+    assert download(api, new.token, new.build.pk, "shared").body == files["shared"]
 
 
 def test_admin_lists_artifacts_and_blobs_read_only(admin_client, api, build):

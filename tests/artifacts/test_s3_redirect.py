@@ -15,17 +15,46 @@ pytestmark = pytest.mark.django_db
 def redirecting(settings):
     settings.ARTIFACT_S3_REDIRECT = True
     settings.ARTIFACT_REDIRECT_EXPIRES = 60
+    return settings
 
 
-def test_s3_download_redirects_to_a_working_presigned_url(api, build, store, redirecting):
+@pytest.fixture
+def s3_store(store):
+    if store.mode != "s3":
+        pytest.skip("a pre-signed URL exists only for S3 storage")
+    return store
+
+
+@pytest.fixture
+def filesystem_store(store):
+    if store.mode != "filesystem":
+        pytest.skip("covered by the S3 tests")
+    return store
+
+
+def test_on_filesystem_storage_the_redirect_setting_serves_the_bytes_itself(
+    api, build, filesystem_store, redirecting
+):
+    """No storage URL to send the client to: the setting must not break downloads, and the
+    answer is the same as with the setting off (same status, headers that matter, bytes)."""
+    data = os.urandom(70_000)
+    assert upload(api, build.token, build.build.pk, "dist/app.bin", data).status_code == 201
+    url = artifact_url(build.build.pk, "dist/app.bin")
+    redirected = api.as_key(build.token).get(url, HTTP_RANGE="bytes=10-19")
+    assert redirected.status_code == 206
+    assert "Location" not in redirected
+    assert body_of(redirected) == data[10:20]
+    redirecting_answer = {h: redirected[h] for h in ("ETag", "Content-Disposition")}
+    redirecting.ARTIFACT_S3_REDIRECT = False
+    plain = api.as_key(build.token).get(url, HTTP_RANGE="bytes=10-19")
+    assert {h: plain[h] for h in ("ETag", "Content-Disposition")} == redirecting_answer
+
+
+def test_s3_download_redirects_to_a_working_presigned_url(api, build, s3_store, redirecting):
+    store = s3_store
     data = os.urandom(70_000)
     assert upload(api, build.token, build.build.pk, "dist/app.bin", data).status_code == 201
     response = api.as_key(build.token).get(artifact_url(build.build.pk, "dist/app.bin"))
-    if store.mode == "filesystem":
-        # No storage URL to send the client to: the bytes come from us as usual.
-        assert response.status_code == 200
-        assert body_of(response) == data
-        return
     assert response.status_code == 302
     assert response["ETag"] == f'"{sha256(data)}"'
     location = response["Location"]

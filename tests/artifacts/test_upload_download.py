@@ -5,7 +5,7 @@ import pytest
 from artifacts.models import Artifact, Blob
 from builds import services as build_services
 from builds.models import Build
-from devtools.factories import make_build
+from devtools.factories import make_build, make_project
 
 from .conftest import artifact_url, download, sha256, upload
 
@@ -74,7 +74,7 @@ def test_checksum_mismatch_is_400_and_leaves_nothing(api, build, store):
     )
     assert response.status_code == 400
     assert response.json()["code"] == "checksum_mismatch"
-    assert api.as_key(build.token).get(artifact_url(build.build.pk)).json()["count"] == 0
+    assert api.as_key(build.token).get(artifact_url(build.build.pk)).json()["results"] == []
     assert download(api, build.token, build.build.pk, "a.bin").status_code == 404
     assert store.objects() == []
     assert store.pending_uploads() == []
@@ -286,7 +286,7 @@ def test_listing_is_paginated_and_filters_by_prefix(api, build, store):
         upload(api, build.token, build.build.pk, path, path.encode())
     client = api.as_key(build.token)
     listing = client.get(artifact_url(build.build.pk)).json()
-    assert listing["count"] == 3
+    assert listing["next"] is None and len(listing["results"]) == 3
     assert [a["path"] for a in listing["results"]] == [
         "dist/a.tar.gz",
         "dist/b.tar.gz",
@@ -343,9 +343,15 @@ def test_invalid_content_type_is_400(api, build):
 
 
 def test_a_build_of_another_project_does_not_share_the_path(api, project):
-    one, two = make_build(project), make_build(project)
-    upload(api, one.token, one.build.pk, "a", b"one")
+    one, two = make_build(project), make_build(make_project(slug="another-project"))
+    assert one.build.project_id != two.build.project_id
+    assert upload(api, one.token, one.build.pk, "a", b"one").status_code == 201
     assert upload(api, two.token, two.build.pk, "a", b"two").status_code == 201
+    assert download(api, one.token, one.build.pk, "a").body == b"one"
+    assert download(api, two.token, two.build.pk, "a").body == b"two"
+    # Neither key reaches the other project's build, though the path is the same.
+    assert download(api, one.token, two.build.pk, "a").status_code == 404
+    assert download(api, two.token, one.build.pk, "a").status_code == 404
 
 
 @pytest.mark.parametrize(

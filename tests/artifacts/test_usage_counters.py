@@ -167,7 +167,7 @@ def test_concurrent_uploads_take_exactly_the_room_there_is(
     stored = Artifact.objects.filter(build=build.build)
     assert stored.count() == 3
     assert usage(build.build) == (3000, 3) and usage(project) == (3000, 3)
-    listed = api.as_key(build.token).get(artifact_url(build.build.pk)).json()["count"]
+    listed = len(api.as_key(build.token).get(artifact_url(build.build.pk)).json()["results"])
     assert listed == 3
     # The refused uploads' bytes were removed again: only the linked blobs remain.
     root = Store("filesystem", root=settings.ARTIFACT_ROOT).objects()

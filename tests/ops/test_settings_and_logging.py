@@ -53,8 +53,17 @@ def test_embedded_mode_generates_and_keeps_its_secrets(tmp_path):
     assert oct((tmp_path / "secrets.json").stat().st_mode & 0o777) == "0o600"
 
 
-def test_argon2_hashes_admin_passwords(settings):
-    assert settings.PASSWORD_HASHERS[0].endswith("Argon2PasswordHasher")
+@pytest.mark.django_db
+def test_argon2_hashes_admin_passwords(client):
+    """What is stored for a new admin user is an Argon2id hash, and signing in with it works."""
+    from django.contrib.auth import get_user_model
+
+    user = get_user_model().objects.create_superuser("root", password="a long passphrase 42")
+    stored = get_user_model().objects.get(pk=user.pk).password
+    assert stored.startswith("argon2$argon2id$")
+    assert "a long passphrase 42" not in stored
+    assert client.login(username="root", password="a long passphrase 42")
+    assert not client.login(username="root", password="a long passphrase 43")
 
 
 @pytest.mark.parametrize(

@@ -158,26 +158,45 @@ def test_the_rotate_action_works_again_after_the_new_token_was_revoked(
     assert ApiKey.objects.get(replaces=new_key).is_alive()
 
 
-def test_the_state_filter_agrees_with_each_keys_state(admin_client, project, build, deploy):
-    """Every kind of key in every context: the filter lists exactly the keys whose state says so."""
+def test_the_state_filter_lists_each_key_under_the_state_it_is_in(
+    admin_client, project, build, deploy
+):
+    """Every kind of key in every context, each with its state written down by hand (not
+    computed by the rule under test), and the admin filter must list exactly those."""
     finished = make_build(project, ref="refs/heads/done")
     status_key, _ = key_derive(parent=finished.key, scopes=["build:status"])
     written_key, _ = key_derive(parent=finished.key, scopes=["artifacts:read", "artifacts:write"])
     build_finish(build=finished.build, state="succeeded")
-    key_derive(parent=build.key, scopes=["artifacts:read"])  # read-only on a running build
-    key_derive(parent=build.key, scopes=["keys:mint", "artifacts:read"])
-    key_derive(parent=build.key, scopes=["artifacts:write"])
-    make_build(project, trusted=False)
+    read_only, _ = key_derive(parent=build.key, scopes=["artifacts:read"])
+    minting, _ = key_derive(parent=build.key, scopes=["keys:mint", "artifacts:read"])
+    writing, _ = key_derive(parent=build.key, scopes=["artifacts:write"])
+    fork = make_build(project, trusted=False)
     opted_out = make_project(slug="opted-out", deploy_tokens_enabled=True)
-    deploy_token_current(project=opted_out)
+    switched_off, _ = deploy_token_current(project=opted_out)
     type(opted_out).objects.filter(pk=opted_out.pk).update(deploy_tokens_enabled=False)
     make_project_key(project)
-    key_revoke(key=make_build(project).key, reason="test", actor="test")
-    ApiKey.objects.filter(pk=make_build(project).key.pk).update(expires_at=timezone.now())
+    project_key = ApiKey.objects.get(kind="project")
+    revoked = make_build(project).key
+    key_revoke(key=revoked, reason="test", actor="test")
+    expired = make_build(project).key
+    ApiKey.objects.filter(pk=expired.pk).update(expires_at=timezone.now())
 
-    keys = list(ApiKey.objects.select_related("build", "project"))
+    expected = {
+        build.key.pk: "active",  # running build
+        deploy[0].pk: "read-only",  # deploy token: artifacts:read only
+        finished.key.pk: "read-only",  # finished build: read + keys:mint
+        status_key.pk: "active",  # build:status survives the finish
+        written_key.pk: "read-only",  # lost artifacts:write to the finish
+        read_only.pk: "read-only",
+        minting.pk: "read-only",  # keys:mint alone changes nothing
+        writing.pk: "active",
+        fork.key.pk: "active",  # can still upload; only keys:mint is withheld
+        switched_off.pk: "read-only",  # holds nothing while its project opted out
+        project_key.pk: "active",  # builds:create
+        revoked.pk: "revoked",
+        expired.pk: "expired",
+    }
+    assert set(ApiKey.objects.values_list("pk", flat=True)) == set(expected)
     for state in ApiKey.State:
-        expected = {k.pk for k in keys if k.state == state}
-        assert listed_ids(page(admin_client, f"{KEYS}?state={state.value}")) == expected, state
-    states = {k.pk: k.state for k in keys}
-    assert states[status_key.pk] == "active" and states[written_key.pk] == "read-only"
+        listed = listed_ids(page(admin_client, f"{KEYS}?state={state.value}"))
+        assert listed == {pk for pk, s in expected.items() if s == state}, state

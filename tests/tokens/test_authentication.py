@@ -128,14 +128,30 @@ def test_last_used_is_written_at_most_once_per_interval(api, build):
     assert ApiKey.objects.get(pk=build.key.pk).last_used_at == first
 
 
-@pytest.mark.parametrize("kind", ["project", "build", "derived", "deploy"])
-def test_generated_tokens_round_trip_their_kind_and_carry_160_bits(kind):
-    token = crypto.token_generate(kind)
-    assert crypto.token_kind(token) == kind
-    assert len(token) == crypto.TOKEN_LENGTH
+def observed_bits(tokens: list[str]) -> float:
+    """Entropy the tokens show, measured on them (not on the module's constants): for every
+    character position of the random part, log2 of how many symbols appear there."""
     import math
 
-    assert crypto.ENTROPY_LENGTH * math.log2(62) >= 160
+    randoms = [t[4:-6] for t in tokens]
+    assert len({len(r) for r in randoms}) == 1
+    assert len(set(randoms)) == len(randoms)
+    return sum(math.log2(len({r[i] for r in randoms})) for i in range(len(randoms[0])))
+
+
+@pytest.mark.parametrize("kind", ["project", "build", "derived", "deploy"])
+def test_generated_tokens_round_trip_their_kind_and_carry_160_bits(kind):
+    tokens = [crypto.token_generate(kind) for _ in range(3000)]
+    assert {crypto.token_kind(t) for t in tokens} == {kind}
+    # 3000 draws show all 62 symbols at a position with overwhelming probability; 160 bits
+    # needs 27 positions of 62 symbols, so a shorter or narrower random part fails.
+    assert observed_bits(tokens) >= 160
+
+
+def test_re_derivable_deploy_tokens_carry_160_bits_too():
+    tokens = [crypto.token_derive("deploy", secret="pepper", seed=f"{n:064x}") for n in range(3000)]
+    assert {crypto.token_kind(t) for t in tokens} == {"deploy"}
+    assert observed_bits(tokens) >= 160
 
 
 def test_a_single_typo_is_caught_by_the_checksum():
@@ -190,3 +206,39 @@ def test_a_token_whose_parent_was_revoked_is_audited_once_per_interval(api, buil
     for _ in range(5):
         assert client.get("/api/v1/keys/self").status_code == 401
     assert AuditEvent.objects.filter(key_id=child.json()["id"], action="denied").count() == 1
+
+
+def test_a_key_derived_five_deep_authenticates_in_one_query_with_its_ancestors_state(
+    api, build, django_assert_num_queries
+):
+    from tokens.services import key_derive
+
+    chain = [build.key]
+    for _ in range(5):
+        key, token = key_derive(parent=chain[-1], scopes=["artifacts:read", "keys:mint"])
+        chain.append(key)
+    client = api.as_key(token)
+    client.get("/api/v1/keys/self")  # records last use once
+    with django_assert_num_queries(1):
+        assert client.get("/api/v1/keys/self").status_code == 200
+    for ancestor in chain[1:-1]:
+        ApiKey.objects.filter(pk=ancestor.pk).update(expires_at=timezone.now())
+        response = client.get("/api/v1/keys/self")
+        assert response.status_code == 401
+        assert response.json()["code"] == "revoked"
+        ApiKey.objects.filter(pk=ancestor.pk).update(expires_at=None)
+    assert client.get("/api/v1/keys/self").status_code == 200
+
+
+def test_a_download_with_a_build_key_costs_the_key_and_the_artifact(
+    api, build, django_assert_num_queries
+):
+    """The build was loaded with the key: the view does not fetch it a second time."""
+    client = api.as_key(build.token)
+    url = f"/api/v1/builds/{build.build.pk}/artifacts/a.txt"
+    assert client.put(url, b"abc", content_type="text/plain").status_code == 201
+    client.get("/api/v1/keys/self")
+    with django_assert_num_queries(2):
+        response = client.get(url)
+    assert response.status_code == 200
+    assert client.get(f"/api/v1/builds/{build.build.pk + 1000}/artifacts/a.txt").status_code == 404

@@ -78,6 +78,15 @@ def test_revoked_and_short_lived_keys_are_not_reported(build, deploy_key):
     assert key_expiry_warn() == 0
 
 
-def test_the_warning_task_is_scheduled(settings):
-    schedule = settings.CELERY_BEAT_SCHEDULE["tokens.key_expiry_warn"]
-    assert schedule["task"] == key_expiry_warn.name
+def test_what_beat_schedules_is_a_registered_task_that_warns(deploy_key):
+    """Run the entry the way beat would: by the task name in the Celery app's schedule, looked
+    up in the app's registry (a typo in either, or a task doing nothing, fails here)."""
+    from artifactcourier.celery import app
+
+    entries = [e for e in app.conf.beat_schedule.values() if e["task"].startswith("tokens.")]
+    assert entries, "no tokens task in the beat schedule"
+    assert all(e["schedule"] > 0 for e in entries)
+    expire_in(deploy_key, 5)
+    for entry in entries:
+        app.tasks[entry["task"]].apply().get()
+    assert warnings_for(deploy_key) == ["expires within 7 days"]

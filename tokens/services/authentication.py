@@ -23,12 +23,19 @@ def _audit_dead_key_use(*, key: ApiKey, reason: str, ip: str | None) -> None:
         audit(action=AuditEvent.Action.DENIED, key=key, reason=reason, ip=ip)
 
 
+def key_alive(*, key: ApiKey) -> bool:
+    """Is ``key`` still alive now, and every key it was derived from? Read from the database
+    (one query), not from the possibly stale instance: for re-checking a key that authenticated
+    a while ago (a long upload) before committing what it did."""
+    return not ApiKey.objects.any_dead([*key.ancestor_ids, key.pk])
+
+
 def key_authenticate(*, token: str, ip: str | None = None) -> ApiKey:
     """Resolve a presented token to a live key, or raise InvalidCredential (401).
 
-    Shape and checksum are checked first, so garbage costs no query. A live key is found with
-    one indexed query (digest), plus one for derived keys: every ancestor must still be alive,
-    which makes revocation of a parent effective on the very next request.
+    Shape and checksum are checked first, so garbage costs no query. A live key is found in one
+    round trip (digest), which also brings its build, its project and, for a derived key, the
+    state of every ancestor: revocation of a parent is effective on the very next request.
     """
     try:
         kind = crypto.token_kind(token)
@@ -43,7 +50,7 @@ def key_authenticate(*, token: str, ip: str | None = None) -> ApiKey:
     if key.is_expired():
         _audit_dead_key_use(key=key, reason="expired", ip=ip)
         raise InvalidCredential("This API token has expired.", code="expired")
-    if key.parent_id is not None and ApiKey.objects.any_dead(key.ancestor_ids):
+    if key.parent_id is not None and key.dead_ancestors:
         _audit_dead_key_use(key=key, reason="parent revoked or expired", ip=ip)
         raise InvalidCredential(
             "This API token was derived from a key that is revoked or expired.", code="revoked"

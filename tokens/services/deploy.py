@@ -162,7 +162,7 @@ def _rotation_retry_check(
             f"{key.pk}) and this request asks for other parameters: {', '.join(differing)}. A "
             "retry must repeat or omit them. To replace the new token with different ones, "
             f"revoke key {key.pk} (the admin's revoke action, or DELETE /api/v1/keys/{key.pk} "
-            "with that token) and rotate again.",
+            "with a key holding tokens:manage) and rotate again.",
             code="rotation_parameters_differ",
         )
 
@@ -212,31 +212,86 @@ def deploy_token_rotate(
             return RotatedDeployToken(head, _deploy_token(head), previous, False)
         if ref_pattern is None:
             ref_pattern = head.ref_pattern if head else ""
-        lifetime = deploy_token_max_seconds() if expires_in is None else expires_in
-        key, token = deploy_token_mint(
+        key, token = _rotate_locked(
             project=project,
-            expires_in=lifetime,
+            head=head,
+            expires_in=expires_in,
             ref_pattern=ref_pattern,
-            replaces=head,
             created_by=created_by,
             actor=actor,
-        )
-        grace_end = now + grace
-        retiring = list(_deploy_tokens(project).active().exclude(pk=key.pk))
-        for old in retiring:
-            # The old token and everything derived from it die together at the end of grace.
-            ApiKey.objects.subtree_of(old).filter(
-                Q(expires_at__isnull=True) | Q(expires_at__gt=grace_end)
-            ).update(expires_at=grace_end)
-        audit(
-            action=AuditEvent.Action.ROTATE,
-            key=key,
-            actor=actor,
-            detail={
-                "previous": [old.pk for old in retiring],
-                "grace_ends_at": grace_end.isoformat(),
-                "expires_in": lifetime,
-            },
+            now=now,
         )
         previous = ApiKey.objects.get(pk=head.pk) if head else None
         return RotatedDeployToken(key, token, _grace_period_shown(previous), True)
+
+
+def _rotate_locked(
+    *,
+    project,
+    head: ApiKey | None,
+    expires_in: int | None,
+    ref_pattern: str,
+    created_by,
+    actor: str,
+    now,
+    reason: str = "",
+) -> tuple[ApiKey, str]:
+    """Mint the token replacing ``head`` and retire every other live one at the end of the
+    grace period. The caller holds the project row lock."""
+    grace_end = now + timedelta(seconds=settings.DEPLOY_TOKEN_ROTATION_GRACE_SECONDS)
+    lifetime = deploy_token_max_seconds() if expires_in is None else expires_in
+    key, token = deploy_token_mint(
+        project=project,
+        expires_in=lifetime,
+        ref_pattern=ref_pattern,
+        replaces=head,
+        created_by=created_by,
+        actor=actor,
+    )
+    retiring = list(_deploy_tokens(project).active().exclude(pk=key.pk))
+    for old in retiring:
+        # The old token and everything derived from it die together at the end of grace.
+        ApiKey.objects.subtree_of(old).filter(
+            Q(expires_at__isnull=True) | Q(expires_at__gt=grace_end)
+        ).update(expires_at=grace_end)
+    audit(
+        action=AuditEvent.Action.ROTATE,
+        key=key,
+        actor=actor,
+        reason=reason,
+        detail={
+            "previous": [old.pk for old in retiring],
+            "grace_ends_at": grace_end.isoformat(),
+            "expires_in": lifetime,
+        },
+    )
+    return key, token
+
+
+def deploy_token_rotate_away(*, key: ApiKey, reason: str) -> RotatedDeployToken | None:
+    """Rotate the project's deploy token away from ``key`` (the tripwire's answer for a shared
+    token): if ``key`` is still the current token, a new one replaces it with the same
+    restriction and the normal grace period. None if ``key`` was already replaced (it is
+    retiring anyway) or is dead: nothing to do.
+
+    Not deploy_token_rotate: a rotation inside the previous one's grace period answers that
+    rotation's token, which here would be the very token to get rid of.
+    """
+    with transaction.atomic():
+        project = type(key.project).objects.select_for_update().get(pk=key.project_id)
+        head = _deploy_token_head(project)
+        now = timezone.now()
+        if head is None or head.pk != key.pk or not head.is_alive(now):
+            return None
+        new, token = _rotate_locked(
+            project=project,
+            head=head,
+            expires_in=None,
+            ref_pattern=head.ref_pattern,
+            created_by=None,
+            actor="system",
+            now=now,
+            reason=reason,
+        )
+        previous = ApiKey.objects.get(pk=head.pk)
+        return RotatedDeployToken(new, token, _grace_period_shown(previous), True)

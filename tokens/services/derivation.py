@@ -12,6 +12,7 @@ from ..access import path_prefix_validate
 from ..errors import InvalidCredential, KeyForbidden
 from ..models import ApiKey, AuditEvent
 from ..scopes import Scope, parse_scopes
+from .denials import audit_refusal
 from .minting import _create, audit
 
 
@@ -138,10 +139,10 @@ def key_derive(
             )
             return child, token
     except KeyForbidden as refused:
-        audit(
-            action=AuditEvent.Action.DENIED,
+        # Rate-limited like every refusal of a live key: a minting loop adds bounded rows.
+        audit_refusal(
             key=parent,
-            actor=f"key:{parent.pk}",
+            action=AuditEvent.Action.DENIED,
             reason=f"derive refused: {refused.get_codes()}",
             ip=ip,
             detail={"detail": str(refused.detail)},

@@ -14,6 +14,19 @@ def _digest(token: str) -> str:
     return crypto.token_digest(token, pepper=settings.TOKEN_PEPPER)
 
 
+def _capped(value, limit: int):
+    """``value`` (JSON) with every string cut to ``limit`` characters and every list to 50
+    items: what a client sends (a path, a name) is kept recognisable but bounded in size."""
+    if isinstance(value, str):
+        return value if len(value) <= limit else f"{value[:limit]}… ({len(value)} characters)"
+    if isinstance(value, dict):
+        return {str(k)[:limit]: _capped(v, limit) for k, v in list(value.items())[:50]}
+    if isinstance(value, list | tuple):
+        items = [_capped(v, limit) for v in value[:50]]
+        return [*items, f"… ({len(value)} items)"] if len(value) > 50 else items
+    return value
+
+
 def audit(
     *,
     action: AuditEvent.Action,
@@ -25,15 +38,18 @@ def audit(
     project=None,
     build=None,
 ) -> AuditEvent:
+    """Write one audit row. Free text is cut to its column, detail to AUDIT_DETAIL_MAX_CHARS per
+    string: no request can make one row large."""
+    limit = settings.AUDIT_DETAIL_MAX_CHARS
     return AuditEvent.objects.create(
         action=action,
         key=key,
         project_id=project.pk if project is not None else getattr(key, "project_id", None),
         build_id=build.pk if build is not None else getattr(key, "build_id", None),
-        actor=actor,
-        reason=reason,
+        actor=actor[:200],
+        reason=reason[:200],
         ip=ip,
-        detail=detail or {},
+        detail=_capped(detail or {}, limit),
     )
 
 

@@ -22,7 +22,7 @@ def counters_from_rows(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("artifacts", "0003_blob_referenced_at"),
+        ("artifacts", "0004_share"),
         ("builds", "0003_usage_counters"),
     ]
 

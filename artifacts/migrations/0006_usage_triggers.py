@@ -98,7 +98,7 @@ def _run(statements: dict):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("artifacts", "0004_usage_counters_from_rows")]
+    dependencies = [("artifacts", "0005_usage_counters_from_rows")]
 
     operations = [
         migrations.RunPython(
