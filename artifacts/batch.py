@@ -43,6 +43,7 @@ from .errors import (
 )
 from .models import Artifact, Blob
 from .paths import artifact_path_clean
+from .services import blob_discard_unlinked
 from .transfer import _STORAGE_FULL
 
 logger = logging.getLogger(__name__)
@@ -440,20 +441,21 @@ def _link(*, build: Build, key: ApiKey | None, members: list[_Member]) -> BatchR
     _objects_delete(duplicates)
     unique = list(first.values())
     holders: dict[str, str] = {}
+    now = timezone.now()
     for i in range(0, len(unique), _ROWS_PER_STATEMENT):
         chunk = unique[i : i + _ROWS_PER_STATEMENT]
-        holders.update(Blob.objects.publish([(m.sha256, m.size, m.name) for m in chunk]))
+        holders.update(Blob.objects.publish([(m.sha256, m.size, m.name) for m in chunk], now=now))
     _objects_delete([m.name for m in unique if holders[m.sha256] != m.name])
     created_blobs = [
-        Blob(sha256=m.sha256, storage_name=m.name) for m in unique if holders[m.sha256] == m.name
+        Blob(sha256=m.sha256, size=m.size, storage_name=m.name, referenced_at=now)
+        for m in unique
+        if holders[m.sha256] == m.name
     ]
     try:
         return _link_rows(build=build, key=key, members=members)
     except BaseException:
-        from .services import _blob_unpublish
-
         for blob in created_blobs:
-            _blob_unpublish(blob)
+            blob_discard_unlinked(blob=blob)
         raise
 
 

@@ -36,7 +36,7 @@ def _returning_insert(model, fields: list[str], rows: list[tuple], conflict: str
 
 
 class BlobQuerySet(models.QuerySet):
-    def publish(self, blobs: list[tuple[str, int, str]]) -> dict[str, str]:
+    def publish(self, blobs: list[tuple[str, int, str]], *, now=None) -> dict[str, str]:
         """Record ``(sha256, size, storage_name)`` blobs, or where a blob of that digest exists
         already, mark it referenced now instead. Returns, per digest, the storage name of the
         row that holds the bytes: the one given if this inserted it.
@@ -44,7 +44,7 @@ class BlobQuerySet(models.QuerySet):
         One statement. On PostgreSQL the upsert also takes the existing row's lock, ordering it
         against retention (which deletes a blob only under that lock, if it is old enough).
         """
-        now = timezone.now()
+        now = now or timezone.now()
         _, (referenced_at, sha_column, name_column) = _quoted(
             Blob, "referenced_at", "sha256", "storage_name"
         )

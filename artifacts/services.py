@@ -11,9 +11,9 @@ from django.db.models import Q
 from django.utils import timezone
 
 from builds.models import Build, Project
-from tokens import services as token_services
 from tokens.errors import InvalidCredential
 from tokens.models import ApiKey
+from tokens.services import key_alive
 
 from . import storage, usage
 from .errors import (
@@ -108,10 +108,9 @@ def artifact_store(
         )
         if expected_sha256 is not None and received.sha256 != expected_sha256:
             raise ChecksumMismatch()
-        created = None
+        published = None
         if not isinstance(writer, storage.DiscardingWriter):
-            blob, fresh = _blob_publish(writer=writer, sha256=received.sha256, size=received.size)
-            created = blob if fresh else None
+            published = blob_publish(writer=writer, sha256=received.sha256, size=received.size)
     except BaseException:
         try:
             writer.abort()
@@ -128,13 +127,30 @@ def artifact_store(
             content_type=content_type or "application/octet-stream",
         )
     except BaseException:
-        if created is not None:
-            _blob_unpublish(created)
+        if published is not None and published.created:
+            blob_discard_unlinked(blob=published.blob)
         raise
 
 
-def blob_publish(*, writer: storage.BlobWriter, sha256: str, size: int) -> Blob:
-    """Make the verified, staged bytes of ``writer`` the blob for ``sha256`` and return its row.
+@dataclass(frozen=True)
+class PublishedBlob:
+    blob: Blob
+    created: bool  # False: the bytes were stored already, this upload's copy was dropped
+
+
+def blob_discard_unlinked(*, blob: Blob) -> None:
+    """Undo a ``blob_publish`` whose link was refused, unless an upload of the same bytes has
+    touched the blob since (it is about to link it): then retention decides, after its grace."""
+    try:
+        blob_purge_if_unreferenced(
+            sha256=blob.sha256, referenced_before=blob.referenced_at + timedelta(microseconds=1)
+        )
+    except Exception:  # the refusal matters more; retention removes the blob later
+        logger.exception("could not discard the unlinked blob %s", blob.sha256)
+
+
+def blob_publish(*, writer: storage.BlobWriter, sha256: str, size: int) -> PublishedBlob:
+    """Make the verified, staged bytes of ``writer`` the blob for ``sha256``.
 
     Runs outside any transaction and takes no lock: completing the staged upload is a network
     call that may take seconds (S3 assembles the parts), and no row lock may wait on it.
@@ -144,37 +160,17 @@ def blob_publish(*, writer: storage.BlobWriter, sha256: str, size: int) -> Blob:
     as referenced now. A crash between completing and recording leaves an object no row names;
     retention's reconciliation deletes it after the grace period.
     """
-    return _blob_publish(writer=writer, sha256=sha256, size=size)[0]
-
-
-def _blob_publish(*, writer: storage.BlobWriter, sha256: str, size: int) -> tuple[Blob, bool]:
-    """blob_publish, and whether this created the blob row. One statement (an upsert)."""
     name = writer.commit(sha256=sha256)
-    holder = Blob.objects.publish([(sha256, size, name)])[sha256]
+    now = timezone.now()
+    # One statement: insert the row, or mark the existing one referenced (an upsert).
+    holder = Blob.objects.publish([(sha256, size, name)], now=now)[sha256]
     if holder != name:
         try:
             storage.blob_delete(name)
         except Exception:  # an orphan object costs space (reconciliation removes it)
             logger.exception("could not delete the duplicate object %s", name)
-    return Blob(sha256=sha256, size=size, storage_name=holder), holder == name
-
-
-def _blob_unpublish(blob: Blob) -> None:
-    """The link failed: remove the blob this upload created, unless something references it
-    by now. (If this fails, retention removes it after its grace period.)"""
-    try:
-        with transaction.atomic():
-            row = (
-                Blob.objects.select_for_update()
-                .filter(sha256=blob.sha256, storage_name=blob.storage_name)
-                .first()
-            )
-            if row is None or Artifact.objects.filter(blob=row).exists():
-                return
-            row.delete()
-        storage.blob_delete(blob.storage_name)
-    except Exception:
-        logger.exception("could not remove the unlinked blob %s", blob.sha256)
+    blob = Blob(sha256=sha256, size=size, storage_name=holder, referenced_at=now)
+    return PublishedBlob(blob, created=holder == name)
 
 
 def artifact_link(
@@ -193,7 +189,7 @@ def artifact_link(
     build finished, a quota filled, a concurrent upload took the path. If retention removed the
     blob meanwhile, the foreign key refuses the row (503, retry). No lock outlives a statement.
     """
-    if key is not None and not token_services.key_alive(key=key):
+    if key is not None and not key_alive(key=key):
         raise InvalidCredential(
             "This API token was revoked during the upload; nothing was stored.", code="revoked"
         )

@@ -1,6 +1,6 @@
 from django.urls import path, re_path
 
-from . import views
+from . import share_views, views
 
 urlpatterns = [
     path(
@@ -8,6 +8,7 @@ urlpatterns = [
         views.ArtifactListView.as_view(),
         name="artifact-list",
     ),
+    path("builds/<int:build_id>/share", share_views.BuildShareView.as_view(), name="build-share"),
     # Before the artifact paths: POST is the batch upload; GET and PUT still reach an artifact
     # named "batch".
     path(
