@@ -138,7 +138,8 @@ class _Expanded(io.RawIOBase):
         self.total += n
         if self.in_headers:
             self.metadata += n
-            if self.metadata > _HEADER_MAX + 2 * tarfile.RECORDSIZE:
+            # A header read may pull in up to two buffer fills of what follows it.
+            if self.metadata > _HEADER_MAX + 2 * _CHUNK:
                 raise InvalidArchive("A tar header (pax or long name) is too large.")
         if (
             self.ratio is not None
