@@ -39,6 +39,7 @@ test-fast: install
 bench: install
 	$(PY) bench/auth.py
 	$(PY) bench/transfer.py
+	$(PY) bench/small.py
 	$(PY) bench/storage.py
 	$(PY) bench/share.py
 	$(PY) bench/fanout.py

@@ -479,3 +479,11 @@ SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"]["WebhookEventEnum"] = "webhooks.mode
 # them when the broker is back). Consuming workers keep their own reconnect policy.
 if not CELERY_BROKER_URL.startswith("filesystem://"):
     CELERY_BROKER_TRANSPORT_OPTIONS = {"max_retries": env_int("CELERY_PUBLISH_MAX_RETRIES", 0)}
+
+# --- Many small artifacts: file-count quota, batch uploads -------------------------------------
+# A build may hold at most this many artifacts (413 beyond): the byte quota alone lets 0-byte
+# uploads create rows without bound.
+BUILD_ARTIFACTS_MAX_FILES = env_int("BUILD_ARTIFACTS_MAX_FILES", 100_000)
+# A batch upload (tar stream) may expand to at most this many bytes per byte of request body
+# (compressed archives only): past it, the archive is taken for a decompression bomb (413).
+ARTIFACT_BATCH_MAX_EXPANSION = env_int("ARTIFACT_BATCH_MAX_EXPANSION", 200)

@@ -9,6 +9,12 @@ class InvalidArtifactPath(exceptions.APIException):
     default_code = "invalid_path"
 
 
+class InvalidArchive(exceptions.APIException):
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_detail = "The body is not an acceptable tar archive; nothing was stored."
+    default_code = "invalid_archive"
+
+
 class ChecksumMismatch(exceptions.APIException):
     status_code = status.HTTP_400_BAD_REQUEST
     default_detail = "The body's SHA-256 does not match X-Checksum-Sha256; nothing was stored."

@@ -5,7 +5,16 @@ from .models import Build, Project, StatusCheck
 
 @admin.register(Project)
 class ProjectAdmin(admin.ModelAdmin):
-    list_display = ["slug", "name", "deploy_tokens_enabled", "retention_days", "created_at"]
+    list_display = [
+        "slug",
+        "name",
+        "deploy_tokens_enabled",
+        "retention_days",
+        "used_files",
+        "used_bytes",
+        "created_at",
+    ]
+    readonly_fields = ["used_files", "used_bytes"]
     search_fields = ["slug", "name"]
 
 
@@ -21,9 +30,27 @@ class StatusCheckInline(admin.TabularInline):
 
 @admin.register(Build)
 class BuildAdmin(admin.ModelAdmin):
-    list_display = ["__str__", "state", "ref", "commit", "trusted", "created_at", "finished_at"]
+    list_display = [
+        "__str__",
+        "state",
+        "ref",
+        "commit",
+        "trusted",
+        "used_files",
+        "used_bytes",
+        "created_at",
+        "finished_at",
+    ]
     list_filter = ["state", "trusted", "project"]
     search_fields = ["project__slug", "ref", "commit"]
     list_select_related = ["project"]
-    readonly_fields = ["project", "number", "state", "created_at", "finished_at"]
+    readonly_fields = [
+        "project",
+        "number",
+        "state",
+        "used_files",
+        "used_bytes",
+        "created_at",
+        "finished_at",
+    ]
     inlines = [StatusCheckInline]

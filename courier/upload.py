@@ -191,7 +191,9 @@ class TarStream:
                     self.progress(len(data))
                     yield data
             self.digests[f.name] = digest.hexdigest()
-            yield b"\0" * (_padded(f.size) - f.size)
+            if f.size % tarfile.BLOCKSIZE:
+                # Never an empty chunk: http.client takes one for the end of the body.
+                yield b"\0" * (_padded(f.size) - f.size)
         yield b"\0" * (2 * tarfile.BLOCKSIZE)
 
     def __len__(self) -> int:
