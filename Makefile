@@ -12,10 +12,11 @@ TEST_PEPPER := test-only-token-pepper-never-used-in-any-deployment-01
 
 .PHONY: install run migrate test test-fast bench lint format clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml courier/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e ".[dev]"
+	$(VENV)/bin/pip install --quiet -e ./courier
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -38,6 +39,8 @@ test-fast: install
 bench: install
 	$(PY) bench/auth.py
 	$(PY) bench/transfer.py
+	$(PY) bench/storage.py
+	$(PY) bench/share.py
 	$(PY) bench/fanout.py
 
 lint: install

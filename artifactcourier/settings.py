@@ -79,7 +79,7 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 PUBLIC_BASE_URL = os.environ.get("PUBLIC_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "artifactcourier.apps.AdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -233,7 +233,9 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 100,
     "EXCEPTION_HANDLER": "artifactcourier.api.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_RENDERER_CLASSES": ["artifactcourier.parsers.SafeJSONRenderer"],
+    # JSON only: a form or multipart body is 415, never read as an empty object.
+    "DEFAULT_PARSER_CLASSES": ["artifactcourier.parsers.SafeJSONParser"],
     "UNAUTHENTICATED_USER": None,
 }
 SPECTACULAR_SETTINGS = {
@@ -349,10 +351,15 @@ AWS_S3_PUBLIC_ENDPOINT_URL = os.environ.get("AWS_S3_PUBLIC_ENDPOINT_URL", "")
 # instead of holding a server thread for minutes.
 AWS_S3_CONNECT_TIMEOUT = float(os.environ.get("AWS_S3_CONNECT_TIMEOUT", "3"))
 # Per socket read, not per request: a large part upload or download that keeps moving is fine.
-AWS_S3_READ_TIMEOUT = float(os.environ.get("AWS_S3_READ_TIMEOUT", "20"))
+AWS_S3_READ_TIMEOUT = float(os.environ.get("AWS_S3_READ_TIMEOUT", "10"))
 # Total attempts per call, first included (botocore "standard" mode: exponential backoff with
 # jitter, retries throttling, 5xx and connection errors only).
-AWS_S3_MAX_ATTEMPTS = env_int("AWS_S3_MAX_ATTEMPTS", 3)
+AWS_S3_MAX_ATTEMPTS = env_int("AWS_S3_MAX_ATTEMPTS", 2)
+# Circuit breaker: after this many unavailability errors in a row (0: never), a process answers
+# 503 at once for AWS_S3_BREAKER_SECONDS without calling the store, so a dead store cannot tie
+# up every server thread (and /healthz behind them) for the length of its timeouts.
+AWS_S3_BREAKER_FAILURES = env_int("AWS_S3_BREAKER_FAILURES", 5)
+AWS_S3_BREAKER_SECONDS = env_int("AWS_S3_BREAKER_SECONDS", 10)
 
 
 def s3_client_config():
@@ -373,6 +380,10 @@ DEPENDENCY_RETRY_AFTER_SECONDS = env_int("DEPENDENCY_RETRY_AFTER_SECONDS", 5)
 # this alone: it must exceed the longest upload (an upload in flight has an open multipart
 # upload, and a moment between completing it and recording its row).
 ARTIFACT_ORPHAN_GRACE_SECONDS = env_int("ARTIFACT_ORPHAN_GRACE_SECONDS", 24 * 3600)
+
+# --- Hostile input --------------------------------------------------------------------------
+# JSON bodies nest arrays/objects at most this deep (400 json_too_deep).
+JSON_MAX_DEPTH = env_int("JSON_MAX_DEPTH", 32)
 
 # --- Webhooks (downstream subscriptions) ------------------------------------------------------
 # Fernet keys (comma-separated, newest first) encrypting subscriptions' secrets at rest; rotate by

@@ -20,16 +20,15 @@ def _has_nul(value) -> bool:
 
 
 class BuildCreateSerializer(serializers.Serializer):
+    # A build without its ref and commit cannot be traced back to a source: both are required.
     ref = serializers.RegexField(
-        r"^[^\x00-\x1f\x7f]*\Z",
+        r"^[^\x00-\x1f\x7f]+\Z",
         max_length=255,
-        required=False,
-        allow_blank=True,
-        default="",
         error_messages={"invalid": "ref may not contain control characters."},
     )
     commit = serializers.RegexField(
-        r"^[0-9a-fA-F]{0,64}$", required=False, allow_blank=True, default=""
+        r"^[0-9a-fA-F]{1,64}\Z",
+        error_messages={"invalid": "commit is a hexadecimal commit id (at most 64 digits)."},
     )
     # Fail safe: a build is untrusted (no keys:mint, no deploy token, no webhooks) unless the
     # orchestrator says otherwise, so one that forgets the field cannot hand a fork's job more.

@@ -194,6 +194,23 @@ EXPECTED: dict[tuple[str, str], dict[str, int]] = {
         staff_session=401,
     ),
     ("artifact", "OPTIONS"): OPTIONS_AUTHENTICATED,
+    # Every share mints its own read-only key on the caller's behalf (no keys:mint needed);
+    # a prefix-limited key shares its prefix (here: an empty docs/).
+    ("build-share", "POST"): row(
+        running_build=201,
+        finished_build=201,
+        other_build=404,
+        other_project=403,
+        derived_read_only=201,
+        derived_prefix=201,
+        deploy_current=201,
+        deploy_in_grace=201,
+        project=403,
+        staff_session=401,
+    ),
+    ("build-share", "OPTIONS"): OPTIONS_AUTHENTICATED,
+    # Signed links ignore credentials: without a signature, every caller gets 403.
+    ("signed-link", "GET"): same_for_all(403),
 }
 
 # --- endpoints, from the URLconf -----------------------------------------------------------------
@@ -343,6 +360,7 @@ class World:
             "key_id": self.victim.pk,
             "subscription_id": self.subscription.pk,
             "artifact_path": ARTIFACT,
+            "rest": ARTIFACT,
         }
         wanted = pattern.pattern.regex.groupindex
         return reverse(pattern.name, kwargs={k: v for k, v in values.items() if k in wanted})
@@ -351,9 +369,10 @@ class World:
         if method == "PUT":
             return client.put(url, ARTIFACT_BYTES, content_type="text/plain")
         body = {
-            "build-create": {"ref": "refs/heads/main"},
+            "build-create": {"ref": "refs/heads/main", "commit": "abc"},
             "build-finish": {"state": "succeeded"},
             "key-derive": {"scopes": ["artifacts:read"], "expires_in": 60},
+            "build-share": {"expires_in": 60},
             "build-statuses": {"context": "downstream/tests", "state": "success"},
             "webhook-list": {"url": "https://ci.example/new", "events": ["build.failed"]},
         }.get(name, {})

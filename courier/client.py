@@ -1,0 +1,261 @@
+"""The HTTP side of the CLI: one place that knows the base URL, the token, retries and how an
+API error becomes an exit code. Talks to the service over HTTP only."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import requests
+
+from . import __version__
+
+# Exit codes (documented in `courier --help` and docs/ci.md).
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_AUTH = 3
+EXIT_NOT_FOUND = 4
+
+# Worth another try: throttled, or the service (or a proxy in front) failing for now. Not 501
+# (never gets better) nor 507 (a full store stays full within a run).
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+class CourierError(Exception):
+    """A failure the CLI reports in one sentence with an exit code."""
+
+    exit_code = EXIT_FAILURE
+
+    def __init__(self, message: str, *, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class UsageError(CourierError):
+    exit_code = EXIT_USAGE
+
+
+class ApiError(CourierError):
+    """The service answered with an error status."""
+
+    def __init__(self, status: int, detail: str, code: str = "") -> None:
+        self.status, self.detail, self.code = status, detail, code
+        if status in (401, 403):
+            exit_code = EXIT_AUTH
+        elif status == 404:
+            exit_code = EXIT_NOT_FOUND
+        else:
+            exit_code = EXIT_FAILURE
+        suffix = f" ({code})" if code else ""
+        super().__init__(f"HTTP {status}: {detail}{suffix}", exit_code=exit_code)
+
+
+def api_error(response: requests.Response) -> ApiError:
+    """The service's `{"detail", "code"}` error body, or the bare status for anything else
+    (a proxy's HTML page, a truncated body)."""
+    detail, code = response.reason or "error", ""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("detail"), str):
+        detail, code = body["detail"], str(body.get("code") or "")
+    return ApiError(response.status_code, printable(detail)[:500], printable(code)[:100])
+
+
+def printable(text: str) -> str:
+    """Text from a file system or a server, safe for a terminal or a CI log: control
+    characters (ANSI escapes, newlines that would forge log lines) shown escaped."""
+    out = []
+    for ch in str(text):
+        if ch.isprintable() or ch == " ":
+            out.append(ch)
+        else:
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
+
+
+def same_origin(a: str, b: str) -> bool:
+    sa, sb = urlsplit(a), urlsplit(b)
+    return (sa.scheme, sa.hostname, sa.port) == (sb.scheme, sb.hostname, sb.port)
+
+
+@dataclass
+class Config:
+    url: str
+    token: str | None
+    retries: int = 4
+    timeout: float = 60.0
+
+
+class Client:
+    """Requests with retries. The bearer token is only ever sent to the configured service's
+    origin: signed links and redirects elsewhere (S3) travel without it."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.base = config.url.rstrip("/") + "/" if config.url else ""
+        self._local = threading.local()
+
+    def session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.headers["User-Agent"] = f"courier/{__version__}"
+            self._local.session = session
+        return session
+
+    def absolute(self, path_or_url: str) -> str:
+        if urlsplit(path_or_url).scheme:
+            return path_or_url
+        if not self.base:
+            raise UsageError("no service URL: set COURIER_URL or pass --url")
+        return urljoin(self.base, path_or_url.lstrip("/"))
+
+    def request(
+        self,
+        method: str,
+        path_or_url: str,
+        *,
+        auth: bool = True,
+        json: Any = None,
+        body: Callable[[], Any] | None = None,
+        headers: dict | None = None,
+        params: dict | None = None,
+        stream: bool = False,
+        idempotent: bool | None = None,
+        expect: tuple[int, ...] = (200, 201, 204),
+    ) -> requests.Response:
+        """One API call. ``body`` is a factory so that a retry sends the body afresh.
+        Idempotent calls (GET, PUT, DELETE and the uploads) are retried on connection
+        errors and 5xx with exponential backoff; others only when the connection was refused,
+        since then nothing reached the server."""
+        url = self.absolute(path_or_url)
+        if idempotent is None:
+            idempotent = method in ("GET", "HEAD", "PUT", "DELETE")
+        all_headers = {"Accept": "application/json", **(headers or {})}
+        if auth:
+            if not self.config.token:
+                raise CourierError(
+                    "no token: set COURIER_TOKEN (from your CI's secret store)",
+                    exit_code=EXIT_AUTH,
+                )
+            if not same_origin(url, self.base):
+                raise CourierError(f"refusing to send the token to another origin: {url}")
+            all_headers["Authorization"] = f"Bearer {self.config.token}"
+        attempt = 0
+        while True:
+            try:
+                response = self.session().request(
+                    method,
+                    url,
+                    json=json,
+                    data=body() if body is not None else None,
+                    headers=all_headers,
+                    params=params,
+                    stream=stream,
+                    timeout=(10, self.config.timeout),
+                )
+            except requests.ConnectionError as exc:
+                refused = _refused(exc)
+                if attempt < self.config.retries and (idempotent or refused):
+                    attempt += 1
+                    time.sleep(backoff(attempt))
+                    continue
+                raise CourierError(f"cannot reach {_origin(url)}: {_reason(exc)}") from None
+            except requests.Timeout:
+                if attempt < self.config.retries and idempotent:
+                    attempt += 1
+                    time.sleep(backoff(attempt))
+                    continue
+                raise CourierError(f"{_origin(url)} did not answer in time") from None
+            retryable = idempotent or response.status_code in (429, 503)
+            status = response.status_code
+            if status in RETRY_STATUSES and retryable and attempt < self.config.retries:
+                attempt += 1
+                delay = _retry_after(response) or backoff(attempt)
+                response.close()
+                time.sleep(delay)
+                continue
+            if response.status_code not in expect:
+                error = api_error(response)
+                response.close()
+                raise error
+            return response
+
+    def get_json(self, path: str, **kwargs) -> Any:
+        response = self.request("GET", path, **kwargs)
+        return _json(response)
+
+    def post_json(self, path: str, payload: Any, **kwargs) -> Any:
+        response = self.request("POST", path, json=payload, **kwargs)
+        return _json(response)
+
+    def paginate(self, path: str, params: dict | None = None, **kwargs) -> Iterator[dict]:
+        """Every item of a paginated listing, following ``next`` links (page or cursor
+        pagination alike) as long as they stay on the service's origin."""
+        url: str | None = self.absolute(path)
+        first = True
+        while url:
+            page = self.get_json(url, params=params if first else None, **kwargs)
+            first = False
+            if isinstance(page, list):
+                yield from page
+                return
+            if not isinstance(page, dict) or not isinstance(page.get("results"), list):
+                raise CourierError("the service answered a listing in an unexpected shape")
+            yield from page["results"]
+            url = page.get("next")
+            if url and not same_origin(self.absolute(url), self.base):
+                raise CourierError("the service's next page points to another origin")
+
+
+def _json(response: requests.Response) -> Any:
+    if response.status_code == 204 or not response.content:
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        raise CourierError(f"expected JSON from {_origin(response.url)}") from None
+
+
+def backoff(attempt: int) -> float:
+    """Exponential backoff with full jitter (AWS architecture blog's recommendation), capped."""
+    return random.uniform(0, min(8.0, 0.5 * 2**attempt))
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After", "")
+    if value.isdigit():
+        return min(float(value), 30.0)
+    return None
+
+
+def _refused(exc: Exception) -> bool:
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, ConnectionRefusedError):
+            return True
+        if "refused" in str(seen).lower():
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _reason(exc: Exception) -> str:
+    if _refused(exc):
+        return "connection refused"
+    text = str(exc)
+    return printable(text.split("Caused by")[-1].strip(" ()'\"")[:200]) or "connection error"
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return printable(f"{parts.scheme}://{parts.netloc}")

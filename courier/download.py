@@ -1,0 +1,327 @@
+"""`courier download`: a build's artifacts (with a key) or a pre-signed link (no key).
+
+The server is not trusted with the local file system: every path it names is checked to stay
+inside the target directory before anything is written, a file is written to a temporary
+name beside its target and only renamed into place once its SHA-256 matches the digest the
+server announced, and a cut transfer resumes where it stopped (RFC 9110 §14 ranges, with
+If-Range so that a changed file is sent whole)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from urllib.parse import quote, unquote, urlsplit
+
+import requests
+
+from .client import ApiError, Client, CourierError, backoff, printable
+from .output import Reporter, human_size
+
+CHUNK = 1024 * 1024
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+PART_SUFFIX = ".courier-part"
+
+
+@dataclass
+class Remote:
+    path: str  # relative path under the target directory
+    url: str
+    sha256: str | None = None
+    size: int | None = None
+    auth: bool = False  # send the bearer token (only to the service's own API)
+
+
+@dataclass
+class Outcome:
+    path: str
+    status: str  # downloaded, unchanged, failed
+    size: int = 0
+    sha256: str = ""
+    error: str = ""
+    resumed_from: int = 0
+
+    def as_dict(self) -> dict:
+        data = {"path": self.path, "status": self.status, "size": self.size}
+        for key in ("sha256", "error", "resumed_from"):
+            if getattr(self, key):
+                data[key] = getattr(self, key)
+        return data
+
+
+def safe_relative(path: object) -> str:
+    """A server-given path as a relative POSIX path, or an error: nothing absolute, no
+    `..`, no empty or `.` segment, no NUL or control character, no backslash (a separator
+    on Windows)."""
+    if not isinstance(path, str) or not path:
+        raise CourierError(f"refusing a path from the server: {printable(repr(path))}")
+    bad = (
+        path.startswith("/")
+        or "\\" in path
+        or any(not ch.isprintable() and ch != " " for ch in path)
+        or any(part in ("", ".", "..") for part in path.split("/"))
+        or re.match(r"^[A-Za-z]:", path)
+    )
+    if bad:
+        raise CourierError(f"refusing a path that could leave the target: {printable(path)}")
+    return path
+
+
+def target_for(root: Path, rel: str) -> Path:
+    """Where ``rel`` goes under ``root``, creating its directories; refuses any location
+    that resolves outside ``root`` (also through a symlink already in the tree)."""
+    rel = safe_relative(rel)
+    real_root = root.resolve()
+    target = real_root.joinpath(*PurePosixPath(rel).parts)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    parent = target.parent.resolve()
+    if parent != real_root and real_root not in parent.parents:
+        raise CourierError(f"refusing a path that leads outside the target: {printable(rel)}")
+    if target.is_symlink() or (target.exists() and not target.is_file()):
+        raise CourierError(f"refusing to replace a non-file: {printable(rel)}")
+    return target
+
+
+def announced_digest(response: requests.Response) -> str | None:
+    """The SHA-256 the service sent with the bytes: `X-Checksum-Sha256`, on the answer or on
+    the redirect that led to it (S3 answers with its own headers)."""
+    for r in [response, *reversed(response.history)]:
+        value = r.headers.get("X-Checksum-Sha256", "").strip().lower()
+        if value:
+            return value
+    return None
+
+
+def _file_digest(path: Path, limit: int | None = None) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        left = limit
+        while True:
+            chunk = f.read(CHUNK if left is None else min(CHUNK, left))
+            if not chunk:
+                break
+            digest.update(chunk)
+            if left is not None:
+                left -= len(chunk)
+    return digest.hexdigest()
+
+
+class Downloader:
+    def __init__(self, client: Client, root: Path, reporter: Reporter) -> None:
+        self.client, self.root, self.reporter = client, root, reporter
+
+    def fetch(self, remote: Remote) -> Outcome:
+        try:
+            return self._fetch(remote)
+        except CourierError as exc:
+            self.reporter.line(f"FAILED {remote.path}: {exc}")
+            return Outcome(remote.path, "failed", error=str(exc))
+
+    def _fetch(self, remote: Remote) -> Outcome:
+        target = target_for(self.root, remote.path)
+        if remote.sha256 and target.is_file() and _matches(target, remote):
+            self.reporter.line(f"unchanged {remote.path} (already here, same digest)")
+            return Outcome(remote.path, "unchanged", target.stat().st_size, remote.sha256)
+        part = target.with_name(f".{target.name}{PART_SUFFIX}")
+        handle = self.reporter.start(remote.path, remote.size)
+        resumed_from = 0
+        attempt = 0
+        while True:
+            try:
+                digest, size, offset = self._transfer(remote, part, handle)
+                resumed_from = max(resumed_from, offset)
+                break
+            except _Retry as exc:
+                if attempt >= self.client.config.retries:
+                    self.reporter.finish(handle, f"FAILED {remote.path}: {exc}")
+                    raise CourierError(str(exc)) from None
+                attempt += 1
+                time.sleep(backoff(attempt))
+            except CourierError as exc:
+                self.reporter.finish(handle, f"FAILED {remote.path}: {exc}")
+                raise
+        os.replace(part, target)
+        note = f", resumed at {resumed_from} bytes" if resumed_from else ""
+        self.reporter.finish(
+            handle, f"downloaded {remote.path} ({human_size(size)}, sha256 verified{note})"
+        )
+        return Outcome(remote.path, "downloaded", size, digest, resumed_from=resumed_from)
+
+    def _transfer(self, remote: Remote, part: Path, handle: object) -> tuple[str, int, int]:
+        """One GET; returns the digest, the size and where the server resumed (0: from the
+        start). Raises _Retry for a transfer worth resuming, CourierError for a verdict."""
+        offset = part.stat().st_size if part.exists() else 0
+        headers = {"Accept": "*/*", "Accept-Encoding": "identity"}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+            if remote.sha256:
+                headers["If-Range"] = f'"{remote.sha256}"'
+        try:
+            response = self.client.request(
+                "GET",
+                remote.url,
+                auth=remote.auth,
+                headers=headers,
+                stream=True,
+                expect=(200, 206, 416),
+            )
+        except ApiError:
+            raise
+        with response:
+            expected = remote.sha256 or announced_digest(response)
+            announced = announced_digest(response)
+            if remote.sha256 and announced and announced != remote.sha256:
+                raise CourierError("the server's digest header disagrees with its listing")
+            if not expected or not SHA256_HEX.match(expected):
+                raise CourierError("the server sent no SHA-256 to verify the file against")
+            if response.status_code == 416:
+                # The part already holds at least the whole file: check it as it is.
+                part.touch()
+                mode = None
+            elif response.status_code == 206:
+                start = _content_range_start(response.headers.get("Content-Range", ""))
+                if start != offset:
+                    raise CourierError("the server answered another range than asked for")
+                mode = "ab"
+            else:
+                offset = 0
+                mode = "wb"
+            self.reporter.reset(handle, offset)
+            digest = hashlib.sha256()
+            if offset and mode == "ab":
+                with part.open("rb") as f:
+                    while chunk := f.read(CHUNK):
+                        digest.update(chunk)
+            size = offset
+            if mode is not None:
+                with part.open(mode) as out:
+                    try:
+                        for chunk in response.iter_content(CHUNK):
+                            out.write(chunk)
+                            digest.update(chunk)
+                            size += len(chunk)
+                            self.reporter.advance(handle, len(chunk))
+                    except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError):
+                        raise _Retry("the connection broke during the transfer") from None
+                    except requests.Timeout:
+                        raise _Retry("the transfer stalled") from None
+                length = response.headers.get("Content-Length")
+                if length and length.isdigit() and size - offset < int(length):
+                    raise _Retry("the connection closed before the end of the file")
+            else:
+                with part.open("rb") as f:
+                    while chunk := f.read(CHUNK):
+                        digest.update(chunk)
+                size = part.stat().st_size
+        actual = digest.hexdigest()
+        if actual != expected:
+            part.unlink(missing_ok=True)
+            raise CourierError(
+                f"SHA-256 mismatch: expected {expected}, got {actual}; the file was not kept"
+            )
+        return actual, size, offset if mode == "ab" else 0
+
+
+class _Retry(Exception):
+    pass
+
+
+def _matches(target: Path, remote: Remote) -> bool:
+    if remote.size is not None and target.stat().st_size != remote.size:
+        return False
+    return _file_digest(target) == remote.sha256
+
+
+def _content_range_start(value: str) -> int | None:
+    match = re.match(r"^\s*bytes\s+(\d+)-\d+/(\d+|\*)\s*$", value)
+    return int(match.group(1)) if match else None
+
+
+def remotes_from_listing(artifacts: object, *, make_url) -> list[Remote]:
+    """Validate a listing (from the API or a share link) before anything is written."""
+    if not isinstance(artifacts, list):
+        raise CourierError("the server answered a listing in an unexpected shape")
+    remotes, seen = [], set()
+    for item in artifacts:
+        if not isinstance(item, dict):
+            raise CourierError("the server answered a listing in an unexpected shape")
+        path = safe_relative(item.get("path"))
+        sha = item.get("sha256")
+        if not isinstance(sha, str) or not SHA256_HEX.match(sha):
+            raise CourierError(f"the listing has no valid SHA-256 for {printable(path)}")
+        if path in seen:
+            raise CourierError(f"the listing names {printable(path)} twice")
+        seen.add(path)
+        size = item.get("size")
+        url = make_url(item)
+        remotes.append(
+            Remote(path, url, sha, size if isinstance(size, int) and size >= 0 else None)
+        )
+    # A file and a directory of the same name cannot both be written.
+    for path in seen:
+        parent = path.rsplit("/", 1)[0] if "/" in path else None
+        while parent:
+            if parent in seen:
+                raise CourierError(f"the listing names {printable(parent)} as file and folder")
+            parent = parent.rsplit("/", 1)[0] if "/" in parent else None
+    return remotes
+
+
+def build_remotes(client: Client, build: str, prefix: str | None) -> list[Remote]:
+    params = {"page_size": 1000, **({"prefix": prefix} if prefix else {})}
+    items = list(client.paginate(f"api/v1/builds/{quote(build)}/artifacts/", params))
+
+    def url(item):
+        return f"api/v1/builds/{quote(build)}/artifacts/{quote(item['path'], safe='/')}"
+
+    remotes = remotes_from_listing(items, make_url=url)
+    for remote in remotes:
+        remote.auth = True
+    return remotes
+
+
+def link_remotes(client: Client, link: str) -> list[Remote]:
+    """A pre-signed link: a share listing (JSON with its artifacts, each with its own link)
+    or a single file. No token is sent; the link is the credential."""
+    parts = urlsplit(link)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise CourierError("a link must be an http(s) URL")
+    response = client.request(
+        "GET", link, auth=False, stream=True, headers={"Accept": "application/json"}
+    )
+    with response:
+        if announced_digest(response) is None and "json" in response.headers.get(
+            "Content-Type", ""
+        ):
+            try:
+                listing = response.json()
+            except ValueError:
+                raise CourierError("the link answered neither a file nor a listing") from None
+            if not isinstance(listing, dict):
+                raise CourierError("the link answered neither a file nor a listing")
+
+            def url(item):
+                value = item.get("url")
+                if not isinstance(value, str) or urlsplit(value).scheme not in ("http", "https"):
+                    raise CourierError(f"no valid link for {printable(str(item.get('path')))}")
+                return value
+
+            return remotes_from_listing(listing.get("artifacts"), make_url=url)
+    name = unquote(PurePosixPath(parts.path).name) or "download"
+    return [Remote(safe_relative(name), link)]
+
+
+def download(
+    *, client: Client, remotes: list[Remote], root: Path, jobs: int, reporter: Reporter
+) -> list[Outcome]:
+    root.mkdir(parents=True, exist_ok=True)
+    for remote in remotes:  # every path checked before the first byte is written
+        target_for(root, remote.path)
+    reporter.begin(len(remotes), sum(r.size or 0 for r in remotes))
+    downloader = Downloader(client, root, reporter)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(downloader.fetch, remotes))

@@ -1,0 +1,375 @@
+"""`courier upload`: files, directories and globs to a build, in parallel, with digests.
+
+Each file is hashed (SHA-256, streamed) before it goes up, so that the service can verify it
+(`X-Checksum-Sha256`) and a re-run can skip files the build already holds with the same digest.
+The bytes sent are hashed again while they are read: a file that changes during its upload
+fails instead of being stored half-old, half-new. Many small files go up as tar streams
+(the batch endpoint); the service's answer lists every stored digest, checked against ours."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import tarfile
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+from .client import ApiError, Client, CourierError, UsageError
+from .output import Reporter, human_size
+
+READ_SIZE = 1024 * 1024
+# Files up to this size count as small; at least BATCH_MIN of them go up as tar batches of
+# at most BATCH_BYTES / BATCH_FILES each (several batches in parallel).
+BATCH_FILE_MAX = 1024 * 1024
+BATCH_MIN = 8
+BATCH_BYTES = 16 * 1024 * 1024
+BATCH_FILES = 500
+
+
+@dataclass
+class LocalFile:
+    path: Path
+    name: str  # path in the build, prefix included
+    size: int
+    sha256: str = ""
+
+
+@dataclass
+class Outcome:
+    name: str
+    size: int
+    status: str  # uploaded, unchanged, failed
+    sha256: str = ""
+    error: str = ""
+
+    def as_dict(self) -> dict:
+        data = {"path": self.name, "size": self.size, "status": self.status}
+        if self.sha256:
+            data["sha256"] = self.sha256
+        if self.error:
+            data["error"] = self.error
+        return data
+
+
+@dataclass
+class Plan:
+    singles: list[LocalFile] = field(default_factory=list)
+    batches: list[list[LocalFile]] = field(default_factory=list)
+
+
+def normalize_prefix(prefix: str | None) -> str:
+    if not prefix:
+        return ""
+    prefix = prefix.strip("/")
+    return f"{prefix}/" if prefix else ""
+
+
+def collect(paths: list[str], prefix: str) -> list[LocalFile]:
+    """The files named by ``paths``: a file goes up under its own name, a directory's files
+    under their paths relative to it, a glob as the files and directories it matches."""
+    found: list[tuple[Path, str]] = []
+    for arg in paths:
+        matches = [arg] if os.path.lexists(arg) else sorted(glob.glob(arg, recursive=True))
+        if not matches:
+            raise UsageError(f"no such file or directory: {arg}")
+        for match in matches:
+            path = Path(match)
+            if path.is_dir():
+                for root, dirs, files in os.walk(path):
+                    dirs.sort()
+                    for name in sorted(files):
+                        full = Path(root) / name
+                        found.append((full, full.relative_to(path).as_posix()))
+            elif path.is_file():
+                found.append((path, path.name))
+            else:
+                raise UsageError(f"not a regular file or directory: {match}")
+    files, seen = [], {}
+    for path, rel in found:
+        name = prefix + rel
+        if name in seen:
+            if seen[name] == path.resolve():
+                continue
+            raise UsageError(f"two files would be uploaded as {name}: {seen[name]} and {path}")
+        seen[name] = path.resolve()
+        files.append(LocalFile(path=path, name=name, size=path.stat().st_size))
+    return files
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(READ_SIZE):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def plan(files: list[LocalFile], *, batch: bool) -> Plan:
+    small = [f for f in files if f.size <= BATCH_FILE_MAX] if batch else []
+    if len(small) < BATCH_MIN:
+        return Plan(singles=list(files))
+    small_names = {f.name for f in small}
+    result = Plan(singles=[f for f in files if f.name not in small_names])
+    current: list[LocalFile] = []
+    size = 0
+    for f in small:
+        if current and (size + f.size > BATCH_BYTES or len(current) >= BATCH_FILES):
+            result.batches.append(current)
+            current, size = [], 0
+        current.append(f)
+        size += f.size
+    if current:
+        result.batches.append(current)
+    return result
+
+
+class HashingReader:
+    """A file-like body for requests: reads the file, hashes what it sends, reports
+    progress. ``__len__`` lets requests send a Content-Length instead of chunks."""
+
+    def __init__(self, path: Path, size: int, progress: Callable[[int], None]) -> None:
+        self.file = path.open("rb")
+        self.size = size
+        self.progress = progress
+        self.digest = hashlib.sha256()
+        self.sent = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def read(self, n: int = -1) -> bytes:
+        # Never more than we announced: a file growing during the upload must not make the
+        # body longer than its Content-Length.
+        remaining = self.size - self.sent
+        if remaining <= 0:
+            return b""
+        n = remaining if n is None or n < 0 else min(max(n, 64 * 1024), remaining)
+        data = self.file.read(n)
+        self.sent += len(data)
+        self.digest.update(data)
+        self.progress(len(data))
+        return data
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class TarStream:
+    """A tar archive (POSIX pax format, so UTF-8 names of any length survive) produced on
+    the fly from files on disk: constant memory, and its length known in advance."""
+
+    def __init__(self, files: list[LocalFile], strip: str, progress: Callable[[int], None]):
+        self.files, self.strip, self.progress = files, strip, progress
+        self.headers = [self._header(f) for f in files]
+        pairs = zip(self.headers, files, strict=True)
+        self.length = sum(len(h) + _padded(f.size) for h, f in pairs) + 2 * tarfile.BLOCKSIZE
+        self.digests: dict[str, str] = {}
+        self._chunks = self._generate()
+
+    def _header(self, f: LocalFile) -> bytes:
+        info = tarfile.TarInfo(f.name[len(self.strip) :])
+        info.size, info.mode, info.mtime, info.type = f.size, 0o644, 0, tarfile.REGTYPE
+        return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+    def _generate(self) -> Iterator[bytes]:
+        for header, f in zip(self.headers, self.files, strict=True):
+            yield header
+            digest = hashlib.sha256()
+            left = f.size
+            with f.path.open("rb") as stream:
+                while left > 0:
+                    data = stream.read(min(READ_SIZE, left))
+                    if not data:
+                        raise CourierError(f"{f.path} shrank while it was being sent")
+                    left -= len(data)
+                    digest.update(data)
+                    self.progress(len(data))
+                    yield data
+            self.digests[f.name] = digest.hexdigest()
+            yield b"\0" * (_padded(f.size) - f.size)
+        yield b"\0" * (2 * tarfile.BLOCKSIZE)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def read(self, n: int = -1) -> bytes:
+        # http.client sends whatever one read returns: hand over whole chunks, no re-slicing.
+        return next(self._chunks, b"")
+
+
+def _padded(size: int) -> int:
+    return -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+
+
+class Uploader:
+    def __init__(self, client: Client, build: str, prefix: str, reporter: Reporter) -> None:
+        self.client, self.build, self.prefix, self.reporter = client, build, prefix, reporter
+        self.batch_supported = True
+        self.lock = threading.Lock()
+
+    def artifact_url(self, name: str) -> str:
+        return f"api/v1/builds/{quote(self.build)}/artifacts/{quote(name, safe='/')}"
+
+    def existing(self) -> dict[str, str]:
+        """What the build already holds under our prefix: path -> sha256. Unknown (empty)
+        if the listing is refused; the uploads then find out for themselves."""
+        params = {"page_size": 1000, **({"prefix": self.prefix} if self.prefix else {})}
+        try:
+            items = self.client.paginate(f"api/v1/builds/{quote(self.build)}/artifacts/", params)
+            return {
+                item["path"]: item.get("sha256", "")
+                for item in items
+                if isinstance(item, dict) and isinstance(item.get("path"), str)
+            }
+        except ApiError as exc:
+            if exc.status in (401, 404):
+                raise
+            return {}
+
+    def put(self, f: LocalFile) -> Outcome:
+        handle = self.reporter.start(f.name, f.size)
+        readers: list[HashingReader] = []
+
+        def body():
+            self.reporter.reset(handle, 0)
+            if f.size == 0:
+                return b""
+            reader = HashingReader(f.path, f.size, lambda n: self.reporter.advance(handle, n))
+            readers.append(reader)
+            return reader
+
+        try:
+            response = self.client.request(
+                "PUT",
+                self.artifact_url(f.name),
+                body=body,
+                headers={
+                    "X-Checksum-Sha256": f.sha256,
+                    "Content-Type": "application/octet-stream",
+                },
+                expect=(200, 201),
+            )
+            stored = response.json()
+            if readers and readers[-1].digest.hexdigest() != f.sha256:
+                raise CourierError("the file changed while it was being uploaded")
+            if not isinstance(stored, dict) or stored.get("sha256") != f.sha256:
+                raise CourierError("the service stored other bytes than were sent")
+        except CourierError as exc:
+            self.reporter.finish(handle, f"FAILED {f.name}: {exc}")
+            return Outcome(f.name, f.size, "failed", f.sha256, str(exc))
+        finally:
+            for reader in readers:
+                reader.close()
+        self.reporter.finish(
+            handle, f"uploaded {f.name} ({human_size(f.size)}, sha256 {f.sha256[:12]})"
+        )
+        return Outcome(f.name, f.size, "uploaded", f.sha256)
+
+    def put_batch(self, files: list[LocalFile]) -> list[Outcome]:
+        """One tar stream for many small files; falls back to one PUT per file when the
+        service has no batch endpoint."""
+        if not self.batch_supported:
+            return [self.put(f) for f in files]
+        total = sum(f.size for f in files)
+        handle = self.reporter.start(f"{len(files)} files ({files[0].name} ...)", total)
+        streams: list[TarStream] = []
+
+        def body():
+            self.reporter.reset(handle, 0)
+            stream = TarStream(files, self.prefix, lambda n: self.reporter.advance(handle, n))
+            streams.append(stream)
+            return stream
+
+        params = {"prefix": self.prefix} if self.prefix else None
+        try:
+            response = self.client.request(
+                "POST",
+                f"api/v1/builds/{quote(self.build)}/artifacts/batch",
+                body=body,
+                params=params,
+                headers={"Content-Type": "application/x-tar"},
+                idempotent=True,  # uploads are idempotent: the same bytes again answer 200
+                expect=(200, 201),
+            )
+        except ApiError as exc:
+            if exc.status in (404, 405, 415, 501) and exc.code != "not_found":
+                self.reporter.finish(handle, "batch upload not offered: one request per file")
+                with self.lock:
+                    self.batch_supported = False
+                return [self.put(f) for f in files]
+            self.reporter.finish(handle, f"FAILED batch of {len(files)} files: {exc}")
+            return [Outcome(f.name, f.size, "failed", f.sha256, str(exc)) for f in files]
+        except CourierError as exc:
+            self.reporter.finish(handle, f"FAILED batch of {len(files)} files: {exc}")
+            return [Outcome(f.name, f.size, "failed", f.sha256, str(exc)) for f in files]
+        try:
+            stored = {
+                a["path"]: a.get("sha256")
+                for a in response.json().get("artifacts", [])
+                if isinstance(a, dict) and isinstance(a.get("path"), str)
+            }
+        except (ValueError, AttributeError):
+            stored = {}
+        self.reporter.finish(handle, f"sent batch of {len(files)} files ({human_size(total)})")
+        sent = streams[-1].digests
+        outcomes = []
+        for f in files:
+            if stored.get(f.name) != f.sha256 or sent.get(f.name) != f.sha256:
+                error = (
+                    "the file changed while it was being uploaded"
+                    if sent.get(f.name) != f.sha256
+                    else "the service did not confirm this file with our digest"
+                )
+                self.reporter.line(f"FAILED {f.name}: {error}")
+                outcomes.append(Outcome(f.name, f.size, "failed", f.sha256, error))
+            else:
+                self.reporter.line(
+                    f"uploaded {f.name} ({human_size(f.size)}, sha256 {f.sha256[:12]})"
+                )
+                outcomes.append(Outcome(f.name, f.size, "uploaded", f.sha256))
+        return outcomes
+
+
+def upload(
+    *,
+    client: Client,
+    build: str,
+    paths: list[str],
+    prefix: str | None,
+    jobs: int,
+    reporter: Reporter,
+    batch: bool = True,
+) -> list[Outcome]:
+    prefix = normalize_prefix(prefix)
+    files = collect(paths, prefix)
+    uploader = Uploader(client, build, prefix, reporter)
+    existing = uploader.existing()
+    outcomes: list[Outcome] = []
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        # Digests first (in parallel): they decide what is already there.
+        hashed = list(pool.map(lambda f: (f, file_sha256(f.path)), files))
+        todo = []
+        for f, sha in hashed:
+            f.sha256 = sha
+            if existing.get(f.name) == sha:
+                reporter.line(f"unchanged {f.name} (already in the build)")
+                outcomes.append(Outcome(f.name, f.size, "unchanged", sha))
+            else:
+                todo.append(f)
+        work = plan(todo, batch=batch)
+        reporter.begin(len(todo), sum(f.size for f in todo))
+        # Large files first: the long poles start early, small ones fill the gaps.
+        singles = sorted(work.singles, key=lambda f: -f.size)
+        futures = [pool.submit(uploader.put_batch, b) for b in work.batches]
+        futures += [pool.submit(uploader.put, f) for f in singles]
+        for future in as_completed(futures):
+            result = future.result()
+            outcomes.extend(result if isinstance(result, list) else [result])
+    order = {f.name: i for i, f in enumerate(files)}
+    outcomes.sort(key=lambda o: order.get(o.name, 0))
+    return outcomes

@@ -1,0 +1,241 @@
+"""A reference downstream receiver for artifactcourier webhooks.
+
+Runs as an AWS Lambda function behind a function URL (`lambda_handler`), or locally
+(`python handler.py --port 8080`). For each delivery of a finished build it:
+
+1. verifies the delivery: its Standard Webhooks signature (`webhook-id`, `webhook-timestamp`,
+   `webhook-signature`, with `WEBHOOK_SECRET` = the subscription's `whsec_...` secret), or,
+   when the function URL uses IAM auth and the subscription is `https+sigv4://...`, relies on
+   AWS having checked the SigV4 signature before invoking us (`RECEIVER_AUTH=iam`). With
+   neither configured it refuses every delivery (fail closed);
+2. reports `pending` on the build with the delivery's `status_token` (build:status only);
+3. fetches the artifacts through the payload's pre-signed links, each verified against its
+   SHA-256, into a fresh directory (paths that would leave it are refused);
+4. runs its own work (`RECEIVER_COMMAND`, run in that directory; without one it only checks
+   the files arrived) and reports `success` or `failure`.
+
+The delivery is answered (202) as soon as it is verified and `pending` is posted, so a slow
+job never makes the service retry: locally the work goes on in a thread; on Lambda the
+function invokes itself asynchronously with the verified payload.
+
+Requirements: `artifactcourier-cli` (the `courier` package: downloads with verification) and
+`standardwebhooks`; see requirements.txt.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from standardwebhooks import Webhook
+
+from courier.client import Client, Config, CourierError, same_origin
+from courier.download import download, remotes_from_listing
+from courier.output import Reporter
+
+log = logging.getLogger("receiver")
+EVENTS = ("build.succeeded", "build.failed")
+CONTEXT = os.environ.get("RECEIVER_CONTEXT", "downstream/receiver")
+MAX_BODY = 1024 * 1024
+
+
+@dataclass
+class Delivery:
+    build_id: int
+    status_url: str
+    status_token: str
+    artifacts: list
+    payload: dict
+
+
+class Rejected(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def verify(headers: dict[str, str], body: bytes) -> dict:
+    """The delivery's payload once its origin is established; Rejected otherwise."""
+    if len(body) > MAX_BODY:
+        raise Rejected(413, "delivery too large")
+    secret = os.environ.get("WEBHOOK_SECRET", "")
+    if secret:
+        try:
+            # Standard Webhooks: HMAC-SHA256 over "id.timestamp.body", timestamps older or
+            # newer than 5 minutes refused (replays).
+            payload = Webhook(secret).verify(body, headers)
+        except Exception:  # the library raises more than its own error on malformed headers
+            raise Rejected(401, "signature verification failed") from None
+    elif os.environ.get("RECEIVER_AUTH") == "iam":
+        # Function URL with AuthType AWS_IAM: Lambda has verified the caller's SigV4
+        # signature and its permission to invoke before we run.
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            raise Rejected(400, "not JSON") from None
+    else:
+        raise Rejected(503, "receiver not configured: set WEBHOOK_SECRET or RECEIVER_AUTH=iam")
+    if not isinstance(payload, dict):
+        raise Rejected(400, "unexpected payload")
+    return payload
+
+
+def parse(payload: dict) -> Delivery | None:
+    """The parts of a build event we act on; None for events we ignore."""
+    if payload.get("type") not in EVENTS:
+        return None
+    data = payload.get("data")
+    try:
+        build_id = int(data["build"]["id"])
+        status_url, status_token = data["status_url"], data["status_token"]
+        artifacts = data.get("artifacts") or []
+    except (KeyError, TypeError, ValueError):
+        raise Rejected(400, "payload without build, status_url or status_token") from None
+    if not isinstance(status_url, str) or urlsplit(status_url).scheme not in ("http", "https"):
+        raise Rejected(400, "status_url is not an http(s) URL")
+    pinned = os.environ.get("COURIER_URL")
+    if pinned and not same_origin(status_url, pinned):
+        # Even a signed payload only gets our status token sent to the service we know.
+        raise Rejected(400, "status_url is not on COURIER_URL")
+    return Delivery(build_id, status_url, str(status_token), artifacts, payload)
+
+
+def report(delivery: Delivery, state: str, description: str) -> None:
+    client = Client(Config(url=delivery.status_url, token=delivery.status_token, retries=3))
+    client.post_json(
+        delivery.status_url,
+        {"context": CONTEXT, "state": state, "description": description[:140]},
+        idempotent=True,  # the latest status per context wins: sending twice is harmless
+    )
+
+
+def work(delivery: Delivery) -> None:
+    """Fetch, run, report. Never raises: every outcome ends as a status on the build."""
+    try:
+        with tempfile.TemporaryDirectory(prefix="receiver-") as tmp:
+            root = Path(tmp)
+            remotes = remotes_from_listing(delivery.artifacts, make_url=lambda item: item["url"])
+            client = Client(Config(url="", token=None, retries=3))
+            outcomes = download(
+                client=client, remotes=remotes, root=root, jobs=4, reporter=Reporter(quiet=True)
+            )
+            failed = [o for o in outcomes if o.status == "failed"]
+            if failed:
+                report(delivery, "failure", f"{len(failed)} artifacts failed: {failed[0].error}")
+                return
+            command = os.environ.get("RECEIVER_COMMAND")
+            if command:
+                result = subprocess.run(  # noqa: S603 (the operator's own command)
+                    shlex.split(command), cwd=root, capture_output=True, timeout=600
+                )
+                ok = result.returncode == 0
+                description = f"{command.split()[0]} exited {result.returncode}"
+            else:
+                ok, description = True, f"{len(outcomes)} artifacts fetched and verified"
+            report(delivery, "success" if ok else "failure", description)
+    except Exception as exc:
+        log.exception("delivery for build %s failed", delivery.build_id)
+        try:
+            report(delivery, "error", f"receiver error: {exc}"[:140])
+        except CourierError:
+            log.exception("could not report the error")
+
+
+def handle(headers: dict[str, str], body: bytes, *, start) -> tuple[int, dict]:
+    """One delivery: verify, report pending, hand the work to ``start``; (status, body)."""
+    try:
+        delivery = parse(verify(headers, body))
+    except Rejected as exc:
+        return exc.status, {"error": str(exc)}
+    if delivery is None:
+        return 200, {"ignored": True}
+    try:
+        report(delivery, "pending", "artifacts received, job starting")
+    except CourierError as exc:
+        # 502: the service will retry the delivery; nothing has started yet.
+        return 502, {"error": f"could not report pending: {exc}"}
+    start(delivery)
+    return 202, {"build": delivery.build_id, "state": "pending"}
+
+
+# -- AWS Lambda (function URL) ------------------------------------------------------------
+
+
+def _start_async_lambda(delivery: Delivery) -> None:
+    import boto3  # in the Lambda runtime
+
+    boto3.client("lambda").invoke(
+        FunctionName=os.environ["AWS_LAMBDA_FUNCTION_NAME"],
+        InvocationType="Event",
+        Payload=json.dumps({"receiver_job": delivery.payload}).encode(),
+    )
+
+
+def lambda_handler(event: dict, context) -> dict:
+    if "receiver_job" in event:  # our own asynchronous invocation: already verified
+        delivery = parse(event["receiver_job"])
+        if delivery is not None:
+            work(delivery)
+        return {"done": True}
+    body = event.get("body") or ""
+    raw = base64.b64decode(body) if event.get("isBase64Encoded") else body.encode()
+    status, answer = handle(event.get("headers") or {}, raw, start=_start_async_lambda)
+    return {
+        "statusCode": status,
+        "headers": {"Content-Type": "application/json"},
+        "body": json.dumps(answer),
+    }
+
+
+# -- locally ------------------------------------------------------------------------------
+
+
+def serve(port: int, host: str = "127.0.0.1") -> None:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_BODY:
+                self.send_error(413)
+                return
+            body = self.rfile.read(length)
+            status, answer = handle(
+                dict(self.headers.items()),
+                body,
+                start=lambda d: threading.Thread(target=work, args=(d,)).start(),
+            )
+            data = json.dumps(answer).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, fmt, *args) -> None:
+            log.info("%s " + fmt, self.address_string(), *args)
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    print(f"receiver listening on http://{host}:{server.server_address[1]}/", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    import argparse
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    parser = argparse.ArgumentParser(description="artifactcourier webhook receiver (local)")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--host", default="127.0.0.1")
+    args = parser.parse_args()
+    serve(args.port, args.host)

@@ -1,0 +1,165 @@
+"""A hostile or broken server, played by a loopback stub speaking the agreed contract: what
+it names must not make `courier` write outside its target, forge log lines or lose bytes."""
+
+from contextlib import contextmanager
+
+import pytest
+
+from .conftest import courier
+from .stub import file_route, json_body, sha256, stub_server
+
+CONTENT = b"payload\n"
+
+
+def listing(base: str, paths: list[str], digest: str | None = None) -> dict:
+    link = f"{base}/f"
+    return {
+        "url": f"{base}/listing",
+        "expires_at": "2030-01-01T00:00:00Z",
+        "key_id": 1,
+        "build": {"id": 1, "number": 1, "project": "app"},
+        "artifacts": [
+            {"path": p, "size": len(CONTENT), "sha256": digest or sha256(CONTENT), "url": link}
+            for p in paths
+        ],
+    }
+
+
+@contextmanager
+def serve_listing(paths, digest=None, body=None):
+    """A stub share: its listing names ``paths``, each link answering CONTENT."""
+    routes = {("GET", "/f"): file_route(CONTENT, digest)}
+    with stub_server(routes) as (base, seen):
+        routes[("GET", "/listing")] = lambda h: (200, {}, json_body(body or listing(base, paths)))
+        yield base, seen
+
+
+def files_under(root):
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "../escape.txt",
+        "a/../../escape.txt",
+        "/tmp/escape.txt",
+        "..",
+        "a//b",
+        "./a",
+        "a\\..\\..\\escape.txt",
+        "C:/escape.txt",
+        "log\nFORGED line",
+        "esc\x1b[31mred",
+        "",
+    ],
+)
+def test_a_listing_path_that_could_escape_writes_nothing(tmp_path, hostile):
+    with serve_listing(["fine.txt", hostile]) as (base, seen):
+        target = tmp_path / "target"
+        result = courier("download", f"{base}/listing", "-o", str(target))
+    assert result.code == 1, result.output
+    assert "refusing" in result.stderr
+    assert files_under(tmp_path) in ([], ["target"])
+    assert not (tmp_path / "target").exists() or files_under(target) == []
+    assert [path for method, path, _ in seen if path == "/f"] == []  # no byte fetched
+
+
+def test_a_symlink_in_the_target_does_not_lead_outside(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "link").symlink_to(outside)
+    with serve_listing(["link/x.txt"]) as (base, _):
+        result = courier("download", f"{base}/listing", "-o", str(target))
+    assert result.code == 1
+    assert list(outside.iterdir()) == []
+
+
+def test_a_share_listing_downloads_all_its_files_without_a_token(tmp_path):
+    with serve_listing(["dist/a.txt", "dist/sub/ü b.txt"]) as (base, seen):
+        result = courier(
+            "download", f"{base}/listing", "-o", str(tmp_path), env={"COURIER_TOKEN": "acb_" * 9}
+        )
+    assert result.code == 0, result.output
+    assert (tmp_path / "dist" / "a.txt").read_bytes() == CONTENT
+    assert (tmp_path / "dist" / "sub" / "ü b.txt").read_bytes() == CONTENT
+    assert all("Authorization" not in headers for _, _, headers in seen)
+
+
+def test_a_file_link_downloads_the_file(tmp_path):
+    with serve_listing([]) as (base, _):
+        result = courier("download", f"{base}/f", "-o", str(tmp_path))
+    assert result.code == 0, result.output
+    assert (tmp_path / "f").read_bytes() == CONTENT
+
+
+def test_a_listing_digest_the_bytes_do_not_match_fails_loudly(tmp_path):
+    with serve_listing(["a.txt"], digest=sha256(b"something else")) as (base, _):
+        result = courier("download", f"{base}/listing", "-o", str(tmp_path / "t"))
+    assert result.code == 1
+    assert "disagrees" in result.output or "mismatch" in result.output
+    assert files_under(tmp_path / "t") == []
+
+
+def test_a_listing_in_another_shape_is_an_error_not_a_crash(tmp_path):
+    with serve_listing([], body={"artifacts": "nope"}) as (base, _):
+        result = courier("download", f"{base}/listing", "-o", str(tmp_path))
+    assert result.code == 1
+    assert "Traceback" not in result.output
+
+
+def test_uploads_are_retried_on_5xx_and_error_details_are_escaped(tmp_path):
+    attempts = {"n": 0}
+
+    def put(handler):
+        attempts["n"] += 1
+        if attempts["n"] < 3:
+            return 503, {}, json_body({"detail": "busy\x1b[2J\nFORGED", "code": "unavailable"})
+        digest = handler.headers["X-Checksum-Sha256"]
+        assert sha256(handler.body) == digest
+        return 201, {}, json_body({"path": "a.txt", "size": len(handler.body), "sha256": digest})
+
+    routes = {
+        ("GET", "/api/v1/builds/7/artifacts/"): lambda h: (
+            200,
+            {},
+            json_body({"count": 0, "next": None, "previous": None, "results": []}),
+        ),
+        ("PUT", "/api/v1/builds/7/artifacts/a.txt"): put,
+    }
+    (tmp_path / "a.txt").write_bytes(b"abc")
+    with stub_server(routes) as (base, _):
+        ok = courier(
+            "upload", str(tmp_path / "a.txt"), "--retries", "3",
+            env={"COURIER_URL": base, "COURIER_TOKEN": "acb_" + "t" * 40, "COURIER_BUILD": "7"},
+        )  # fmt: skip
+        assert ok.code == 0, ok.output
+        assert attempts["n"] == 3
+        attempts["n"] = -10  # now it keeps failing
+        failed = courier(
+            "upload", str(tmp_path / "a.txt"), "--retries", "1",
+            env={"COURIER_URL": base, "COURIER_TOKEN": "acb_" + "t" * 40, "COURIER_BUILD": "7"},
+        )  # fmt: skip
+    assert failed.code == 1
+    assert "busy\\x1b[2J\\nFORGED" in failed.output  # shown escaped, not interpreted
+
+
+def test_the_token_never_follows_a_link_to_another_origin(tmp_path):
+    """A service whose next page points elsewhere: courier refuses to send the key there."""
+    with stub_server({}) as (other, other_seen):
+        routes = {
+            ("GET", "/api/v1/builds/7/artifacts/"): lambda h: (
+                200,
+                {},
+                json_body({"count": 2, "next": f"{other}/steal", "previous": None, "results": []}),
+            )
+        }
+        with stub_server(routes) as (base, _):
+            result = courier(
+                "download", "--build", "7", "-o", str(tmp_path),
+                env={"COURIER_URL": base, "COURIER_TOKEN": "acb_" + "t" * 40},
+            )  # fmt: skip
+    assert result.code == 1
+    assert other_seen == []

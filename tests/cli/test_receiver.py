@@ -1,0 +1,196 @@
+"""The reference receiver (examples/receiver/) run as a local process: deliveries signed with
+the `standardwebhooks` library itself, artifacts behind pre-signed links, statuses posted
+back with the delivery's status token."""
+
+import base64
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import requests
+from standardwebhooks import Webhook
+
+from devtools.servers import stop
+
+from .conftest import ROOT
+from .stub import file_route, json_body, sha256, stub_server
+
+SECRET = "whsec_" + base64.b64encode(b"receiver-test-secret-0123456789ab").decode()
+STATUS_TOKEN = "acx_" + "s" * 40
+CONTENT = b"artifact bytes\n"
+
+
+@contextmanager
+def receiver(**env):
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "examples" / "receiver" / "handler.py"), "--port", "0"],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+        assert match, line
+        yield f"http://127.0.0.1:{match.group(1)}/"
+    finally:
+        stop(proc)
+
+
+def signed(payload: dict, secret: str = SECRET, *, at: datetime | None = None):
+    body = json.dumps(payload)
+    msg_id = f"msg_{uuid.uuid4().hex}"
+    at = at or datetime.now(UTC)
+    signature = Webhook(secret).sign(msg_id, at, body)
+    headers = {
+        "Content-Type": "application/json",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(at.timestamp())),
+        "webhook-signature": signature,
+    }
+    return body, headers
+
+
+def payload(base: str, artifacts: list[dict]) -> dict:
+    return {
+        "type": "build.succeeded",
+        "timestamp": datetime.now(UTC).isoformat(),
+        "data": {
+            "project": "app",
+            "build": {"id": 7, "number": 1, "ref": "refs/heads/main", "commit": "ab" * 20},
+            "artifacts": artifacts,
+            "listing_url": f"{base}/listing",
+            "links_expire_at": "2030-01-01T00:00:00Z",
+            "status_url": f"{base}/api/v1/builds/7/statuses/",
+            "status_token": STATUS_TOKEN,
+        },
+    }
+
+
+@contextmanager
+def downstream_world(digest: str | None = None):
+    """A stub service: one artifact link and the statuses endpoint (the agreed contract)."""
+    statuses: list = []
+
+    def post_status(handler):
+        statuses.append((handler.headers.get("Authorization"), json.loads(handler.body)))
+        return 201, {}, json_body(json.loads(handler.body))
+
+    routes = {
+        ("GET", "/f"): file_route(CONTENT, digest),
+        ("POST", "/api/v1/builds/7/statuses/"): post_status,
+    }
+    with stub_server(routes) as (base, seen):
+        link = f"{base}/f"
+        artifacts = [
+            {"path": "dist/app.txt", "size": len(CONTENT), "sha256": sha256(CONTENT), "url": link}
+        ]
+        yield base, artifacts, statuses, seen
+
+
+def wait_for(predicate, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_a_signed_delivery_is_fetched_verified_and_reported():
+    with (
+        downstream_world() as (base, artifacts, statuses, _),
+        receiver(WEBHOOK_SECRET=SECRET, RECEIVER_COMMAND="cat dist/app.txt") as url,
+    ):
+        body, headers = signed(payload(base, artifacts))
+        answer = requests.post(url, data=body, headers=headers, timeout=30)
+        assert answer.status_code == 202, answer.text
+        assert wait_for(lambda: len(statuses) >= 2)
+    assert [s["state"] for _, s in statuses] == ["pending", "success"]
+    assert {auth for auth, _ in statuses} == {f"Bearer {STATUS_TOKEN}"}
+    assert statuses[0][1]["context"] == "downstream/receiver"
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    ["body", "secret", "stale", "missing", "garbage"],
+)
+def test_a_delivery_that_fails_verification_does_nothing(tamper):
+    with (
+        downstream_world() as (base, artifacts, statuses, seen),
+        receiver(WEBHOOK_SECRET=SECRET) as url,
+    ):
+        body, headers = signed(payload(base, artifacts))
+        if tamper == "body":
+            body = body.replace("refs/heads/main", "refs/heads/evil")
+        elif tamper == "secret":
+            other = "whsec_" + base64.b64encode(b"another-secret-entirely-0123456").decode()
+            body, headers = signed(payload(base, artifacts), other)
+        elif tamper == "stale":
+            body, headers = signed(
+                payload(base, artifacts), at=datetime.now(UTC) - timedelta(hours=1)
+            )
+        elif tamper == "missing":
+            del headers["webhook-signature"]
+        else:
+            headers["webhook-signature"] = "no-comma-here"
+        answer = requests.post(url, data=body, headers=headers, timeout=30)
+        assert answer.status_code == 401
+        time.sleep(0.5)
+    assert statuses == []
+    assert [path for _, path, _ in seen] == []
+
+
+def test_an_unconfigured_receiver_refuses_every_delivery():
+    with downstream_world() as (base, artifacts, statuses, _), receiver() as url:
+        body, headers = signed(payload(base, artifacts))
+        env_free = {k: v for k, v in headers.items()}
+        answer = requests.post(url, data=body, headers=env_free, timeout=30)
+    assert answer.status_code == 503
+    assert statuses == []
+
+
+def test_an_artifact_whose_bytes_do_not_match_reports_failure():
+    with (
+        downstream_world(digest=sha256(b"other")) as (base, artifacts, statuses, _),
+        receiver(WEBHOOK_SECRET=SECRET) as url,
+    ):
+        body, headers = signed(payload(base, artifacts))
+        assert requests.post(url, data=body, headers=headers, timeout=30).status_code == 202
+        assert wait_for(lambda: len(statuses) >= 2)
+    assert [s["state"] for _, s in statuses] == ["pending", "failure"]
+    assert "failed" in statuses[1][1]["description"]
+
+
+def test_a_status_url_off_the_pinned_service_gets_no_token():
+    with (
+        downstream_world() as (base, artifacts, statuses, _),
+        receiver(WEBHOOK_SECRET=SECRET, COURIER_URL="http://127.0.0.1:1") as url,
+    ):
+        body, headers = signed(payload(base, artifacts))
+        answer = requests.post(url, data=body, headers=headers, timeout=30)
+    assert answer.status_code == 400
+    assert statuses == []
+
+
+@pytest.mark.slow
+def test_the_cloudformation_template_is_valid():
+    lint = ROOT / ".venv" / "bin" / "cfn-lint"
+    if not lint.exists():
+        lint = os.path.join(os.path.dirname(sys.executable), "cfn-lint")
+    result = subprocess.run(
+        [str(lint), "--ignore-checks", "W3002", "--", "examples/receiver/template.yaml"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
