@@ -430,3 +430,5 @@ SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"]["WebhookEventEnum"] = "webhooks.mode
 # them when the broker is back). Consuming workers keep their own reconnect policy.
 if not CELERY_BROKER_URL.startswith("filesystem://"):
     CELERY_BROKER_TRANSPORT_OPTIONS = {"max_retries": env_int("CELERY_PUBLISH_MAX_RETRIES", 0)}
+# Downstream status reports: distinct contexts one build may hold.
+STATUS_CONTEXTS_PER_BUILD = env_int("STATUS_CONTEXTS_PER_BUILD", 100)
