@@ -109,3 +109,10 @@ def test_a_build_holds_a_bounded_number_of_contexts(api, build, status_token, se
     listing = api.as_key(build.token).get(statuses_url(build)).json()
     assert [s["context"] for s in listing["results"]] == ["c0", "c1", "c2"]
     assert listing["results"][1]["state"] == "success"
+
+
+def test_admin_shows_the_latest_status_per_context_escaped(api, build, status_token, admin_client):
+    report(api, status_token, build, context="ci", state="failure", description="<b>x</b>")
+    report(api, status_token, build, context="ci", state="success", description="<b>ok</b>")
+    page = admin_client.get(f"/admin/builds/build/{build.build.pk}/change/").content.decode()
+    assert "ci: <strong>success</strong> &lt;b&gt;ok&lt;/b&gt;" in page
