@@ -28,7 +28,16 @@ SUBSCRIPTIONS = int(os.environ.get("BENCH_SUBSCRIPTIONS", "500"))
 RECEIVERS = 10
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/7")
-CONFIGS = [("prefork", 2), ("prefork", 4), ("prefork", 8), ("threads", 16)]
+# Worker pools compared; BENCH_CONFIGS="threads:16,prefork:4" to choose.
+CONFIGS = [
+    (pool, int(n))
+    for pool, n in (
+        c.split(":")
+        for c in os.environ.get("BENCH_CONFIGS", "prefork:2,prefork:4,prefork:8,threads:16").split(
+            ","
+        )
+    )
+]
 
 
 def api(stack, method, path, token, **kwargs):

@@ -185,8 +185,25 @@ def deliveries_create_for_build(*, build: Build) -> list[int]:
     if not ids or ids[0] is None:  # backends that do not return ids from bulk_create
         ids = list(Delivery.objects.filter(build=build, event=event).values_list("pk", flat=True))
     if ids:
-        transaction.on_commit(lambda: deliveries_enqueue(ids=ids))
+        transaction.on_commit(lambda: deliveries_dispatch(ids=ids))
     return ids
+
+
+# Up to this many send tasks are queued by the finishing request itself; more are handed to
+# one dispatch task, so a build with hundreds of subscribers still finishes in one publish.
+DISPATCH_INLINE_MAX = 10
+
+
+def deliveries_dispatch(*, ids: list[int]) -> None:
+    if len(ids) <= DISPATCH_INLINE_MAX:
+        deliveries_enqueue(ids=ids)
+        return
+    from .tasks import deliveries_dispatch_task
+
+    try:
+        deliveries_dispatch_task.apply_async((ids,), retry=False)
+    except Exception as error:
+        logger.warning("webhook dispatch of %d deliveries not queued (%s)", len(ids), error)
 
 
 def ping_send(*, subscription: Subscription) -> Delivery:
