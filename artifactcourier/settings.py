@@ -487,3 +487,5 @@ BUILD_ARTIFACTS_MAX_FILES = env_int("BUILD_ARTIFACTS_MAX_FILES", 100_000)
 # A batch upload (tar stream) may expand to at most this many bytes per byte of request body
 # (compressed archives only): past it, the archive is taken for a decompression bomb (413).
 ARTIFACT_BATCH_MAX_EXPANSION = env_int("ARTIFACT_BATCH_MAX_EXPANSION", 200)
+# Downstream status reports: distinct contexts one build may hold.
+STATUS_CONTEXTS_PER_BUILD = env_int("STATUS_CONTEXTS_PER_BUILD", 100)

@@ -1,6 +1,9 @@
 from django.contrib import admin
+from django.utils.html import format_html_join
+from django.utils.safestring import mark_safe
 
 from .models import Build, Project, StatusCheck
+from .statuses import statuses_latest
 
 
 @admin.register(Project)
@@ -19,7 +22,11 @@ class ProjectAdmin(admin.ModelAdmin):
 
 
 class StatusCheckInline(admin.TabularInline):
+    """Every report, newest first (the history); the build's page shows the latest per context
+    above it."""
+
     model = StatusCheck
+    verbose_name_plural = "status reports (history)"
     extra = 0
     can_delete = False
     readonly_fields = ["context", "state", "description", "target_url", "key", "created_at"]
@@ -52,5 +59,17 @@ class BuildAdmin(admin.ModelAdmin):
         "used_bytes",
         "created_at",
         "finished_at",
+        "downstream_statuses",
     ]
     inlines = [StatusCheckInline]
+
+    @admin.display(description="downstream statuses (latest per context)")
+    def downstream_statuses(self, build: Build) -> str:
+        latest = statuses_latest(build=build)
+        if not latest:
+            return "-"
+        return format_html_join(
+            mark_safe("<br>"),
+            "{}: <strong>{}</strong> {}",
+            ((s.context, s.state, s.description) for s in latest),
+        )
