@@ -163,3 +163,46 @@ def test_the_token_never_follows_a_link_to_another_origin(tmp_path):
             )  # fmt: skip
     assert result.code == 1
     assert other_seen == []
+
+
+def test_many_small_files_go_up_as_one_tar_stream(tmp_path):
+    """Against the agreed batch contract: POST .../artifacts/batch?prefix=, a tar body,
+    201 {"artifacts": [{"path", "size", "sha256"}]}."""
+    import io
+    import tarfile
+    from urllib.parse import parse_qs, urlsplit
+
+    received: list = []
+
+    def batch(handler):
+        assert handler.headers["Content-Type"] == "application/x-tar"
+        prefix = parse_qs(urlsplit(handler.path).query)["prefix"][0]
+        with tarfile.open(fileobj=io.BytesIO(handler.body)) as tar:
+            members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+        received.append((prefix, members))
+        answer = [
+            {"path": "dist/" + name, "size": len(data), "sha256": sha256(data)}
+            for name, data in members
+        ]
+        return 201, {}, json_body({"artifacts": answer})
+
+    routes = {
+        ("GET", "/api/v1/builds/7/artifacts/"): lambda h: (200, {}, json_body({"results": []})),
+        ("POST", "/api/v1/builds/7/artifacts/batch"): batch,
+    }
+    files = {f"sub/ü {i}.txt": f"file {i}\n".encode() * i for i in range(20)}
+    for name, data in files.items():
+        (tmp_path / "src" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "src" / name).write_bytes(data)
+    with stub_server(routes) as (base, seen):
+        result = courier(
+            "upload", str(tmp_path / "src"), "--prefix", "dist",
+            env={"COURIER_URL": base, "COURIER_TOKEN": "acb_" + "t" * 40, "COURIER_BUILD": "7"},
+        )  # fmt: skip
+    assert result.code == 0, result.output
+    assert len(received) == 1
+    prefix, members = received[0]
+    assert prefix == "dist/"
+    assert dict(members) == files
+    assert not [path for method, path, _ in seen if method == "PUT"]
+    assert result.stdout.startswith("uploaded: 20 uploaded")
