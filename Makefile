@@ -39,6 +39,9 @@ test-fast: install
 bench: install
 	$(PY) bench/auth.py
 	$(PY) bench/transfer.py
+	$(PY) bench/storage.py
+	$(PY) bench/share.py
+	$(PY) bench/fanout.py
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -79,7 +79,7 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 PUBLIC_BASE_URL = os.environ.get("PUBLIC_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "artifactcourier.apps.AdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -233,7 +233,9 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 100,
     "EXCEPTION_HANDLER": "artifactcourier.api.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_RENDERER_CLASSES": ["artifactcourier.parsers.SafeJSONRenderer"],
+    # JSON only: a form or multipart body is 415, never read as an empty object.
+    "DEFAULT_PARSER_CLASSES": ["artifactcourier.parsers.SafeJSONParser"],
     "UNAUTHENTICATED_USER": None,
 }
 SPECTACULAR_SETTINGS = {
@@ -349,10 +351,15 @@ AWS_S3_PUBLIC_ENDPOINT_URL = os.environ.get("AWS_S3_PUBLIC_ENDPOINT_URL", "")
 # instead of holding a server thread for minutes.
 AWS_S3_CONNECT_TIMEOUT = float(os.environ.get("AWS_S3_CONNECT_TIMEOUT", "3"))
 # Per socket read, not per request: a large part upload or download that keeps moving is fine.
-AWS_S3_READ_TIMEOUT = float(os.environ.get("AWS_S3_READ_TIMEOUT", "20"))
+AWS_S3_READ_TIMEOUT = float(os.environ.get("AWS_S3_READ_TIMEOUT", "10"))
 # Total attempts per call, first included (botocore "standard" mode: exponential backoff with
 # jitter, retries throttling, 5xx and connection errors only).
-AWS_S3_MAX_ATTEMPTS = env_int("AWS_S3_MAX_ATTEMPTS", 3)
+AWS_S3_MAX_ATTEMPTS = env_int("AWS_S3_MAX_ATTEMPTS", 2)
+# Circuit breaker: after this many unavailability errors in a row (0: never), a process answers
+# 503 at once for AWS_S3_BREAKER_SECONDS without calling the store, so a dead store cannot tie
+# up every server thread (and /healthz behind them) for the length of its timeouts.
+AWS_S3_BREAKER_FAILURES = env_int("AWS_S3_BREAKER_FAILURES", 5)
+AWS_S3_BREAKER_SECONDS = env_int("AWS_S3_BREAKER_SECONDS", 10)
 
 
 def s3_client_config():
@@ -373,3 +380,53 @@ DEPENDENCY_RETRY_AFTER_SECONDS = env_int("DEPENDENCY_RETRY_AFTER_SECONDS", 5)
 # this alone: it must exceed the longest upload (an upload in flight has an open multipart
 # upload, and a moment between completing it and recording its row).
 ARTIFACT_ORPHAN_GRACE_SECONDS = env_int("ARTIFACT_ORPHAN_GRACE_SECONDS", 24 * 3600)
+
+# --- Hostile input --------------------------------------------------------------------------
+# JSON bodies nest arrays/objects at most this deep (400 json_too_deep).
+JSON_MAX_DEPTH = env_int("JSON_MAX_DEPTH", 32)
+
+# --- Webhooks (downstream subscriptions) ------------------------------------------------------
+# Fernet keys (comma-separated, newest first) encrypting subscriptions' secrets at rest; rotate by
+# prepending a new key and running `manage.py webhooks_reencrypt`. Default: one derived from
+# SECRET_KEY (so the embedded mode needs nothing); a deployment should set its own.
+WEBHOOK_ENCRYPTION_KEYS = env_list("WEBHOOK_ENCRYPTION_KEYS")
+# Plain http targets (and http+sigv4) are refused unless this is on (the embedded default).
+WEBHOOK_ALLOW_HTTP = env_bool("WEBHOOK_ALLOW_HTTP", EMBEDDED)
+# Networks a target may resolve into although they are not public (CIDRs, comma-separated).
+WEBHOOK_ALLOWED_NETWORKS = env_list("WEBHOOK_ALLOWED_NETWORKS", "127.0.0.1/32" if EMBEDDED else "")
+WEBHOOK_CONNECT_TIMEOUT = float(os.environ.get("WEBHOOK_CONNECT_TIMEOUT", "5"))
+# Whole-response budget: a receiver dripping bytes cannot hold a worker longer than this.
+WEBHOOK_READ_TIMEOUT = float(os.environ.get("WEBHOOK_READ_TIMEOUT", "15"))
+WEBHOOK_RESPONSE_MAX_BYTES = env_int("WEBHOOK_RESPONSE_MAX_BYTES", 64 * 1024)
+WEBHOOK_RESPONSE_EXCERPT_CHARS = env_int("WEBHOOK_RESPONSE_EXCERPT_CHARS", 1000)
+# Seconds before attempt 1, 2, ... (Svix's schedule); each delay gets +-20 % jitter.
+WEBHOOK_RETRY_SCHEDULE = [
+    float(s) for s in env_list("WEBHOOK_RETRY_SCHEDULE", "0,5,300,1800,7200,18000,36000,36000")
+]
+# A Retry-After longer than this is capped (a receiver cannot park a delivery for days).
+WEBHOOK_RETRY_AFTER_MAX_SECONDS = env_int("WEBHOOK_RETRY_AFTER_MAX_SECONDS", 36000)
+# This many deliveries in a row that exhausted their retries disable the subscription.
+WEBHOOK_DISABLE_AFTER_FAILED_DELIVERIES = env_int("WEBHOOK_DISABLE_AFTER_FAILED_DELIVERIES", 3)
+# Pre-signed links in a payload expire this long after the attempt that carries them.
+WEBHOOK_LINK_EXPIRES_SECONDS = env_int("WEBHOOK_LINK_EXPIRES_SECONDS", 24 * 3600)
+# After rotate-secret, the previous signing secret keeps signing (a second signature) this long.
+WEBHOOK_SECRET_ROTATION_GRACE_SECONDS = env_int("WEBHOOK_SECRET_ROTATION_GRACE_SECONDS", 86400)
+# A send task is killed after this (connect + read + minting); an attempt holds its delivery
+# (a lease) a little longer, so a second run of the task never sends alongside the first.
+WEBHOOK_TASK_TIME_LIMIT = int(WEBHOOK_CONNECT_TIMEOUT + WEBHOOK_READ_TIMEOUT + 10)
+WEBHOOK_LEASE_SECONDS = env_int("WEBHOOK_LEASE_SECONDS", WEBHOOK_TASK_TIME_LIMIT + 10)
+# Retries due within this many seconds are queued with a countdown; later ones by the sweeper.
+WEBHOOK_COUNTDOWN_MAX_SECONDS = env_int("WEBHOOK_COUNTDOWN_MAX_SECONDS", 60)
+# The sweeper re-queues due deliveries whose queued task has not started within this long
+# (lost with a broker outage or a killed worker).
+WEBHOOK_REQUEUE_AFTER_SECONDS = env_int("WEBHOOK_REQUEUE_AFTER_SECONDS", 120)
+CELERY_BEAT_SCHEDULE["webhooks.deliveries_sweep"] = {
+    "task": "webhooks.deliveries_sweep",
+    "schedule": float(os.environ.get("WEBHOOK_SWEEP_EVERY_SECONDS", "30")),
+}
+SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"]["WebhookEventEnum"] = "webhooks.models.Event"
+# Publishing a task tries the broker once instead of retrying for seconds: a finish request
+# never waits on a broker that is down (its deliveries sit in the outbox; the sweeper queues
+# them when the broker is back). Consuming workers keep their own reconnect policy.
+if not CELERY_BROKER_URL.startswith("filesystem://"):
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"max_retries": env_int("CELERY_PUBLISH_MAX_RETRIES", 0)}

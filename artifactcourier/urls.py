@@ -15,6 +15,8 @@ urlpatterns = [
     path("api/v1/", include("tokens.urls")),
     path("api/v1/", include("builds.urls")),
     path("api/v1/", include("artifacts.urls")),
+    path("dl/", include("artifacts.dl_urls")),
+    path("api/v1/", include("webhooks.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
 ]

@@ -11,11 +11,25 @@ from django.utils.http import content_disposition_header
 from . import storage
 from .models import Artifact
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# [0-9], not \d: \d also matches other scripts' digits ("²", "٣"), which int() may refuse.
+_RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)$")
 
 
 class RangeNotSatisfiable(Exception):
     pass
+
+
+# Any byte position with more digits than this lies beyond every file we store (2**63).
+_POSITION_MAX_DIGITS = 18
+
+
+def _position(digits: str) -> int:
+    """A byte position from its ASCII digits. A number longer than any file (a client may send
+    thousands of digits; int() refuses over 4300) is capped: it still means "past the end"."""
+    digits = digits.lstrip("0") or "0"
+    if len(digits) > _POSITION_MAX_DIGITS:
+        return 10**_POSITION_MAX_DIGITS
+    return int(digits)
 
 
 def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -31,12 +45,12 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     if not first and not last:
         return None
     if not first:  # suffix range: the last N bytes
-        suffix = int(last)
+        suffix = _position(last)
         if suffix == 0 or size == 0:
             raise RangeNotSatisfiable
         return max(0, size - suffix), size - 1
-    start = int(first)
-    end = int(last) if last else size - 1
+    start = _position(first)
+    end = _position(last) if last else size - 1
     if last and end < start:
         return None  # invalid range-spec: ignore the header
     if start >= size:
@@ -67,7 +81,7 @@ def _representation_headers(response: HttpResponse, artifact: Artifact, etag: st
     response["Cache-Control"] = "private, no-cache"
 
 
-def artifact_response(request, artifact: Artifact) -> HttpResponse:
+def artifact_response(request, artifact: Artifact, *, redirect: bool = True) -> HttpResponse:
     blob = artifact.blob
     etag = f'"{blob.sha256}"'
     if_none_match = request.headers.get("If-None-Match")
@@ -88,7 +102,7 @@ def artifact_response(request, artifact: Artifact) -> HttpResponse:
         _representation_headers(response, artifact, etag)
         return response
 
-    if settings.ARTIFACT_S3_REDIRECT and request.method == "GET":
+    if redirect and settings.ARTIFACT_S3_REDIRECT and request.method == "GET":
         url = storage.blob_presigned_url(
             blob.storage_name,
             filename=posixpath.basename(artifact.path),
@@ -117,3 +131,84 @@ def artifact_response(request, artifact: Artifact) -> HttpResponse:
     response["Content-Length"] = str(length)
     _representation_headers(response, artifact, etag)
     return response
+
+
+# --- Signed links (/dl/): one set of headers, three ways to move the bytes --------------------
+#
+# SHARE_SERVE_MODE picks who sends the bytes: the app ("direct"), nginx from disk after an
+# X-Accel-Redirect ("x-accel"), or S3 after a 302 to a pre-signed URL ("s3"). Conditional
+# requests (If-None-Match) and unsatisfiable ranges are answered by the app in every mode, so
+# the answer does not depend on the mode.
+
+# Types a browser may show inline: they cannot run script. Everything else (HTML, SVG, XML,
+# PDF, ...) is a download (Content-Disposition: attachment).
+INLINE_SAFE_TYPES = frozenset({"text/plain", "image/png", "image/jpeg", "image/gif", "image/webp"})
+
+
+def _media_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def signed_headers(response: HttpResponse, artifact: Artifact) -> HttpResponse:
+    """The headers every signed-link answer carries, on top of the artifact API's own."""
+    _representation_headers(response, artifact, f'"{artifact.blob.sha256}"')
+    inline = _media_type(artifact.content_type) in INLINE_SAFE_TYPES
+    response["Content-Disposition"] = content_disposition_header(
+        not inline, posixpath.basename(artifact.path)
+    )
+    response["Referrer-Policy"] = "no-referrer"
+    response["X-Robots-Tag"] = "noindex, nofollow"
+    response["Cache-Control"] = "private, no-cache"
+    return response
+
+
+def _x_accel_response(request, artifact: Artifact) -> HttpResponse:
+    """Hand the file to nginx: an ``internal`` location under SHARE_X_ACCEL_LOCATION aliases the
+    artifact root. A stale If-Range asks for the whole file, so it goes to the location's
+    ``full/`` twin, where nginx serves no ranges (``max_ranges 0``)."""
+    blob = artifact.blob
+    location = settings.SHARE_X_ACCEL_LOCATION.rstrip("/")
+    if_range = request.headers.get("If-Range")
+    if if_range is not None and if_range.strip() != f'"{blob.sha256}"':
+        location += "/full"
+    response = HttpResponse(content_type=artifact.content_type)
+    # storage names are "blobs/ab/<sha256>.<hex>": nothing to escape.
+    response["X-Accel-Redirect"] = f"{location}/{blob.storage_name}"
+    return response
+
+
+def _s3_response(request, artifact: Artifact) -> HttpResponse | None:
+    url = storage.blob_presigned_url(
+        artifact.blob.storage_name,
+        filename=posixpath.basename(artifact.path),
+        expires=settings.ARTIFACT_REDIRECT_EXPIRES,
+    )
+    return None if url is None else HttpResponseRedirect(url)
+
+
+def signed_artifact_response(request, artifact: Artifact) -> HttpResponse:
+    """Answer a verified signed link for ``artifact`` in the configured serving mode."""
+    blob = artifact.blob
+    etag = f'"{blob.sha256}"'
+    if_none_match = request.headers.get("If-None-Match")
+    if if_none_match and _etag_matches(if_none_match, etag):
+        return signed_headers(HttpResponse(status=304), artifact)
+    mode = settings.SHARE_SERVE_MODE
+    if request.method == "GET" and mode != "direct":
+        try:
+            ranged = request.headers.get("Range")
+            if request.headers.get("If-Range", etag).strip() != etag:
+                ranged = None
+            byte_range(ranged, blob.size)
+        except RangeNotSatisfiable:
+            response = HttpResponse(status=416)
+            response["Content-Range"] = f"bytes */{blob.size}"
+            return signed_headers(response, artifact)
+        if mode == "x-accel" and storage.blob_local_path(blob.storage_name):
+            response = signed_headers(_x_accel_response(request, artifact), artifact)
+            del response["Accept-Ranges"]  # nginx sends its own: it serves the ranges
+            return response
+        if mode == "s3" and (response := _s3_response(request, artifact)) is not None:
+            return signed_headers(response, artifact)
+    response = artifact_response(request, artifact, redirect=False)
+    return signed_headers(response, artifact)

@@ -14,6 +14,7 @@ from django.utils import timezone
 from builds.models import Build, Project
 from tokens.errors import InvalidCredential
 from tokens.models import ApiKey
+from tokens.services import key_alive
 
 from . import storage
 from .errors import (
@@ -137,25 +138,48 @@ def artifact_store(
                     "artifacts are immutable."
                 )
             return StoredArtifact(existing, created=False)
+        published = None
         if not isinstance(writer, storage.DiscardingWriter):
-            blob_publish(writer=writer, sha256=received.sha256, size=received.size)
+            published = blob_publish(writer=writer, sha256=received.sha256, size=received.size)
     except BaseException:
         try:
             writer.abort()
         except Exception:  # the original error matters more than a failed cleanup
             logger.exception("could not discard a staged upload")
         raise
-    return artifact_link(
-        key=key,
-        build=build,
-        path=path,
-        sha256=received.sha256,
-        content_type=content_type or "application/octet-stream",
-    )
+    try:
+        return artifact_link(
+            key=key,
+            build=build,
+            path=path,
+            sha256=received.sha256,
+            content_type=content_type or "application/octet-stream",
+        )
+    except BaseException:
+        if published is not None and published.created:
+            blob_discard_unlinked(blob=published.blob)
+        raise
 
 
-def blob_publish(*, writer: storage.BlobWriter, sha256: str, size: int) -> Blob:
-    """Make the verified, staged bytes of ``writer`` the blob for ``sha256`` and return its row.
+@dataclass(frozen=True)
+class PublishedBlob:
+    blob: Blob
+    created: bool  # False: the bytes were stored already, this upload's copy was dropped
+
+
+def blob_discard_unlinked(*, blob: Blob) -> None:
+    """Undo a ``blob_publish`` whose link was refused, unless an upload of the same bytes has
+    touched the blob since (it is about to link it): then retention decides, after its grace."""
+    try:
+        blob_purge_if_unreferenced(
+            sha256=blob.sha256, referenced_before=blob.referenced_at + timedelta(microseconds=1)
+        )
+    except Exception:  # the refusal matters more; retention removes the blob later
+        logger.exception("could not discard the unlinked blob %s", blob.sha256)
+
+
+def blob_publish(*, writer: storage.BlobWriter, sha256: str, size: int) -> PublishedBlob:
+    """Make the verified, staged bytes of ``writer`` the blob for ``sha256``.
 
     Runs outside any transaction and takes no lock: completing the staged upload is a network
     call that may take seconds (S3 assembles the parts), and no row lock may wait on it.
@@ -168,7 +192,8 @@ def blob_publish(*, writer: storage.BlobWriter, sha256: str, size: int) -> Blob:
     name = writer.commit(sha256=sha256)
     try:
         with transaction.atomic():
-            return Blob.objects.create(sha256=sha256, size=size, storage_name=name)
+            blob = Blob.objects.create(sha256=sha256, size=size, storage_name=name)
+        return PublishedBlob(blob, created=True)
     except IntegrityError:
         pass
     try:
@@ -179,7 +204,7 @@ def blob_publish(*, writer: storage.BlobWriter, sha256: str, size: int) -> Blob:
     blob = Blob.objects.filter(sha256=sha256).first()
     if blob is None:  # purged in between: vanishingly rare; a retry stores it again
         raise BlobVanished()
-    return blob
+    return PublishedBlob(blob, created=False)
 
 
 @transaction.atomic
@@ -201,7 +226,7 @@ def artifact_link(
     build = Build.objects.select_for_update().get(pk=build.pk)
     if not build.is_running:
         raise BuildNotWritable()
-    if key is not None and ApiKey.objects.any_dead([key.pk, *key.ancestor_ids]):
+    if key is not None and not key_alive(key=key):
         raise InvalidCredential(
             "This API token was revoked during the upload; nothing was stored.", code="revoked"
         )

@@ -35,7 +35,8 @@ SCHEME = "ac-dl-v1"
 _PATH_SAFE = "/-._~"
 # A base64url HMAC-SHA256 without padding is 43 characters; anything longer is not ours.
 _SIG_LENGTH = 43
-_MAX_DIGITS = 19
+# Both fit a signed 64-bit integer (database ids, Unix seconds) with room to spare.
+_MAX_DIGITS = 18
 
 
 class Invalid(StrEnum):

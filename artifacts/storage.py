@@ -10,6 +10,7 @@ aborted on S3. Neither copies the bytes a second time.
 import contextlib
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -35,11 +36,58 @@ BLOB_PREFIX = "blobs/"
 S3_STAGED_PREFIX = "blobs/staged/"
 
 
+class _Breaker:
+    """Fail fast while the object store is known to be down (a circuit breaker, per process and
+    store). After ``AWS_S3_BREAKER_FAILURES`` unavailability errors in a row, calls are refused at
+    once for ``AWS_S3_BREAKER_SECONDS`` instead of each holding a server thread for its full
+    timeouts; then calls go through again, and the first failure reopens it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.failures = 0
+        self.open_until = 0.0
+        self.tripped = False
+
+    def check(self) -> None:
+        with self.lock:
+            if time.monotonic() < self.open_until:
+                raise DependencyUnavailable()
+
+    def failed(self) -> None:
+        threshold = settings.AWS_S3_BREAKER_FAILURES
+        if threshold <= 0:
+            return
+        with self.lock:
+            self.failures += 1
+            if self.tripped or self.failures >= threshold:
+                self.tripped = True
+                self.failures = 0
+                self.open_until = time.monotonic() + settings.AWS_S3_BREAKER_SECONDS
+                logger.warning("object store unavailable: failing fast for a while")
+
+    def succeeded(self) -> None:
+        with self.lock:
+            self.failures = 0
+            self.tripped = False
+
+
+_breakers: dict[tuple, _Breaker] = {}
+_breakers_lock = threading.Lock()
+
+
+def _breaker(storage) -> _Breaker:
+    key = (storage.endpoint_url, storage.bucket_name)
+    with _breakers_lock:
+        return _breakers.setdefault(key, _Breaker())
+
+
 @contextlib.contextmanager
-def s3_errors() -> Iterator[None]:
+def s3_errors(storage=None) -> Iterator[None]:
     """Turn the object store being down, slow (the client's timeouts, after its bounded
     retries) or overloaded into DependencyUnavailable (503), which the API answers with
     Retry-After. A 4xx from S3 is our bug, not an outage: it stays an error."""
+    breaker = _breaker(storage or blob_storage())
+    breaker.check()
     try:
         yield
     except ClientError as exc:
@@ -47,12 +95,16 @@ def s3_errors() -> Iterator[None]:
         code = exc.response.get("Error", {}).get("Code", "")
         if status >= 500 or code in {"SlowDown", "ServiceUnavailable", "RequestTimeout"}:
             logger.warning("object store error %s (HTTP %s)", code, status)
+            breaker.failed()
             raise DependencyUnavailable() from exc
+        breaker.succeeded()  # it answered
         raise
     except BotoCoreError as exc:
         # Connection refused/reset/closed, connect and read timeouts, a body cut mid-stream.
         logger.warning("object store unavailable: %s", type(exc).__name__)
+        breaker.failed()
         raise DependencyUnavailable() from exc
+    breaker.succeeded()
 
 
 def blob_storage() -> Storage:
@@ -144,14 +196,14 @@ class S3BlobWriter(BlobWriter):
         self.buffer = bytearray()
         self.parts: list[dict] = []
         self.upload_id = None
-        with s3_errors():
+        with s3_errors(self.storage):
             self.upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key)[
                 "UploadId"
             ]
 
     def _flush(self) -> None:
         number = len(self.parts) + 1
-        with s3_errors():
+        with s3_errors(self.storage):
             response = self.client.upload_part(
                 Bucket=self.bucket,
                 Key=self.key,
@@ -170,7 +222,7 @@ class S3BlobWriter(BlobWriter):
     def commit(self, *, sha256: str) -> str:
         if self.buffer or not self.parts:
             self._flush()
-        with s3_errors():
+        with s3_errors(self.storage):
             self.client.complete_multipart_upload(
                 Bucket=self.bucket,
                 Key=self.key,
@@ -187,7 +239,7 @@ class S3BlobWriter(BlobWriter):
         if self.upload_id is None:
             return
         upload_id, self.upload_id = self.upload_id, None
-        with s3_errors():
+        with s3_errors(self.storage):
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=upload_id)
 
 
@@ -228,7 +280,7 @@ def blob_read(name: str, *, start: int, length: int, chunk_size: int = 1 << 20) 
         # S3File would download the whole object to a temporary file first; a ranged GET
         # streams exactly the bytes asked for. The request is made now, not when the response
         # starts streaming: an unreachable store is then a 503, not a connection cut after a 200.
-        with s3_errors():
+        with s3_errors(storage):
             response = storage.connection.meta.client.get_object(
                 Bucket=storage.bucket_name,
                 Key=storage._normalize_name(name),
@@ -257,27 +309,58 @@ def _file_chunks(storage, name: str, *, start: int, length: int, chunk_size: int
             yield data
 
 
+def _public_s3_client(storage):
+    """A client that signs for the endpoint clients reach (AWS_S3_PUBLIC_ENDPOINT_URL, else the
+    storage's own), with SigV4: a pre-signed URL is only valid for the host it was signed for,
+    and signature v2 is gone from AWS regions opened since 2014."""
+    import boto3
+    from botocore.config import Config
+
+    endpoint = settings.AWS_S3_PUBLIC_ENDPOINT_URL or storage.endpoint_url or None
+    cache_key = (endpoint, storage.access_key, storage.region_name)
+    client = _PUBLIC_CLIENTS.get(cache_key)
+    if client is None:
+        # Keys from the storage's options, else boto3's own chain (environment, instance role).
+        client = boto3.session.Session().client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name=storage.region_name or "us-east-1",
+            aws_access_key_id=storage.access_key or None,
+            aws_secret_access_key=storage.secret_key or None,
+            aws_session_token=getattr(storage, "security_token", None) or None,
+            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+        )
+        _PUBLIC_CLIENTS[cache_key] = client
+    return client
+
+
+_PUBLIC_CLIENTS: dict = {}
+
+
 def blob_presigned_url(name: str, *, filename: str, expires: int) -> str | None:
-    """A short-lived URL straight to the storage (S3), or None when the storage has none."""
+    """A short-lived SigV4 URL straight to the storage (S3) for clients, or None when the
+    storage has none. S3 answers it with the disposition and type set here."""
     storage = blob_storage()
     if not _is_s3(storage):
         return None
-    # Signing is local (no request), but django-storages may fetch credentials.
-    with s3_errors():
-        return storage.url(
-            name,
-            parameters={
+    # Signing is local (no request), but boto3 may fetch credentials.
+    with s3_errors(storage):
+        return _public_s3_client(storage).generate_presigned_url(
+            "get_object",
+            Params={
+                "Bucket": storage.bucket_name,
+                "Key": storage._normalize_name(name),
                 "ResponseContentDisposition": content_disposition_header(True, filename),
                 "ResponseContentType": "application/octet-stream",
             },
-            expire=expires,
+            ExpiresIn=expires,
         )
 
 
 def blob_delete(name: str) -> None:
     storage = blob_storage()
     if _is_s3(storage):
-        with s3_errors():
+        with s3_errors(storage):
             storage.delete(name)
         return
     storage.delete(name)
@@ -331,7 +414,7 @@ def storage_reconcile(
     cutoff = (time.time() if now is None else now) - older_than_seconds
     result = Reconciled()
     if _is_s3(storage):
-        with s3_errors():
+        with s3_errors(storage):
             _s3_reconcile(storage, known_names, cutoff, result)
     elif isinstance(storage, FileSystemStorage):
         _filesystem_reconcile(storage, known_names, cutoff, result)

@@ -1,8 +1,10 @@
 import json
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from .models import Build, StatusCheck
+from .statuses import statuses_latest
 
 METADATA_MAX_BYTES = 16 * 1024
 
@@ -18,16 +20,15 @@ def _has_nul(value) -> bool:
 
 
 class BuildCreateSerializer(serializers.Serializer):
+    # A build without its ref and commit cannot be traced back to a source: both are required.
     ref = serializers.RegexField(
-        r"^[^\x00-\x1f\x7f]*\Z",
+        r"^[^\x00-\x1f\x7f]+\Z",
         max_length=255,
-        required=False,
-        allow_blank=True,
-        default="",
         error_messages={"invalid": "ref may not contain control characters."},
     )
     commit = serializers.RegexField(
-        r"^[0-9a-fA-F]{0,64}$", required=False, allow_blank=True, default=""
+        r"^[0-9a-fA-F]{1,64}\Z",
+        error_messages={"invalid": "commit is a hexadecimal commit id (at most 64 digits)."},
     )
     # Fail safe: a build is untrusted (no keys:mint, no deploy token, no webhooks) unless the
     # orchestrator says otherwise, so one that forgets the field cannot hand a fork's job more.
@@ -57,6 +58,38 @@ class StatusCheckSerializer(serializers.ModelSerializer):
         fields = ["context", "state", "description", "target_url", "created_at"]
 
 
+_NO_CONTROL = r"^[^\x00-\x1f\x7f]*\Z"
+
+
+class StatusReportSerializer(serializers.Serializer):
+    context = serializers.RegexField(
+        _NO_CONTROL,
+        max_length=255,
+        error_messages={"invalid": "context may not contain control characters."},
+    )
+    state = serializers.ChoiceField(choices=StatusCheck.State.choices)
+    description = serializers.CharField(
+        max_length=1000, required=False, allow_blank=True, default="", trim_whitespace=False
+    )
+    # Shown as a link in the admin and on the share page: only http(s), never javascript: etc.
+    target_url = serializers.URLField(max_length=2000, required=False, allow_blank=True, default="")
+
+    def validate_context(self, value: str) -> str:
+        if not value.strip():
+            raise serializers.ValidationError("context may not be blank.")
+        return value
+
+    def validate_description(self, value: str) -> str:
+        if "\x00" in value:  # PostgreSQL text cannot hold NUL
+            raise serializers.ValidationError("description may not contain NUL characters.")
+        return value
+
+    def validate_target_url(self, value: str) -> str:
+        if value and value.split(":", 1)[0].lower() not in ("http", "https"):
+            raise serializers.ValidationError("target_url must be an http or https URL.")
+        return value
+
+
 class BuildSerializer(serializers.ModelSerializer):
     project = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     artifact_count = serializers.IntegerField(read_only=True, default=0)
@@ -81,14 +114,10 @@ class BuildSerializer(serializers.ModelSerializer):
             "statuses",
         ]
 
+    @extend_schema_field(StatusCheckSerializer(many=True))
     def get_statuses(self, build) -> list[dict]:
         """The latest status per context."""
-        latest: dict[str, StatusCheck] = {}
-        for status in build.statuses.order_by("-created_at", "-id"):
-            latest.setdefault(status.context, status)
-        return StatusCheckSerializer(
-            sorted(latest.values(), key=lambda s: s.context), many=True
-        ).data
+        return StatusCheckSerializer(statuses_latest(build=build), many=True).data
 
 
 class IssuedKeySerializer(serializers.Serializer):

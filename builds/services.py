@@ -54,14 +54,17 @@ def build_create(
 
 
 @transaction.atomic
-def build_finish(*, build: Build, state: Build.State) -> Build:
+def build_finish(*, build: Build, state: Build.State, key: ApiKey | None = None) -> Build:
     """Finish a running build. From this commit on, its keys are read-only (effective scopes
-    are computed from the state), and subscribers' deliveries are written in this transaction."""
+    are computed from the state), and subscribers' deliveries are written in this transaction.
+
+    ``key`` is the credential that asked (None: the system); listeners decide from it, e.g.
+    a finish by a derived key notifies no downstream."""
     build = Build.objects.select_for_update().get(pk=build.pk)
     if not build.is_running:
         raise BuildAlreadyFinished(f"Build #{build.number} already finished ({build.state}).")
     build.state = state
     build.finished_at = timezone.now()
     build.save(update_fields=["state", "finished_at"])
-    build_finished.send(sender=Build, build=build)
+    build_finished.send(sender=Build, build=build, key=key)
     return build

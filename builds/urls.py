@@ -14,5 +14,10 @@ urlpatterns = [
         name="deploy-token-rotate",
     ),
     path("builds/<int:build_id>/", views.BuildDetailView.as_view(), name="build-detail"),
+    path(
+        "builds/<int:build_id>/statuses/",
+        views.BuildStatusesView.as_view(),
+        name="build-statuses",
+    ),
     path("builds/<int:build_id>/finish", views.BuildFinishView.as_view(), name="build-finish"),
 ]

@@ -5,9 +5,10 @@ from rest_framework.authentication import SessionAuthentication
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from artifactcourier.api import Pagination
 from tokens import services as token_services
 from tokens.access import manageable_projects, visible_projects
-from tokens.authentication import ApiKeyAuthentication
+from tokens.authentication import ApiKeyAuthentication, client_ip
 from tokens.permissions import HasScopeOrStaff
 from tokens.scopes import Scope
 from tokens.serializers import DeployTokenRotateSerializer, RotatedDeployTokenSerializer
@@ -20,7 +21,10 @@ from .serializers import (
     BuildCreateSerializer,
     BuildFinishSerializer,
     BuildSerializer,
+    StatusCheckSerializer,
+    StatusReportSerializer,
 )
+from .statuses import status_report, statuses_latest
 
 
 def build_for_key(request, build_id: int) -> Build:
@@ -72,7 +76,9 @@ class BuildFinishView(APIView):
         build = build_for_key(request, build_id)
         params = BuildFinishSerializer(data=request.data)
         params.is_valid(raise_exception=True)
-        services.build_finish(build=build, state=Build.State(params.validated_data["state"]))
+        services.build_finish(
+            build=build, state=Build.State(params.validated_data["state"]), key=request.auth
+        )
         return Response(BuildSerializer(build_for_key(request, build_id)).data)
 
 
@@ -111,3 +117,27 @@ class DeployTokenRotateView(APIView):
             RotatedDeployTokenSerializer(rotated).data,
             status=status.HTTP_201_CREATED if rotated.created else status.HTTP_200_OK,
         )
+
+
+class BuildStatusesView(APIView):
+    """Downstream verdicts: a key with build:status reports, a reader lists the latest per
+    context."""
+
+    required_scopes = {"GET": {Scope.ARTIFACTS_READ}, "POST": {Scope.BUILD_STATUS}}
+
+    @extend_schema(responses=StatusCheckSerializer(many=True))
+    def get(self, request, build_id: int):
+        build = build_get_for_key(key=request.auth, build_id=build_id)
+        paginator = Pagination()
+        page = paginator.paginate_queryset(statuses_latest(build=build), request, view=self)
+        return paginator.get_paginated_response(StatusCheckSerializer(page, many=True).data)
+
+    @extend_schema(request=StatusReportSerializer, responses={201: StatusCheckSerializer})
+    def post(self, request, build_id: int):
+        build = build_get_for_key(key=request.auth, build_id=build_id)
+        params = StatusReportSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        status_check = status_report(
+            build=build, key=request.auth, ip=client_ip(request), **params.validated_data
+        )
+        return Response(StatusCheckSerializer(status_check).data, status=status.HTTP_201_CREATED)

@@ -95,6 +95,9 @@ class FaultyS3:
             upstream.request(method, path, body=body, headers=headers)
             response = upstream.getresponse()
             data = response.read()
+        except (OSError, http.client.HTTPException):  # the real server went away: so do we
+            handler.close_connection = True
+            return
         finally:
             upstream.close()
         handler.send_response(response.status, response.reason)

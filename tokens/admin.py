@@ -241,7 +241,10 @@ class KeyFilter(admin.SimpleListFilter):
         value = self.value()
         if not value:
             return queryset
-        return queryset.filter(key_id=int(value)) if value.isdigit() else queryset.none()
+        # ASCII digits only ("²".isdigit() is true), few enough to fit a key id (a bigint).
+        if value.isascii() and value.isdigit() and len(value) < 19:
+            return queryset.filter(key_id=int(value))
+        return queryset.none()
 
 
 @admin.register(AuditEvent)

@@ -429,6 +429,7 @@ class AuditEvent(models.Model):
         SHARE = "share", "share"
         STATUS = "status", "status"
         EXPIRY_WARNING = "expiry_warning", "expiry warning"
+        WEBHOOK_DISABLED = "webhook_disabled", "webhook disabled"
 
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     action = models.CharField(max_length=32, choices=Action.choices, db_index=True)

@@ -75,3 +75,21 @@ def test_head_is_answered_by_us_even_when_redirecting(api, build, store, redirec
     response = api.as_key(build.token).head(artifact_url(build.build.pk, "a.txt"))
     assert response.status_code == 200
     assert response["Content-Length"] == "5"
+
+
+def test_redirects_are_sigv4_urls_for_the_public_endpoint(api, build, store, redirecting, settings):
+    """The internal endpoint (http://minio:9000 in compose) is unreachable for clients: the URL
+    is signed for AWS_S3_PUBLIC_ENDPOINT_URL, with SigV4 (signature v2 is gone from AWS)."""
+    if store.mode != "s3":
+        pytest.skip("S3 only")
+    # The same loopback server under another name: a different host, as a client sees it.
+    public = store.endpoint.replace("127.0.0.1", "localhost")
+    settings.AWS_S3_PUBLIC_ENDPOINT_URL = public
+    data = os.urandom(1000)
+    assert upload(api, build.token, build.build.pk, "dist/app.bin", data).status_code == 201
+    response = api.as_key(build.token).get(artifact_url(build.build.pk, "dist/app.bin"))
+    location = response["Location"]
+    assert location.startswith(public + "/")
+    assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in location
+    fetched = requests.get(location, timeout=30)
+    assert fetched.status_code == 200 and fetched.content == data

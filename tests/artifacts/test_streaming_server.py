@@ -71,7 +71,7 @@ def serving(data_dir: Path, env: dict, store: Store, *gunicorn_options: str, pre
         conn.request(
             "POST",
             "/api/v1/projects/e2e/builds/",
-            body=json.dumps({"ref": "refs/heads/main"}),
+            body=json.dumps({"ref": "refs/heads/main", "commit": "abc"}),
             headers={
                 "Authorization": f"Bearer {project_token}",
                 "Content-Type": "application/json",

@@ -82,7 +82,9 @@ def test_untrusted_build_never_gets_the_deploy_token(api, project, project_token
 
 def test_a_build_is_untrusted_unless_the_orchestrator_says_so(api, project, project_token):
     response = api.as_key(project_token).post(
-        "/api/v1/projects/app/builds/", {"ref": "refs/pull/7/head"}, format="json"
+        "/api/v1/projects/app/builds/",
+        {"ref": "refs/pull/7/head", "commit": "abc"},
+        format="json",
     )
     body = response.json()
     assert body["trusted"] is False

@@ -21,7 +21,9 @@ def test_create_project_prints_a_working_project_key_once(api):
     assert token.startswith("acp_")
     assert Project.objects.get(slug="shop").deploy_tokens_enabled
     response = api.as_key(token).post(
-        "/api/v1/projects/shop/builds/", {"trusted": True}, format="json"
+        "/api/v1/projects/shop/builds/",
+        {"ref": "refs/heads/main", "commit": "abc", "trusted": True},
+        format="json",
     )
     assert response.status_code == 201
     assert response.json()["deploy_token"]["token"].startswith("acd_")

@@ -92,7 +92,11 @@ def test_token_is_stored_only_as_its_digest(build):
 def test_token_is_returned_exactly_once(api, project, project_token):
     created = (
         api.as_key(project_token)
-        .post("/api/v1/projects/app/builds/", {"ref": "refs/heads/main"}, format="json")
+        .post(
+            "/api/v1/projects/app/builds/",
+            {"ref": "refs/heads/main", "commit": "abc"},
+            format="json",
+        )
         .json()
     )
     token = created["key"]["token"]

@@ -20,6 +20,7 @@ from tests.conftest import Api
 from tokens.models import ApiKey
 from tokens.scopes import Scope
 from tokens.services import deploy_token_current, deploy_token_rotate, key_derive, key_revoke
+from webhooks.services import subscription_create
 
 # --- credential states ------------------------------------------------------------------------
 
@@ -28,12 +29,12 @@ LIVE = [
     "running_build",  # the build's own key, build running
     "finished_build",  # the build's own key after the build finished
     "other_build",  # the key of another build of the same project
-    "other_project",  # a project key (builds:create, tokens:manage) of another project
+    "other_project",  # a project key (builds:create, tokens:manage, webhooks:manage), elsewhere
     "derived_read_only",  # derived from the build key: artifacts:read only
     "derived_prefix",  # derived: read, write, keys:mint under docs/ (the artifact is in dist/)
     "deploy_current",  # the project's deploy token
     "deploy_in_grace",  # the previous deploy token, rotated, inside its grace period
-    "project",  # the project's key with builds:create and tokens:manage
+    "project",  # the project's key with builds:create, tokens:manage and webhooks:manage
     "staff_session",  # a staff user signed in to the admin (session cookie, no token)
 ]
 STATES = DEAD + LIVE
@@ -62,6 +63,18 @@ READ_BUILD = row(
     deploy_in_grace=200,
     project=403,
     staff_session=401,
+)
+MANAGE_WEBHOOKS = row(
+    running_build=403,
+    finished_build=403,
+    other_build=403,
+    other_project=404,
+    derived_read_only=403,
+    derived_prefix=403,
+    deploy_current=403,
+    deploy_in_grace=403,
+    project=200,
+    staff_session=200,
 )
 
 EXPECTED: dict[tuple[str, str], dict[str, int]] = {
@@ -140,6 +153,31 @@ EXPECTED: dict[tuple[str, str], dict[str, int]] = {
         staff_session=401,
     ),
     ("build-finish", "OPTIONS"): OPTIONS_AUTHENTICATED,
+    ("build-statuses", "GET"): READ_BUILD,
+    ("build-statuses", "POST"): row(
+        running_build=201,
+        finished_build=403,  # a finished build's own key no longer reports; derived ones do
+        other_build=404,
+        other_project=403,
+        derived_read_only=403,
+        derived_prefix=403,
+        deploy_current=403,
+        deploy_in_grace=403,
+        project=403,
+        staff_session=401,
+    ),
+    ("build-statuses", "OPTIONS"): OPTIONS_AUTHENTICATED,
+    # Webhooks: a project key with webhooks:manage (both project keys here hold it), or staff.
+    ("webhook-list", "GET"): MANAGE_WEBHOOKS,
+    ("webhook-list", "POST"): {**MANAGE_WEBHOOKS, "project": 201, "staff_session": 201},
+    ("webhook-list", "OPTIONS"): row(**dict.fromkeys(LIVE, 405)),
+    ("webhook-detail", "GET"): MANAGE_WEBHOOKS,
+    ("webhook-detail", "DELETE"): {**MANAGE_WEBHOOKS, "project": 204, "staff_session": 204},
+    ("webhook-detail", "OPTIONS"): row(**dict.fromkeys(LIVE, 405)),
+    ("webhook-rotate-secret", "POST"): {**MANAGE_WEBHOOKS, "project": 201, "staff_session": 201},
+    ("webhook-rotate-secret", "OPTIONS"): row(**dict.fromkeys(LIVE, 405)),
+    ("webhook-deliveries", "GET"): MANAGE_WEBHOOKS,
+    ("webhook-deliveries", "OPTIONS"): row(**dict.fromkeys(LIVE, 405)),
     ("artifact-list", "GET"): READ_BUILD,
     ("artifact-list", "OPTIONS"): OPTIONS_AUTHENTICATED,
     ("artifact", "GET"): {**READ_BUILD, "derived_prefix": 404},  # dist/ is outside docs/
@@ -156,6 +194,23 @@ EXPECTED: dict[tuple[str, str], dict[str, int]] = {
         staff_session=401,
     ),
     ("artifact", "OPTIONS"): OPTIONS_AUTHENTICATED,
+    # Every share mints its own read-only key on the caller's behalf (no keys:mint needed);
+    # a prefix-limited key shares its prefix (here: an empty docs/).
+    ("build-share", "POST"): row(
+        running_build=201,
+        finished_build=201,
+        other_build=404,
+        other_project=403,
+        derived_read_only=201,
+        derived_prefix=201,
+        deploy_current=201,
+        deploy_in_grace=201,
+        project=403,
+        staff_session=401,
+    ),
+    ("build-share", "OPTIONS"): OPTIONS_AUTHENTICATED,
+    # Signed links ignore credentials: without a signature, every caller gets 403.
+    ("signed-link", "GET"): same_for_all(403),
 }
 
 # --- endpoints, from the URLconf -----------------------------------------------------------------
@@ -202,6 +257,7 @@ def expected_for(name: str, method: str) -> dict[str, int] | None:
 # --- the world each case runs in ---------------------------------------------------------------
 
 ARTIFACT = "dist/app.txt"
+PROJECT_KEY_SCOPES = (Scope.BUILDS_CREATE, Scope.TOKENS_MANAGE, Scope.WEBHOOKS_MANAGE)
 ARTIFACT_BYTES = b"hello, downstream\n"
 
 
@@ -209,9 +265,7 @@ class World:
     def __init__(self, api: Api) -> None:
         self.api = api
         self.project = make_project(slug="app", deploy_tokens_enabled=True)
-        self.project_token = make_project_key(
-            self.project, scopes=(Scope.BUILDS_CREATE, Scope.TOKENS_MANAGE)
-        )
+        self.project_token = make_project_key(self.project, scopes=PROJECT_KEY_SCOPES)
         self.build = make_build(self.project, ref="refs/heads/main", commit="a" * 40)
         response = api.as_key(self.build.token).put(
             f"/api/v1/builds/{self.build.build.pk}/artifacts/{ARTIFACT}",
@@ -220,6 +274,9 @@ class World:
         )
         assert response.status_code == 201, response.content
         self.victim, _ = key_derive(parent=self.build.key, scopes=[Scope.ARTIFACTS_READ])
+        self.subscription = subscription_create(
+            project=self.project, url="https://ci.example/hook", events=["build.succeeded"]
+        ).subscription
 
     def derive(self, scopes, parent=None, **fields) -> tuple[ApiKey, str]:
         return key_derive(parent=parent or self.build.key, scopes=scopes, **fields)
@@ -262,7 +319,7 @@ class World:
                 token = make_build(self.project, ref="refs/heads/other").token
             case "other_project":
                 other = make_project(slug="elsewhere", deploy_tokens_enabled=True)
-                token = make_project_key(other, scopes=(Scope.BUILDS_CREATE, Scope.TOKENS_MANAGE))
+                token = make_project_key(other, scopes=PROJECT_KEY_SCOPES)
             case "derived_read_only":
                 _, token = self.derive([Scope.ARTIFACTS_READ])
             case "derived_prefix":
@@ -301,7 +358,9 @@ class World:
             "project_slug": "app",
             "build_id": self.build.build.pk,
             "key_id": self.victim.pk,
+            "subscription_id": self.subscription.pk,
             "artifact_path": ARTIFACT,
+            "rest": ARTIFACT,
         }
         wanted = pattern.pattern.regex.groupindex
         return reverse(pattern.name, kwargs={k: v for k, v in values.items() if k in wanted})
@@ -310,9 +369,12 @@ class World:
         if method == "PUT":
             return client.put(url, ARTIFACT_BYTES, content_type="text/plain")
         body = {
-            "build-create": {"ref": "refs/heads/main"},
+            "build-create": {"ref": "refs/heads/main", "commit": "abc"},
             "build-finish": {"state": "succeeded"},
             "key-derive": {"scopes": ["artifacts:read"], "expires_in": 60},
+            "build-share": {"expires_in": 60},
+            "build-statuses": {"context": "downstream/tests", "state": "success"},
+            "webhook-list": {"url": "https://ci.example/new", "events": ["build.failed"]},
         }.get(name, {})
         if method == "POST":
             return client.post(url, body, format="json")

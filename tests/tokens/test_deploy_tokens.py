@@ -29,7 +29,9 @@ def manager_token(deploying) -> str:
 
 def create_build(api, token, ref="refs/heads/main", slug="app") -> dict:
     response = api.as_key(token).post(
-        f"/api/v1/projects/{slug}/builds/", {"ref": ref, "trusted": True}, format="json"
+        f"/api/v1/projects/{slug}/builds/",
+        {"ref": ref, "commit": "abc", "trusted": True},
+        format="json",
     )
     assert response.status_code == 201, response.content
     return response.json()

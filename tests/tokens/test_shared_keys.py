@@ -30,7 +30,9 @@ def manager_token(project) -> str:
 
 def create_build(api, token) -> dict:
     response = api.as_key(token).post(
-        "/api/v1/projects/app/builds/", {"ref": "refs/heads/main", "trusted": True}, format="json"
+        "/api/v1/projects/app/builds/",
+        {"ref": "refs/heads/main", "commit": "abc", "trusted": True},
+        format="json",
     )
     assert response.status_code == 201, response.content
     return response.json()

@@ -14,6 +14,7 @@ from .deploy import (
     deploy_token_rotate_away,
 )
 from .derivation import key_derive
+from .downstream import key_token, keys_derive_for_downstream
 from .expiry import ExpiryWarning, key_expiry_warn
 from .minting import audit, key_mint_for_build, key_mint_project
 from .revocation import key_revoke, key_revoke_by
@@ -46,6 +47,8 @@ __all__ = [
     "key_path_check",
     "key_revoke",
     "key_revoke_by",
+    "key_token",
+    "keys_derive_for_downstream",
     "link_key_check",
     "share_allowed",
 ]

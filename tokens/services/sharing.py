@@ -8,14 +8,16 @@ only, one build, inside the sharer's path prefix, never outliving it), so nothin
 """
 
 from datetime import timedelta
+from functools import cache
 
 from django.conf import settings
+from django.db import connections
 from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
 from ..access import path_prefix_validate, visible_build
 from ..errors import InvalidCredential, KeyForbidden
-from ..models import ApiKey, AuditEvent
+from ..models import ApiKey, AuditEvent, _DigestLookup
 from ..scopes import Scope
 from .denials import audit_refusal
 from .minting import _create
@@ -136,33 +138,74 @@ class LinkKeyDead(Exception):
         self.message = message
 
 
+class _KeyByIdLookup(_DigestLookup):
+    """The key with this id, its build, its project and how many of its ancestors are dead, in
+    one round trip: the digest lookup's prepared statement keyed by id instead (a signed link
+    names its key by id; this runs on every link request)."""
+
+    def __init__(self, connection) -> None:
+        super().__init__(connection)
+        q = connection.ops.quote_name
+        digest, pk = q(ApiKey._meta.get_field("digest").column), q(ApiKey._meta.pk.column)
+        assert self.sql.count(f"{digest} = %s") == 2, "the digest lookup changed shape"
+        self.sql = self.sql.replace(f"{digest} = %s", f"{pk} = %s")
+
+
+class _DeployAncestorLookup:
+    """Is a deploy token among these ancestor ids? One prepared statement per chain length."""
+
+    @classmethod
+    @cache
+    def for_connection(cls, alias: str, vendor: str, count: int) -> "_DeployAncestorLookup":
+        return cls(connections[alias], count)
+
+    def __init__(self, connection, count: int) -> None:
+        q = connection.ops.quote_name
+        meta = ApiKey._meta
+        self.sql = (
+            f"SELECT 1 FROM {q(meta.db_table)} WHERE {q(meta.pk.column)} IN "  # noqa: S608
+            f"({', '.join(['%s'] * count)}) AND {q(meta.get_field('kind').column)} = %s LIMIT 1"
+        )
+
+    def any(self, connection, ids: list[int]) -> bool:
+        with connection.cursor() as cursor:
+            cursor.execute(self.sql, [*ids, ApiKey.Kind.DEPLOY.value])
+            return cursor.fetchone() is not None
+
+
 def link_key_check(*, kid: int) -> ApiKey:
     """The key a signed link names, if it may still read: alive, every ancestor alive, holding
     ``artifacts:read`` now (a deploy token's shares stop when the project opts out). Raises
-    LinkKeyDead with the reason otherwise. Two indexed queries at most."""
-    key = ApiKey.objects.select_related("build", "project").filter(pk=kid).first()
+    LinkKeyDead with the reason otherwise. Two prepared queries at most."""
+    connection = connections[ApiKey.objects.db]
+    lookup = _KeyByIdLookup.for_connection(connection.alias, connection.vendor)
+    key = lookup.fetch(connection, kid)
     if key is None:
         raise LinkKeyDead("key_unknown", "The key this link was signed under no longer exists.")
     if key.is_revoked():
         raise LinkKeyDead("key_revoked", "This link was withdrawn: its key has been revoked.")
     if key.is_expired():
         raise LinkKeyDead("key_expired", "This link's key has expired.")
-    if key.parent_id is not None and ApiKey.objects.any_dead(key.ancestor_ids):
+    if key.parent_id is not None and key.dead_ancestors:
         raise LinkKeyDead(
             "ancestor_revoked",
             "This link was withdrawn: the key it was shared from is revoked or expired.",
         )
-    if key.parent_id is not None and _deploy_switched_off(key):
-        raise LinkKeyDead(
-            "deploy_tokens_disabled",
-            "This link was shared by a deploy token, and the project has switched those off.",
-        )
+    if key.parent_id is not None and not key.project.deploy_tokens_enabled:
+        _deploy_ancestor_check(key)
     if Scope.ARTIFACTS_READ not in key.effective_scopes:
         raise LinkKeyDead("missing_scope", "This link's key may no longer read artifacts.")
     return key
 
 
-def _deploy_switched_off(key: ApiKey) -> bool:
-    if key.project.deploy_tokens_enabled:
-        return False
-    return ApiKey.objects.filter(pk__in=key.ancestor_ids, kind=ApiKey.Kind.DEPLOY).exists()
+def _deploy_ancestor_check(key: ApiKey) -> None:
+    """While a project has switched deploy tokens off, links shared by one (or by a key
+    derived from one) stop too."""
+    connection = connections[ApiKey.objects.db]
+    ids = key.ancestor_ids
+    lookup = _DeployAncestorLookup.for_connection(connection.alias, connection.vendor, len(ids))
+    if lookup.any(connection, ids):
+        raise LinkKeyDead(
+            "deploy_tokens_disabled",
+            "This link was shared by a deploy token, and the project has switched those off.",
+        )

@@ -1,0 +1,211 @@
+"""Signed links through real servers: gunicorn, nginx (X-Accel-Redirect), an S3 server, curl
+and headless Chromium. Each stack runs on its own SQLite database and storage."""
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import uuid
+
+import pytest
+
+from devtools.browser import Browser
+from devtools.share_stack import ShareStack
+
+from .conftest import S3_CREDENTIALS, Store
+
+pytestmark = pytest.mark.slow
+
+PAYLOAD = os.urandom(3 * 1024 * 1024 + 17)
+TEXT = b"plain text, shown inline\n"
+# Would retitle the page and leak the cookie if it ever ran in the app's origin.
+HOSTILE = (
+    b"<!doctype html><title>harmless</title><script>"
+    b"document.title = 'pwned ' + document.cookie;"
+    b"document.body.setAttribute('data-ran', 'yes')</script><body>hostile page</body>"
+)
+# What every serving mode must answer identically (S3: on the 302 it answers).
+SIGNED_HEADERS = [
+    "ETag",
+    "X-Checksum-Sha256",
+    "Repr-Digest",
+    "Content-Disposition",
+    "X-Content-Type-Options",
+    "Content-Security-Policy",
+    "Referrer-Policy",
+    "X-Robots-Tag",
+    "Cache-Control",
+]
+
+
+def _stock(stack: ShareStack) -> dict:
+    stack.upload("dist/app.bin", PAYLOAD)
+    stack.upload("dist/notes.txt", TEXT, "text/plain")
+    stack.upload("site/index.html", HOSTILE, "text/html")
+    stack.finish()
+    return stack.share()
+
+
+@pytest.fixture(scope="module", params=["direct", "x-accel", "s3"])
+def stack(request, tmp_path_factory):
+    mode = request.param
+    s3 = None
+    if mode == "s3":
+        store = Store(
+            "s3",
+            endpoint=request.getfixturevalue("s3_server"),
+            bucket=f"share-{uuid.uuid4().hex[:12]}",
+        )
+        store.client().create_bucket(Bucket=store.bucket)
+        s3 = {
+            "AWS_STORAGE_BUCKET_NAME": store.bucket,
+            "AWS_S3_ENDPOINT_URL": store.endpoint,
+            "AWS_S3_PUBLIC_ENDPOINT_URL": store.endpoint,
+            "AWS_S3_REGION_NAME": "us-east-1",
+            "AWS_ACCESS_KEY_ID": S3_CREDENTIALS["aws_access_key_id"],
+            "AWS_SECRET_ACCESS_KEY": S3_CREDENTIALS["aws_secret_access_key"],
+        }
+    running = ShareStack(tmp_path_factory.mktemp(f"share-{mode}"), mode=mode, s3=s3)
+    try:
+        running.shared = _stock(running)
+        yield running
+    finally:
+        running.stop()
+
+
+def curl(*args: str, check=True) -> subprocess.CompletedProcess:
+    return subprocess.run(["curl", "-sS", *args], capture_output=True, check=check, timeout=60)
+
+
+def headers_of(output: bytes) -> tuple[int, dict]:
+    """The last response's status and headers from ``curl -D -`` output."""
+    blocks = [b for b in output.decode("latin-1").split("\r\n\r\n") if b.startswith("HTTP/")]
+    lines = blocks[-1].split("\r\n")
+    found = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        found.setdefault(name.strip().lower(), []).append(value.strip())
+    return int(lines[0].split()[1]), found
+
+
+def link(stack, path: str) -> str:
+    return next(a["url"] for a in stack.shared["artifacts"] if a["path"] == path)
+
+
+def test_curl_with_no_headers_downloads_and_resumes(stack, tmp_path):
+    url = link(stack, "dist/app.bin")
+    out = tmp_path / "app.bin"
+    curl("-fL", "-o", str(out), url)
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == hashlib.sha256(PAYLOAD).hexdigest()
+    # A cut download: the first megabyte is on disk; curl -C - asks for the rest with Range.
+    out.write_bytes(PAYLOAD[: 1024 * 1024])
+    curl("-fL", "-C", "-", "-o", str(out), url)
+    assert out.read_bytes() == PAYLOAD
+
+
+def test_every_mode_answers_the_same_headers_and_bytes(stack, tmp_path):
+    url = link(stack, "dist/app.bin")
+    status, headers = headers_of(curl("-D", "-", "-o", os.devnull, url).stdout)
+    assert status == (302 if stack.env["SHARE_SERVE_MODE"] == "s3" else 200)
+    got = {name: headers.get(name.lower()) for name in SIGNED_HEADERS}
+    sha = hashlib.sha256(PAYLOAD).hexdigest()
+    assert got == {
+        "ETag": [f'"{sha}"'],
+        "X-Checksum-Sha256": [sha],
+        "Repr-Digest": [headers["repr-digest"][0]],
+        "Content-Disposition": ['attachment; filename="app.bin"'],
+        "X-Content-Type-Options": ["nosniff"],
+        "Content-Security-Policy": ["sandbox"],
+        "Referrer-Policy": ["no-referrer"],
+        "X-Robots-Tag": ["noindex, nofollow"],
+        "Cache-Control": ["private, no-cache"],
+    }
+    assert "sha-256=:" in got["Repr-Digest"][0]
+    part = curl("-fL", "-H", "Range: bytes=100-199", url).stdout
+    assert part == PAYLOAD[100:200]
+    if stack.env["SHARE_SERVE_MODE"] != "s3":
+        assert headers["content-length"] == [str(len(PAYLOAD))]
+        assert headers["accept-ranges"] == ["bytes"]
+        again = curl("-o", os.devnull, "-w", "%{http_code}", "-H", f'If-None-Match: "{sha}"', url)
+        assert again.stdout == b"304"
+        stale = curl("-H", "Range: bytes=0-9", "-H", 'If-Range: "stale"', url).stdout
+        assert stale == PAYLOAD
+
+
+def test_s3_redirects_to_a_sigv4_url_on_the_public_endpoint(stack):
+    if stack.env["SHARE_SERVE_MODE"] != "s3":
+        pytest.skip("S3 mode only")
+    _, headers = headers_of(curl("-D", "-", "-o", os.devnull, link(stack, "dist/app.bin")).stdout)
+    location = headers["location"][0]
+    assert location.startswith(stack.env["AWS_S3_PUBLIC_ENDPOINT_URL"] + "/")
+    assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in location
+    assert "response-content-disposition" in location
+
+
+def test_tampered_or_revoked_links_are_403_over_the_wire(stack):
+    url = link(stack, "dist/notes.txt")
+    tampered = re.sub(r"exp=(\d+)", lambda m: f"exp={int(m[1]) + 1}", url)
+    result = curl("-o", "/dev/null", "-w", "%{http_code}", tampered)
+    assert result.stdout == b"403"
+    share = stack.share(paths=["dist/notes.txt"])
+    fresh = share["artifacts"][0]["url"]
+    assert curl("-fL", fresh).stdout == TEXT
+    stack.api("DELETE", f"/api/v1/keys/{share['key_id']}", stack.token)
+    body = curl(fresh).stdout
+    assert b"key_revoked" in body and TEXT not in body
+
+
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        running = Browser()
+    except FileNotFoundError:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed; CI must install it")
+        pytest.skip("chromium is not installed")
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+def test_a_browser_opens_the_share_page_and_follows_a_file_link(stack, browser, tmp_path):
+    if stack.env["SHARE_SERVE_MODE"] != "direct":
+        pytest.skip("the page does not depend on the serving mode")
+    browser.open(stack.shared["url"])
+    rows = browser.evaluate(
+        "Array.from(document.querySelectorAll('tbody td a')).map(a => a.textContent).join(',')"
+    )
+    assert rows == "app.bin,notes.txt,index.html"
+    text = browser.evaluate("document.body.innerText")
+    assert hashlib.sha256(PAYLOAD).hexdigest() in text and "sha256sum -c" in text
+    shot = tmp_path / "share-page.png"
+    browser.screenshot(str(shot))
+    assert shot.read_bytes().startswith(b"\x89PNG")
+    if os.environ.get("SHARE_SCREENSHOT"):
+        shutil.copy(shot, os.environ["SHARE_SCREENSHOT"])
+    # Follow the link the page shows, as a person would.
+    href = browser.evaluate(
+        "Array.from(document.querySelectorAll('a')).find(a => a.textContent == 'notes.txt').href"
+    )
+    browser.open(href)
+    assert browser.evaluate("document.body.innerText") == TEXT.decode()
+
+
+def test_a_hostile_html_artifact_never_runs_in_the_apps_origin(stack, browser):
+    if stack.env["SHARE_SERVE_MODE"] == "s3":
+        pytest.skip("S3 serves from its own origin")
+    browser.call("Network.enable", session=True)
+    browser.call(
+        "Network.setCookie",
+        session=True,
+        name="sessionid",
+        value="secret-cookie",
+        url=stack.url + "/",
+    )
+    result = browser.open(link(stack, "site/index.html"))
+    # The browser treats it as a download (refused here), never as a page of ours...
+    assert result.get("isDownload") is True
+    assert "pwned" not in (browser.evaluate("document.title") or "")
+    assert browser.evaluate("document.body && document.body.getAttribute('data-ran')") is None

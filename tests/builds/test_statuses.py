@@ -1,0 +1,99 @@
+import pytest
+
+from builds.services import build_finish
+from tokens.models import AuditEvent
+from tokens.scopes import Scope
+from tokens.services import key_derive
+
+pytestmark = pytest.mark.django_db
+
+
+def statuses_url(build) -> str:
+    return f"/api/v1/builds/{build.build.pk}/statuses/"
+
+
+def report(api, token, build, **body):
+    return api.as_key(token).post(
+        statuses_url(build), {"context": "downstream/tests", "state": "pending", **body}, "json"
+    )
+
+
+@pytest.fixture
+def status_token(build) -> str:
+    """A key that can only report a status on ``build`` (what a webhook payload carries)."""
+    return key_derive(parent=build.key, scopes=[Scope.BUILD_STATUS])[1]
+
+
+def test_status_key_reports_on_a_finished_build_and_readers_see_the_latest_per_context(
+    api, build, status_token
+):
+    build_finish(build=build.build, state="succeeded")
+    assert report(api, status_token, build).status_code == 201
+    response = report(
+        api,
+        status_token,
+        build,
+        state="success",
+        description="42 tests passed",
+        target_url="https://ci.example/run/7",
+    )
+    assert response.status_code == 201, response.content
+    assert response.json()["state"] == "success"
+    assert report(api, status_token, build, context="downstream/lint", state="failure").status_code
+    listing = api.as_key(build.token).get(statuses_url(build)).json()
+    assert listing["count"] == 2
+    assert [(s["context"], s["state"]) for s in listing["results"]] == [
+        ("downstream/lint", "failure"),
+        ("downstream/tests", "success"),
+    ]
+    detail = api.as_key(build.token).get(f"/api/v1/builds/{build.build.pk}/").json()
+    assert [s["state"] for s in detail["statuses"]] == ["failure", "success"]
+    assert AuditEvent.objects.filter(action=AuditEvent.Action.STATUS).count() == 3
+
+
+def test_status_key_can_do_nothing_else(api, build, status_token):
+    client = api.as_key(status_token)
+    pk = build.build.pk
+    refused = [
+        client.get(statuses_url(build)),
+        client.get(f"/api/v1/builds/{pk}/"),
+        client.get(f"/api/v1/builds/{pk}/artifacts/"),
+        client.put(f"/api/v1/builds/{pk}/artifacts/x.txt", b"x", content_type="text/plain"),
+        client.post(f"/api/v1/builds/{pk}/finish", {"state": "failed"}, "json"),
+        client.post("/api/v1/keys/", {"scopes": ["build:status"]}, "json"),
+    ]
+    assert [r.status_code for r in refused] == [403] * len(refused)
+
+
+def test_status_key_of_one_build_cannot_report_on_another(api, build, other_build, status_token):
+    assert report(api, status_token, other_build).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"state": "green"}, "state"),
+        ({"context": ""}, "context"),
+        ({"context": "   "}, "context"),
+        ({"context": "a\nb"}, "context"),
+        ({"context": "x" * 256}, "context"),
+        ({"description": "x" * 1001}, "description"),
+        ({"description": "nul\u0000"}, "description"),
+        ({"target_url": "javascript:alert(1)"}, "target_url"),
+        ({"target_url": "ftp://ci.example/x"}, "target_url"),
+        ({"target_url": "data:text/html,<script>"}, "target_url"),
+        ({"target_url": "not a url"}, "target_url"),
+    ],
+)
+def test_bad_status_reports_are_400_and_store_nothing(api, build, status_token, body, field):
+    response = report(api, status_token, build, **body)
+    assert response.status_code == 400, response.content
+    assert field in response.json()["errors"]
+    assert not build.build.statuses.exists()
+
+
+def test_unicode_context_and_description_round_trip(api, build, status_token):
+    response = report(api, status_token, build, context="démo/テスト", description="✓ ok")
+    assert response.status_code == 201
+    listing = api.as_key(build.token).get(statuses_url(build)).json()
+    assert listing["results"][0]["context"] == "démo/テスト"

@@ -1,0 +1,52 @@
+import pytest
+
+from devtools.factories import make_project_key
+from devtools.receivers import Answer, Receiver
+from tokens.scopes import Scope
+from webhooks.models import Delivery
+from webhooks.services import delivery_attempt
+
+
+@pytest.fixture(autouse=True)
+def _webhook_settings(settings):
+    """Receivers are plain http on 127.0.0.1: the guard admits exactly that network here."""
+    settings.WEBHOOK_ALLOW_HTTP = True
+    settings.WEBHOOK_ALLOWED_NETWORKS = ["127.0.0.1/32"]
+    settings.WEBHOOK_RETRY_SCHEDULE = [0, 0, 0]
+    settings.WEBHOOK_CONNECT_TIMEOUT = 2
+    settings.WEBHOOK_READ_TIMEOUT = 5
+    settings.PUBLIC_BASE_URL = "http://testserver"
+
+
+@pytest.fixture
+def manager_token(project) -> str:
+    """A project key that may manage the project's webhooks."""
+    return make_project_key(project, scopes=(Scope.BUILDS_CREATE, Scope.WEBHOOKS_MANAGE))
+
+
+@pytest.fixture
+def receiver():
+    with Receiver() as r:
+        yield r
+
+
+def receiver_with(*answers: Answer) -> Receiver:
+    return Receiver(*answers)
+
+
+def subscribe(api, token, url, events=("build.succeeded",), slug="app", **extra):
+    return api.as_key(token).post(
+        f"/api/v1/projects/{slug}/webhooks/", {"url": url, "events": list(events), **extra}, "json"
+    )
+
+
+def attempt_all(limit: int = 20) -> int:
+    """Run due attempts synchronously (what the worker does), until none is due."""
+    made = 0
+    for _ in range(limit):
+        due = list(Delivery.objects.due().values_list("pk", flat=True))
+        if not due:
+            break
+        for pk in due:
+            made += delivery_attempt(delivery_id=pk) is not None
+    return made

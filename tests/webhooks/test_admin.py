@@ -1,0 +1,70 @@
+import pytest
+from cryptography.fernet import Fernet
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+
+from devtools.receivers import Answer, Receiver
+from webhooks import crypto
+from webhooks.models import Delivery, Subscription
+
+from .conftest import attempt_all, subscribe
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def staff(client):
+    user = get_user_model().objects.create_superuser("admin", "a@example.com", "pw-long-enough-1")
+    client.force_login(user)
+    return client
+
+
+def act(client, model, action, pks):
+    return client.post(
+        f"/admin/webhooks/{model}/",
+        {"action": action, "_selected_action": [str(pk) for pk in pks]},
+        follow=True,
+    )
+
+
+def test_delivery_log_shows_attempts_escaped_and_redelivers(api, manager_token, staff):
+    with Receiver(Answer(500, b"<script>alert(1)</script>"), Answer(200)) as receiver:
+        subscribe(api, manager_token, receiver.url, events=["ping"])
+        delivery = Delivery.objects.get()
+        from webhooks.services import delivery_attempt
+
+        delivery_attempt(delivery_id=delivery.pk)
+        page = staff.get(f"/admin/webhooks/delivery/{delivery.pk}/change/")
+        assert page.status_code == 200
+        assert b"&lt;script&gt;alert(1)&lt;/script&gt;" in page.content
+        assert b"<script>alert(1)</script>" not in page.content
+        Delivery.objects.filter(pk=delivery.pk).update(state=Delivery.State.FAILED)
+        assert act(staff, "delivery", "redeliver", [delivery.pk]).status_code == 200
+        attempt_all()
+    delivery.refresh_from_db()
+    assert delivery.state == Delivery.State.DELIVERED
+    assert len({r.headers["webhook-id"] for r in receiver.received}) == 1
+
+
+def test_admin_sends_a_ping_and_re_enables(api, manager_token, staff):
+    with Receiver() as receiver:
+        subscribe(api, manager_token, receiver.url)
+        subscription = Subscription.objects.get()
+        Subscription.objects.update(active=False, disabled_reason="410 Gone")
+        listing = staff.get("/admin/webhooks/subscription/")
+        assert b"410 Gone" in listing.content
+        act(staff, "subscription", "enable", [subscription.pk])
+        assert Subscription.objects.get().active
+        act(staff, "subscription", "send_ping", [subscription.pk])
+        attempt_all()
+    assert [r.body.count(b'"type":"ping"') for r in receiver.received] == [1]
+
+
+def test_reencrypt_command_moves_secrets_to_the_new_key(api, manager_token, settings):
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    settings.WEBHOOK_ENCRYPTION_KEYS = [old]
+    secret = subscribe(api, manager_token, "https://ci.example/h").json()["signing_secret"]
+    settings.WEBHOOK_ENCRYPTION_KEYS = [new, old]
+    call_command("webhooks_reencrypt")
+    settings.WEBHOOK_ENCRYPTION_KEYS = [new]
+    assert crypto.decrypt(Subscription.objects.get().secret_encrypted) == secret
