@@ -42,6 +42,7 @@ bench: install
 	$(PY) bench/storage.py
 	$(PY) bench/share.py
 	$(PY) bench/fanout.py
+	$(PY) bench/cli.py
 
 lint: install
 	$(VENV)/bin/ruff check .
