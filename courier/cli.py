@@ -566,6 +566,12 @@ def main(argv: list[str] | None = None) -> int:
     except CourierError as exc:
         sys.stderr.write(f"courier: error: {printable(str(exc))}\n")
         return exc.exit_code
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        # An answer in a shape the service never sends (a proxy's page, a hostile server):
+        # one line, not a traceback with the server's text in it.
+        name = type(exc).__name__
+        sys.stderr.write(f"courier: error: unexpected answer from the service ({name})\n")
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         sys.stderr.write("courier: interrupted\n")
         return 130

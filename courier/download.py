@@ -72,15 +72,23 @@ def safe_relative(path: object) -> str:
 
 
 def target_for(root: Path, rel: str) -> Path:
-    """Where ``rel`` goes under ``root``, creating its directories; refuses any location
-    that resolves outside ``root`` (also through a symlink already in the tree)."""
+    """Where ``rel`` goes under ``root``, creating its directories one at a time; refuses a
+    symlink anywhere on the way (one already in the tree could lead outside ``root``) and
+    anything but a regular file at the end."""
     rel = safe_relative(rel)
-    real_root = root.resolve()
-    target = real_root.joinpath(*PurePosixPath(rel).parts)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    parent = target.parent.resolve()
-    if parent != real_root and real_root not in parent.parents:
-        raise CourierError(f"refusing a path that leads outside the target: {printable(rel)}")
+    parts = PurePosixPath(rel).parts
+    if parts[-1].endswith(PART_SUFFIX):
+        raise CourierError(f"refusing a name courier uses for partial files: {printable(rel)}")
+    current = root.resolve()
+    for part in parts[:-1]:
+        current = current / part
+        if current.is_symlink():
+            raise CourierError(f"refusing a path through a symlink: {printable(rel)}")
+        if not current.exists():
+            current.mkdir(exist_ok=True)
+        elif not current.is_dir():
+            raise CourierError(f"refusing a path through a non-directory: {printable(rel)}")
+    target = current / parts[-1]
     if target.is_symlink() or (target.exists() and not target.is_file()):
         raise CourierError(f"refusing to replace a non-file: {printable(rel)}")
     return target

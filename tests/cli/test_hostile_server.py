@@ -65,16 +65,43 @@ def test_a_listing_path_that_could_escape_writes_nothing(tmp_path, hostile):
     assert [path for method, path, _ in seen if path == "/f"] == []  # no byte fetched
 
 
-def test_a_symlink_in_the_target_does_not_lead_outside(tmp_path):
+@pytest.mark.parametrize("path", ["link/x.txt", "link/deeper/x.txt"])
+def test_a_symlink_in_the_target_does_not_lead_outside(tmp_path, path):
     outside = tmp_path / "outside"
     outside.mkdir()
     target = tmp_path / "target"
     target.mkdir()
     (target / "link").symlink_to(outside)
-    with serve_listing(["link/x.txt"]) as (base, _):
+    with serve_listing([path]) as (base, _):
         result = courier("download", f"{base}/listing", "-o", str(target))
     assert result.code == 1
     assert list(outside.iterdir()) == []
+
+
+def test_a_listing_naming_a_partial_file_is_refused(tmp_path):
+    with serve_listing(["x", ".x.courier-part"]) as (base, _):
+        result = courier("download", f"{base}/listing", "-o", str(tmp_path / "t"))
+    assert result.code == 1
+    assert "refusing" in result.stderr
+
+
+def test_a_build_answer_in_another_shape_is_one_line_not_a_traceback():
+    routes = {
+        ("POST", "/api/v1/projects/app/builds/"): lambda h: (
+            201,
+            {},
+            json_body({"id": "1\nEVIL=1", "key": {"token": "acb_" + "k" * 40}}),
+        )
+    }
+    with stub_server(routes) as (base, _):
+        result = courier(
+            "build", "start", "--project", "app", "--ref", "r", "--commit", "c",
+            "--format", "env", env={"COURIER_URL": base, "COURIER_TOKEN": "acp_" + "p" * 40},
+            reveals_secrets=True,
+        )  # fmt: skip
+    assert result.code == 1
+    assert "EVIL" not in result.stdout
+    assert "Traceback" not in result.output
 
 
 def test_a_share_listing_downloads_all_its_files_without_a_token(tmp_path):

@@ -77,8 +77,8 @@ def test_status_reports_with_a_key_holding_only_build_status(started):
 
 
 @contextmanager
-def process(args, env, **kwargs):
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, **kwargs)
+def process(args, env, cwd=ROOT, **kwargs):
+    proc = subprocess.Popen(args, cwd=cwd, env=env, **kwargs)
     try:
         yield proc
     finally:
@@ -117,7 +117,13 @@ def test_a_real_delivery_reaches_the_reference_receiver_which_reports_back(
         ),
         process(
             worker,
-            env={**courier_server.env, "PUBLIC_BASE_URL": courier_server.url},
+            # Run from tmp_path: kombu's filesystem broker keeps a control folder in the cwd.
+            cwd=tmp_path,
+            env={
+                **courier_server.env,
+                "PUBLIC_BASE_URL": courier_server.url,
+                "PYTHONPATH": str(ROOT),
+            },
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         ),
