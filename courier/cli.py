@@ -569,8 +569,8 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         # An answer in a shape the service never sends (a proxy's page, a hostile server):
         # one line, not a traceback with the server's text in it.
-        name = type(exc).__name__
-        sys.stderr.write(f"courier: error: unexpected answer from the service ({name})\n")
+        detail = printable(f"{type(exc).__name__}: {exc}")[:200]
+        sys.stderr.write(f"courier: error: unexpected answer from the service ({detail})\n")
         return EXIT_FAILURE
     except KeyboardInterrupt:
         sys.stderr.write("courier: interrupted\n")

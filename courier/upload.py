@@ -31,6 +31,7 @@ BATCH_FILE_MAX = 1024 * 1024
 BATCH_MIN = 8
 BATCH_BYTES = 16 * 1024 * 1024
 BATCH_FILES = 500
+MANIFEST = "SHA256SUMS"
 
 
 @dataclass
@@ -111,8 +112,14 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def plan(files: list[LocalFile], *, batch: bool) -> Plan:
-    small = [f for f in files if f.size <= BATCH_FILE_MAX] if batch else []
+def batchable(f: LocalFile, prefix: str) -> bool:
+    """Small, and a name the manifest can list (one line, not the manifest's own)."""
+    rel = f.name[len(prefix) :]
+    return f.size <= BATCH_FILE_MAX and rel != MANIFEST and not set(rel) & {"\n", "\r"}
+
+
+def plan(files: list[LocalFile], *, batch: bool, prefix: str = "") -> Plan:
+    small = [f for f in files if batchable(f, prefix)] if batch else []
     if len(small) < BATCH_MIN:
         return Plan(singles=list(files))
     small_names = {f.name for f in small}
@@ -165,17 +172,34 @@ class TarStream:
 
     def __init__(self, files: list[LocalFile], strip: str, progress: Callable[[int], None]):
         self.files, self.strip, self.progress = files, strip, progress
+        # A SHA256SUMS member first (sha256sum's format): the service checks every file
+        # against it and stores nothing if one differs, as X-Checksum-Sha256 does for a PUT.
+        self.manifest = "".join(f"{f.sha256}  {self._name(f)}\n" for f in files).encode()
+        manifest_info = tarfile.TarInfo(MANIFEST)
+        manifest_info.size, manifest_info.mode, manifest_info.mtime = len(self.manifest), 0o644, 0
+        self.manifest_header = manifest_info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
         self.headers = [self._header(f) for f in files]
         pairs = zip(self.headers, files, strict=True)
-        self.length = sum(len(h) + _padded(f.size) for h, f in pairs) + 2 * tarfile.BLOCKSIZE
+        self.length = (
+            len(self.manifest_header)
+            + _padded(len(self.manifest))
+            + sum(len(h) + _padded(f.size) for h, f in pairs)
+            + 2 * tarfile.BLOCKSIZE
+        )
+
         self._chunks = self._generate()
 
+    def _name(self, f: LocalFile) -> str:
+        return f.name[len(self.strip) :]
+
     def _header(self, f: LocalFile) -> bytes:
-        info = tarfile.TarInfo(f.name[len(self.strip) :])
+        info = tarfile.TarInfo(self._name(f))
         info.size, info.mode, info.mtime, info.type = f.size, 0o644, 0, tarfile.REGTYPE
         return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
     def _generate(self) -> Iterator[bytes]:
+        yield self.manifest_header
+        yield self.manifest + b"\0" * (_padded(len(self.manifest)) - len(self.manifest))
         for header, f in zip(self.headers, self.files, strict=True):
             yield header
             left = f.size
@@ -353,7 +377,7 @@ def upload(
                 outcomes.append(Outcome(f.name, f.size, "unchanged", sha))
             else:
                 todo.append(f)
-        work = plan(todo, batch=batch)
+        work = plan(todo, batch=batch, prefix=prefix)
         reporter.begin(len(todo), sum(f.size for f in todo))
         # Large files first: the long poles start early, small ones fill the gaps.
         singles = sorted(work.singles, key=lambda f: -f.size)

@@ -206,6 +206,10 @@ def test_many_small_files_go_up_as_one_tar_stream(tmp_path):
         prefix = parse_qs(urlsplit(handler.path).query)["prefix"][0]
         with tarfile.open(fileobj=io.BytesIO(handler.body)) as tar:
             members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+        name, manifest = members.pop(0)
+        assert name == "SHA256SUMS"
+        lines = manifest.decode().splitlines()
+        assert sorted(lines) == sorted(f"{sha256(data)}  {name}" for name, data in members)
         received.append((prefix, members))
         answer = [
             {"path": "dist/" + name, "size": len(data), "sha256": sha256(data)}
