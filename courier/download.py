@@ -19,7 +19,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import requests
 
-from .client import ApiError, Client, CourierError, backoff, printable
+from .client import ApiError, Client, CourierError, backoff, printable, same_origin
 from .output import Reporter, human_size
 
 CHUNK = 1024 * 1024
@@ -314,8 +314,12 @@ def link_remotes(client: Client, link: str) -> list[Remote]:
 
             def url(item):
                 value = item.get("url")
-                if not isinstance(value, str) or urlsplit(value).scheme not in ("http", "https"):
-                    raise CourierError(f"no valid link for {printable(str(item.get('path')))}")
+                # A listing's links are the service's own (/dl/ on its origin; a redirect to
+                # the object store comes from there): a link elsewhere would make this job
+                # fetch whatever the listing names, e.g. an address only it can reach.
+                if not isinstance(value, str) or not same_origin(value, link):
+                    path = printable(str(item.get("path")))
+                    raise CourierError(f"refusing a link off the listing's origin for {path}")
                 return value
 
             return remotes_from_listing(listing.get("artifacts"), make_url=url)

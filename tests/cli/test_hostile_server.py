@@ -237,3 +237,15 @@ def test_many_small_files_go_up_as_one_tar_stream(tmp_path):
     assert dict(members) == files
     assert not [path for method, path, _ in seen if method == "PUT"]
     assert result.stdout.startswith("uploaded: 20 uploaded")
+
+
+def test_a_listing_link_to_another_origin_is_not_fetched(tmp_path):
+    with stub_server({("GET", "/f"): file_route(CONTENT)}) as (elsewhere, elsewhere_seen):
+        body = {"artifacts": [
+            {"path": "a.txt", "size": 8, "sha256": sha256(CONTENT), "url": f"{elsewhere}/f"}
+        ]}  # fmt: skip
+        with serve_listing([], body=body) as (base, _):
+            result = courier("download", f"{base}/listing", "-o", str(tmp_path / "t"))
+    assert result.code == 1
+    assert "origin" in result.stderr
+    assert elsewhere_seen == []
