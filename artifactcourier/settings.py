@@ -222,6 +222,8 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "data_folder_out": str(_broker_dir / "queue"),
         "processed_folder": str(_broker_dir / "processed"),
         "store_processed": False,
+        # kombu's default is ./control: every process would litter its working directory.
+        "control_folder": str(_broker_dir / "control"),
     }
 CELERY_BEAT_SCHEDULE: dict = {}
 
