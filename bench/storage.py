@@ -132,7 +132,7 @@ class App:
             "POST",
             f"/api/v1/projects/{self.slug}/builds/",
             self.project_token,
-            {"ref": "refs/heads/main", "trusted": True},
+            {"ref": "refs/heads/main", "commit": "abc123", "trusted": True},
         )
         return (json.loads(data) if status == 201 else None), seconds
 
