@@ -43,6 +43,7 @@ bench: install
 	$(PY) bench/storage.py
 	$(PY) bench/share.py
 	$(PY) bench/fanout.py
+	$(PY) bench/cli.py
 
 # Mutation testing of the access core (tokens/, artifacts/paths.py; [tool.mutmut] in
 # pyproject.toml). Not part of CI: it takes minutes to hours. MUTATE_ARGS narrows it to some
