@@ -72,6 +72,31 @@ def sign_artifacts(*, artifacts, build_id: int, exp: int, kid: int, base_url: st
     ]
 
 
+def _listing_prefix(*, key: ApiKey, prefix: str, paths: list[str] | None) -> str:
+    """The directory whose signed listing shows exactly what these links name, or ValueError.
+
+    The listing a link opens is decided when it is opened, from the key alone: everything the
+    key sees under the listing's directory, narrowed to the paths of the key's Share row if it
+    has one. Links for a file-name prefix (``dist/app``) or for a list of paths would otherwise
+    sign a listing showing more than was shared, so they are refused unless the key itself is
+    that narrow (its path prefix, its Share row's paths).
+    """
+    directory = prefix[: prefix.rfind("/") + 1]
+    if directory != prefix and not key.path_prefix.startswith(prefix):
+        raise ValueError(
+            f"A listing cannot be limited to the file-name prefix {prefix!r}: share a directory "
+            "(ending with '/'), or share under a key limited to that prefix."
+        )
+    if paths is not None:
+        recorded = Share.objects.filter(key=key).values_list("paths", flat=True).first()
+        if sorted(set(paths)) != sorted(recorded or []):
+            raise ValueError(
+                "A listing cannot be limited to a list of paths without a Share recording "
+                "them: use share_create, which mints a key whose listing shows only those."
+            )
+    return directory
+
+
 def share_links(
     *,
     key: ApiKey,
@@ -89,7 +114,7 @@ def share_links(
     """
     exp = int(expires_at.timestamp())
     prefix = prefix or ""
-    listing_prefix = prefix if prefix.endswith("/") else ""
+    listing_prefix = _listing_prefix(key=key, prefix=prefix, paths=paths)
     found = shared_artifacts(key=key, build=build, paths=paths, prefix=prefix)
     return SharedLinks(
         url=signing.sign_url(
