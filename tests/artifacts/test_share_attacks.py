@@ -151,6 +151,15 @@ def test_hostile_share_bodies_are_400_and_mint_nothing(api, stocked, body):
     assert (ApiKey.objects.count(), Share.objects.count()) == before
 
 
+def test_too_many_paths_are_refused_by_count_before_any_path_is_checked(api, stocked, settings):
+    """A huge list is refused on its length alone: its items (one of them not even a string)
+    are never validated one by one."""
+    paths = [["not a string"]] + ["dist/app.tar.gz"] * settings.SHARE_MAX_PATHS
+    response = share(api, stocked.token, stocked.build.pk, paths=paths)
+    assert response.status_code == 400
+    assert "At most" in response.json()["detail"], response.json()
+
+
 def test_a_deeply_nested_share_body_is_400(api, stocked):
     nested = "[" * 100000 + "]" * 100000
     response = api.as_key(stocked.token).post(
