@@ -213,3 +213,30 @@ def test_a_staff_user_without_share_permissions_sees_no_shares(build, api):
     client = Client()
     client.force_login(user)
     assert client.get("/admin/artifacts/share/").status_code == 403
+
+
+@pytest.mark.parametrize("baseline", [False, True], ids=["reference", "benchmark"])
+def test_the_reference_nginx_serves_no_blob_without_a_link(tmp_path, baseline):
+    """Only the benchmark's nginx serves the artifact root straight from disk; the reference
+    configuration reaches a blob only through the app's X-Accel-Redirect (internal)."""
+    import urllib.error
+    import urllib.request
+
+    from devtools.nginx import Nginx
+    from devtools.servers import free_port
+
+    root = tmp_path / "artifacts"
+    (root / "blobs" / "ab").mkdir(parents=True)
+    (root / "blobs" / "ab" / "blob.1").write_bytes(b"private bytes")
+    nginx = Nginx(tmp_path / "nginx", free_port(), root, baseline=baseline)
+    try:
+        for path in ["/static-baseline/blobs/ab/blob.1", "/_artifacts/blobs/ab/blob.1"]:
+            try:
+                with urllib.request.urlopen(nginx.url + path, timeout=10) as answer:
+                    served = answer.read()
+            except urllib.error.HTTPError as refused:
+                served = refused.read()
+            expected = baseline and path.startswith("/static-baseline/")
+            assert (served == b"private bytes") == expected, path
+    finally:
+        nginx.stop()
