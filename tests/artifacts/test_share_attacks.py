@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from artifacts.models import Share
 from artifacts.sharing import share_links
+from builds.models import StatusCheck
 from tokens.models import ApiKey
 from tokens.services import key_derive
 
@@ -177,8 +178,40 @@ def test_share_page_escapes_hostile_build_fields_and_paths(api, project):
     name = "x/<img src=x onerror=alert(1)>.txt"
     assert upload(api, hostile.token, hostile.build.pk, name, b"x").status_code == 201
     body = share(api, hostile.token, hostile.build.pk, expires_in=60).json()
+    StatusCheck.objects.create(
+        build=hostile.build,
+        context="<b>ctx</b>",
+        state="success",
+        description="<script>alert(2)</script>",
+        target_url="javascript:alert(3)",
+    )
     page = fetch(body["url"], HTTP_ACCEPT="text/html").body.decode()
-    assert "<script>" not in page and "<img" not in page
+    assert "<script>" not in page and "<img" not in page and "<b>" not in page
+    assert "javascript:" not in page
+    assert "&lt;script&gt;alert(2)" in page  # shown, as text
+
+
+def test_an_untrusted_build_cannot_share_another_build(api, project, stocked):
+    from devtools.factories import make_build
+
+    untrusted = make_build(project, trusted=False)
+    response = share(api, untrusted.token, stocked.build.pk, expires_in=60)
+    assert response.status_code == 404
+    assert not Share.objects.exists()
+
+
+def test_a_deploy_token_cannot_share_a_build_outside_its_ref_pattern(api):
+    from devtools.factories import make_build, make_project
+    from tokens.services import deploy_token_current
+
+    project = make_project(slug="cd3", deploy_tokens_enabled=True)
+    branch = make_build(project, ref="refs/heads/feature")
+    upload(api, branch.token, branch.build.pk, "a.txt", b"feature")
+    deploy, token = deploy_token_current(project=project)
+    ApiKey.objects.filter(pk=deploy.pk).update(ref_pattern="refs/heads/main")
+    response = share(api, token, branch.build.pk, expires_in=60)
+    assert response.status_code == 404
+    assert not Share.objects.exists()
 
 
 @pytest.fixture
