@@ -10,6 +10,7 @@ from datetime import datetime
 
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
 from tokens import services as token_services
@@ -17,7 +18,7 @@ from tokens.access import path_allowed, visible_artifacts
 from tokens.models import ApiKey, AuditEvent
 
 from . import signing
-from .errors import InvalidArtifactPath
+from .errors import InvalidArtifactPath, TooManyShares
 from .models import Artifact, Share
 from .paths import artifact_path_clean
 
@@ -156,6 +157,20 @@ def _paths_clean(paths) -> list[str]:
     return sorted(set(cleaned))
 
 
+def _live_shares_check(build) -> None:
+    """Refuse a share beyond SHARE_MAX_LIVE_PER_BUILD live ones. Not serialised: concurrent
+    requests may pass the cap by a few, which still bounds the keys minted."""
+    maximum = settings.SHARE_MAX_LIVE_PER_BUILD
+    live = Share.objects.filter(
+        build=build, expires_at__gt=timezone.now(), key__revoked_at__isnull=True
+    ).count()
+    if live >= maximum:
+        raise TooManyShares(
+            f"This build has {maximum} live shares, the most it may have: revoke one (its "
+            "key_id) or wait for one to expire."
+        )
+
+
 def share_create(
     *,
     key: ApiKey,
@@ -189,6 +204,7 @@ def share_create(
         missing = [p for p in cleaned if p not in present]
         if missing:
             raise ValidationError({"paths": f"No such artifact: {', '.join(missing[:10])}"})
+    _live_shares_check(build)
     with transaction.atomic():
         share_key = token_services.key_mint_share(
             sharer=key, build=build, path_prefix=prefix, expires_in=expires_in

@@ -273,3 +273,15 @@ def test_the_reference_nginx_serves_no_blob_without_a_link(tmp_path, baseline):
             assert (served == b"private bytes") == expected, path
     finally:
         nginx.stop()
+
+
+def test_a_build_has_a_bounded_number_of_live_shares(api, stocked, settings):
+    settings.SHARE_MAX_LIVE_PER_BUILD = 2
+    first = share(api, stocked.token, stocked.build.pk, expires_in=60)
+    assert share(api, stocked.token, stocked.build.pk, expires_in=60).status_code == 201
+    keys = ApiKey.objects.count()
+    refused = share(api, stocked.token, stocked.build.pk, expires_in=60)
+    assert refused.status_code == 409 and refused.json()["code"] == "too_many_shares"
+    assert ApiKey.objects.count() == keys and Share.objects.count() == 2
+    api.as_key(stocked.token).delete(f"/api/v1/keys/{first.json()['key_id']}")
+    assert share(api, stocked.token, stocked.build.pk, expires_in=60).status_code == 201
