@@ -374,6 +374,9 @@ SHARE_SIGNING_SECRETS = env_list("SHARE_SIGNING_SECRETS") or [
 SHARE_DEFAULT_SECONDS = env_int("SHARE_DEFAULT_SECONDS", 3600)
 SHARE_MAX_SECONDS = env_int("SHARE_MAX_SECONDS", 7 * 86400)
 SHARE_MAX_PATHS = env_int("SHARE_MAX_PATHS", 1000)
+# Live (unexpired, unrevoked) shares per build: every share mints a key, so an unbounded number
+# of requests (an untrusted build's job, say) would grow the key table without end.
+SHARE_MAX_LIVE_PER_BUILD = env_int("SHARE_MAX_LIVE_PER_BUILD", 100)
 # How /dl/ artifact links are served: "direct" (the app streams the bytes), "x-accel" (the app
 # answers X-Accel-Redirect to SHARE_X_ACCEL_LOCATION, an nginx `internal` location aliased to
 # ARTIFACT_ROOT, and nginx streams from disk), or "s3" (302 to a short-lived S3 URL).

@@ -41,6 +41,12 @@ class ArtifactConflict(exceptions.APIException):
     default_code = "artifact_exists"
 
 
+class TooManyShares(exceptions.APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "This build has too many live shares."
+    default_code = "too_many_shares"
+
+
 class QuotaExceeded(exceptions.APIException):
     status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
     default_detail = "The artifact is over quota."
