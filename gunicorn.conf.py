@@ -37,3 +37,10 @@ keepalive = 5
 accesslog = "-"
 # Path only (%(U)s, no query string): signed links carry their signature in the query string.
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
+# Every access and error line is escaped (no forged lines, no terminal escapes) and redacted
+# (tokens, bearer credentials, sig= values) by the one redaction the Django logs use too.
+logger_class = "artifactcourier.gunicorn_logging.RedactingLogger"
+# gunicorn's control socket (a Unix socket under ~/.gunicorn, one path shared by every instance
+# of the user) is not used: processes are managed by signals, and nothing is written outside
+# the data directory.
+control_socket_disable = True
