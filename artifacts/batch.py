@@ -33,6 +33,7 @@ from . import storage, usage
 from .errors import (
     ArtifactConflict,
     BlobVanished,
+    BodyStalled,
     BuildNotWritable,
     ChecksumMismatch,
     IncompleteBody,
@@ -44,7 +45,7 @@ from .errors import (
 from .models import Artifact, Blob
 from .paths import artifact_path_clean
 from .services import blob_discard_unlinked
-from .transfer import _STORAGE_FULL
+from .transfer import _STORAGE_FULL, body_idle_timeout, body_stalled
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,8 @@ class _Body(io.RawIOBase):
             return 0
         try:
             data = self.stream.read(want)
+        except TimeoutError as exc:  # ARTIFACT_UPLOAD_IDLE_TIMEOUT without a byte: 408
+            raise body_stalled(self.stream, self.read_bytes) from exc
         except Exception as exc:  # a reset socket, gunicorn's NoMoreData, bad chunking
             raise IncompleteBody(
                 f"The request body could not be read after {self.read_bytes} bytes "
@@ -129,7 +132,7 @@ class _Expanded(io.RawIOBase):
     def readinto(self, buffer) -> int:
         try:
             data = self.source.read(len(buffer))
-        except (IncompleteBody, InvalidArchive, QuotaExceeded):
+        except (BodyStalled, IncompleteBody, InvalidArchive, QuotaExceeded):
             raise
         except Exception as exc:  # zlib.error, zstandard.ZstdError, EOFError, ...
             raise InvalidArchive(f"The body could not be decompressed ({exc}).") from exc
@@ -284,16 +287,17 @@ def artifacts_store_batch(
         raise InvalidArchive(f"Content-Encoding must be one of {', '.join(ENCODINGS)}.")
     members: list[_Member] = []
     try:
-        manifest = _receive(
-            build=build,
-            stream=stream,
-            content_length=content_length,
-            encoding=encoding,
-            prefix=prefix,
-            expected_sha256=expected_sha256,
-            path_check=path_check,
-            members=members,
-        )
+        with body_idle_timeout(stream):
+            manifest = _receive(
+                build=build,
+                stream=stream,
+                content_length=content_length,
+                encoding=encoding,
+                prefix=prefix,
+                expected_sha256=expected_sha256,
+                path_check=path_check,
+                members=members,
+            )
         if manifest is not None:
             _manifest_check(manifest, members, prefix)
         if not members:

@@ -22,7 +22,7 @@ import errno
 import hashlib
 import socket
 from collections.abc import Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -109,6 +109,40 @@ def _chunks(stream, content_length: int | None, buffer: bytearray) -> Iterator[m
         yield memoryview(data)
 
 
+@contextmanager
+def body_idle_timeout(stream) -> Iterator[None]:
+    """While the body is read from ``stream``: under gunicorn, a read that waits more than
+    ARTIFACT_UPLOAD_IDLE_TIMEOUT seconds for a byte raises TimeoutError (see body_stalled).
+    Every reader of a request body (single upload, batch) reads inside this."""
+    sock = _server_socket(stream)
+    if sock is None:
+        yield
+        return
+    before = sock.gettimeout()
+    sock.settimeout(settings.ARTIFACT_UPLOAD_IDLE_TIMEOUT or None)
+    try:
+        yield
+    finally:
+        # The response is written with the server's own settings (a blocking socket): a slow
+        # download is not an idle upload.
+        sock.settimeout(before)
+
+
+def body_stalled(stream, size: int) -> BodyStalled:
+    """The 408 for a body read that timed out after ``size`` bytes.
+
+    The rest of the body may still come, or never: the connection cannot carry another
+    request. gunicorn closes it after the answer instead of waiting to drain it (the flag its
+    body reader sets when a read fails)."""
+    if hasattr(stream, "failed"):
+        stream.failed = True
+    return BodyStalled(
+        f"No byte of the request body arrived for "
+        f"{settings.ARTIFACT_UPLOAD_IDLE_TIMEOUT} seconds after {size} bytes; "
+        "nothing was stored."
+    )
+
+
 def body_receive(
     *, stream, writer: BlobWriter, content_length: int | None, limit: int, limit_reason: str
 ) -> Received:
@@ -119,18 +153,8 @@ def body_receive(
     ``writer.write`` must not keep the view it is given (the buffer is reused).
     The caller aborts the writer on any exception.
     """
-    sock = _server_socket(stream)
-    if sock is None:
+    with body_idle_timeout(stream):
         return _receive(stream, writer, content_length, limit, limit_reason)
-    idle = settings.ARTIFACT_UPLOAD_IDLE_TIMEOUT
-    before = sock.gettimeout()
-    sock.settimeout(idle or None)
-    try:
-        return _receive(stream, writer, content_length, limit, limit_reason)
-    finally:
-        # The response is written with the server's own settings (a blocking socket): a slow
-        # download is not an idle upload.
-        sock.settimeout(before)
 
 
 def _receive(stream, writer: BlobWriter, content_length, limit, limit_reason) -> Received:
@@ -142,16 +166,7 @@ def _receive(stream, writer: BlobWriter, content_length, limit, limit_reason) ->
             try:
                 chunk = next(chunks, None)
             except TimeoutError as exc:
-                # The rest of the body may still come, or never: the connection cannot carry
-                # another request. gunicorn closes it after the answer instead of waiting to
-                # drain it (the flag its body reader sets when a read fails).
-                if hasattr(stream, "failed"):
-                    stream.failed = True
-                raise BodyStalled(
-                    f"No byte of the request body arrived for "
-                    f"{settings.ARTIFACT_UPLOAD_IDLE_TIMEOUT} seconds after {size} bytes; "
-                    "nothing was stored."
-                ) from exc
+                raise body_stalled(stream, size) from exc
             except Exception as exc:  # a reset socket, gunicorn's NoMoreData, bad chunking
                 raise IncompleteBody(
                     f"The request body could not be read after {size} bytes "
