@@ -332,6 +332,10 @@ def _receive(
             except tarfile.TarError as exc:
                 raise InvalidArchive(f"The tar archive is damaged ({exc}).") from exc
             expanded.in_headers = False
+            # tarfile remembers every member it has read (for getmembers()); a stream read once
+            # needs none of them, and directory entries count against no quota, so an archive of
+            # millions of them would otherwise grow the process without bound.
+            archive.members.clear()
             if member is None:
                 break
             is_manifest = member.name.removeprefix("./") == MANIFEST and member.isreg()
