@@ -9,9 +9,11 @@ body is the application's to bound (ARTIFACT_UPLOAD_IDLE_TIMEOUT); the response 
 no limit, so a slow download is never cut.
 """
 
+import json
 import os
 import time
 
+from gunicorn import util
 from gunicorn.http.errors import NoMoreData
 from gunicorn.http.unreader import SocketUnreader
 from gunicorn.workers.gthread import ThreadWorker as GThreadWorker
@@ -47,6 +49,28 @@ class _HeadDeadline:
             return self.read(size_hint)
         except TimeoutError:
             raise NoMoreData(b"request head not complete in time") from None
+
+
+def _write_error_json(sock, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's answer to a request it refuses before the application sees it (a malformed
+    or oversized head: 400, 414, 431, 501), in the API's error shape (API.md "Conventions")
+    instead of gunicorn's HTML page. The connection is closed after it, as gunicorn does."""
+    body = json.dumps(
+        {
+            "detail": f"{reason}: {mesg}" if mesg else reason,
+            "code": reason.lower().replace(" ", "_") or "error",
+        }
+    ).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode("latin-1")
+    util.write_nonblock(sock, head + body)
+
+
+# gunicorn's workers write these answers through this one module function; it is replaced in
+# the processes that run this worker class only (the configuration names it).
+util.write_error = _write_error_json
 
 
 class ThreadWorker(GThreadWorker):

@@ -241,3 +241,26 @@ def test_stalled_batch_uploads_are_cut_with_408_and_leave_nothing_behind(small):
     _, listing = small.request("GET", small.artifact() + "?prefix=stalled-batch/")
     assert json.loads(listing)["results"] == []
     assert small.store.objects() == before
+
+
+@pytest.mark.parametrize(
+    "head, status",
+    [
+        (b"GET /api/v1/builds/ HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 431),
+        (b"GET /api/v1/builds/ HTTP/1.1\r\nHost: x\r\nBad Name: y\r\n\r\n", 400),
+        (b"GET /api/v1/" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+    ],
+    ids=["header-too-large", "invalid-header-name", "uri-too-long"],
+)
+def test_requests_the_server_refuses_before_the_application_get_the_api_error_shape(
+    small, head, status
+):
+    """gunicorn answers a malformed head itself; the answer is the API's JSON error shape,
+    never an HTML page."""
+    with half_sent(small.port, head) as sock:
+        answer = _response(sock)
+    response_head, _, body = answer.partition(b"\r\n\r\n")
+    assert response_head.startswith(b"HTTP/1.1 %d " % status), answer[:300]
+    assert b"content-type: application/json" in response_head.lower(), answer[:300]
+    error = json.loads(body)
+    assert set(error) == {"detail", "code"} and error["detail"], error
