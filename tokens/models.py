@@ -38,6 +38,9 @@ def _hot_cursor(connection):
     if connection.vendor == "postgresql" and settings.AUTH_PREPARED_STATEMENTS:
         from django.db.backends.postgresql.base import ServerBindingCursor
 
+        # connection.cursor() would first replace a connection the server dropped
+        # (CONN_HEALTH_CHECKS); this is the request's first query, so it must do the same.
+        connection.close_if_health_check_failed()
         connection.ensure_connection()
         raw = _Prepared(ServerBindingCursor(connection.connection))
         if connection.queries_logged:
