@@ -67,8 +67,9 @@ def test_concurrent_uploads_and_reads_on_one_sqlite_database_all_succeed(embedde
     with ThreadPoolExecutor(max_workers=16) as pool:
         results = list(pool.map(upload, range(32)))
     assert [r[:2] for r in results] == [(201, 200)] * 32, [r for r in results if r[0] != 201]
-    _, listing = embedded.request("GET", embedded.artifact() + "?prefix=many/&page_size=100")
-    assert json.loads(listing)["count"] == 32
+    _, listing = embedded.request("GET", embedded.artifact() + "?prefix=many/")
+    page = json.loads(listing)
+    assert page["next"] is None and len(page["results"]) == 32
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +168,7 @@ def test_stalled_uploads_are_cut_with_408_and_leave_nothing_behind(small):
     response, _ = small.request("GET", small.artifact("stalled/0.bin"))
     assert response.status == 404
     _, listing = small.request("GET", small.artifact() + "?prefix=stalled/")
-    assert json.loads(listing)["count"] == 0
+    assert json.loads(listing)["results"] == []
     assert small.store.objects() == before
 
 
