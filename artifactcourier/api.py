@@ -3,7 +3,10 @@
 import logging
 
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.db import DatabaseError, InterfaceError, OperationalError
+from django.http import JsonResponse
+from django.views import defaults
 from rest_framework import exceptions, status
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -66,3 +69,61 @@ def exception_handler(exc, context):
         body["errors"] = response.data
     response.data = body
     return response
+
+
+# --- Errors raised before any API view runs ---------------------------------------------------
+# Django answers some requests itself: no URL matched (404), a body over
+# DATA_UPLOAD_MAX_MEMORY_SIZE (RequestDataTooBig), a Host not in ALLOWED_HOSTS (DisallowedHost)
+# or another SuspiciousOperation (400), a CSRF refusal (403), an uncaught exception (500). Under
+# /api/ those answers keep the API's error shape too; elsewhere (admin, share pages) Django's
+# own pages stay.
+
+_DJANGO_ERRORS = {
+    400: ("The request is malformed.", "bad_request"),
+    403: ("Forbidden.", "permission_denied"),
+    404: ("Not found.", "not_found"),
+    500: ("Internal server error.", "server_error"),
+}
+
+
+def _is_api(request) -> bool:
+    return request.path.startswith("/api/")
+
+
+def _api_error(status_code: int) -> JsonResponse:
+    detail, code = _DJANGO_ERRORS[status_code]
+    return JsonResponse({"detail": detail, "code": code}, status=status_code)
+
+
+def bad_request(request, exception=None, **kwargs):
+    if not _is_api(request):
+        return defaults.bad_request(request, exception, **kwargs)
+    if isinstance(exception, RequestDataTooBig):
+        # RFC 9110 §15.5.14: the content is larger than the server will process.
+        return JsonResponse(
+            {
+                "detail": "The request body is larger than "
+                f"{settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes.",
+                "code": "request_too_large",
+            },
+            status=413,
+        )
+    return _api_error(400)
+
+
+def permission_denied(request, exception=None, **kwargs):
+    if not _is_api(request):
+        return defaults.permission_denied(request, exception, **kwargs)
+    return _api_error(403)
+
+
+def page_not_found(request, exception=None, **kwargs):
+    if not _is_api(request):
+        return defaults.page_not_found(request, exception, **kwargs)
+    return _api_error(404)
+
+
+def server_error(request, **kwargs):
+    if not _is_api(request):
+        return defaults.server_error(request, **kwargs)
+    return _api_error(500)
