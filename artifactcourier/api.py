@@ -44,6 +44,26 @@ def _first_message(detail) -> tuple[str, str]:
     return str(detail), getattr(detail, "code", "error") or "error"
 
 
+# Error messages often quote the input ("\"<value>\" is not a valid choice."): a 100 KB value
+# must not come back twice in a 400. Every message and per-field structure is bounded here, the
+# one place all API errors pass, so no serializer or service has to remember it.
+ERROR_TEXT_MAX_CHARS = 200
+ERROR_ITEMS_MAX = 20
+
+
+def _bounded(value):
+    if isinstance(value, str):
+        if len(value) <= ERROR_TEXT_MAX_CHARS:
+            return value
+        return value[:ERROR_TEXT_MAX_CHARS] + f"… ({len(value)} characters)"
+    if isinstance(value, dict):
+        items = list(value.items())[:ERROR_ITEMS_MAX]
+        return {_bounded(str(k)): _bounded(v) for k, v in items}
+    if isinstance(value, list | tuple):
+        return [_bounded(v) for v in value[:ERROR_ITEMS_MAX]]
+    return value
+
+
 def exception_handler(exc, context):
     """Render every API error as ``{"detail": "<sentence>", "code": "<machine_code>"}``.
 
@@ -64,9 +84,9 @@ def exception_handler(exc, context):
         return response
     detail = exc.detail if isinstance(exc, exceptions.APIException) else response.data
     message, code = _first_message(detail)
-    body = {"detail": message, "code": code}
+    body = {"detail": _bounded(message), "code": code}
     if isinstance(exc, exceptions.ValidationError) and isinstance(detail, dict | list):
-        body["errors"] = response.data
+        body["errors"] = _bounded(response.data)
     response.data = body
     return response
 

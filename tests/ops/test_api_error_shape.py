@@ -64,3 +64,27 @@ def test_outside_the_api_django_pages_stay(client):
     response = client.get("/healthz", HTTP_HOST="evil.example")
     assert response.status_code == 400
     assert "application/json" not in response["Content-Type"]
+
+
+@pytest.mark.parametrize(
+    "endpoint, body",
+    [
+        ("finish", {"state": "x" * 100_000}),
+        ("statuses", {"context": "c", "state": "s" * 100_000}),
+        ("keys", {"scopes": ["s" * 10_000] * 200}),
+        ("create", {"ref": "r", "commit": "ab", "metadata": {"k" * 100_000: "\ud800"}}),
+    ],
+)
+def test_an_error_quoting_a_huge_value_stays_small(api, build, project_token, endpoint, body):
+    url, token = {
+        "finish": (f"/api/v1/builds/{build.build.pk}/finish", build.token),
+        "statuses": (f"/api/v1/builds/{build.build.pk}/statuses/", build.token),
+        "keys": ("/api/v1/keys/", build.token),
+        "create": ("/api/v1/projects/app/builds/", project_token),
+    }[endpoint]
+    text = json.dumps(body)  # ASCII, the surrogate as its escape
+    response = api.as_key(token).post(url, text, content_type="application/json")
+    assert response.status_code == 400
+    assert response.json()["detail"]
+    assert len(response.content) < 10_000
+    assert Build.objects.get(pk=build.build.pk).state == "running"
