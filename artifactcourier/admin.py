@@ -12,11 +12,13 @@ import json
 import re
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin
 from django.contrib.admin.filters import FieldListFilter, ListFilter
 from django.contrib.admin.utils import get_fields_from_path
 from django.core.exceptions import FieldDoesNotExist
 from django.db import models
+from django.forms.fields import InvalidJSONInput
 
 # A database integer (bigint at most) and a date part, in ASCII digits: anything else is bad
 # input Django would pass to int() or the database (OverflowError, "²".isdigit(): a 500).
@@ -97,7 +99,25 @@ class OfferedLookupsOnly:
 class EncodableJSONFormField(forms.JSONField):
     """The admin's JSON textarea, which always encodes: a refused value is shown again with
     its error, and a lone surrogate in it (``"\\ud800"``) is shown as the escape it was typed
-    as, not as a character no response can hold."""
+    as, not as a character no response can hold. Text nested too deep for the decoder is a
+    form error, not a RecursionError."""
+
+    def to_python(self, value):
+        try:
+            return super().to_python(value)
+        except RecursionError:
+            # CPython's decoder stops at the interpreter's recursion limit; Django only expects
+            # JSONDecodeError from it.
+            raise forms.ValidationError(
+                f"JSON may nest arrays and objects at most {settings.JSON_MAX_DEPTH} deep.",
+                code="json_too_deep",
+            ) from None
+
+    def bound_data(self, data, initial):
+        try:
+            return super().bound_data(data, initial)
+        except RecursionError:
+            return InvalidJSONInput(data)  # shown again as typed, with to_python's error
 
     def prepare_value(self, value):
         text = super().prepare_value(value)

@@ -104,8 +104,8 @@ def test_a_stored_lone_surrogate_still_renders(api, build):
 
 @pytest.mark.parametrize(
     "metadata",
-    ['{"k": "\\ud800"}', '{"\\udfff": 1}', "[" * 40 + "]" * 40],
-    ids=["surrogate value", "surrogate key", "40 deep"],
+    ['{"k": "\\ud800"}', '{"\\udfff": 1}', "[" * 40 + "]" * 40, "[" * 5000 + "]" * 5000],
+    ids=["surrogate value", "surrogate key", "40 deep", "5000 deep"],
 )
 def test_the_admin_refuses_metadata_the_api_would_refuse(admin_client, build, metadata):
     url = f"/admin/builds/build/{build.build.pk}/change/"
