@@ -56,6 +56,14 @@ HOSTILE = {
         "invalid_unicode",
     ),
     "invalid utf-8": (b'{"ref": "\xff\xfe", "state": "\xff"}', "parse_error"),
+    "duplicate names": (
+        '{"ref": "r", "commit": "ab", "state": "failed", "scopes": [], "ref": "s", "state": "x"}',
+        "duplicate_key",
+    ),
+    "duplicate names in metadata": (
+        '{"ref": "r", "commit": "ab", "metadata": {"a": {"k": 1, "k": 2}}}',
+        "duplicate_key",
+    ),
 }
 
 
