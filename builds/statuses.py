@@ -1,6 +1,9 @@
 """Downstream status reports on a build (API.md "Downstream status"): writes and reads."""
 
+from django.conf import settings
 from django.db import transaction
+from django.db.models import Max, Subquery
+from rest_framework.exceptions import ValidationError
 
 from tokens import services as token_services
 from tokens.models import ApiKey, AuditEvent
@@ -22,7 +25,15 @@ def status_report(
     """Record a downstream's verdict on ``build``; the latest per context is what shows.
 
     Reporting never triggers anything else (no webhook, no state change): a downstream
-    reporting back cannot start a loop."""
+    reporting back cannot start a loop. A build holds at most STATUS_CONTEXTS_PER_BUILD
+    contexts, so a status key cannot make its build's page (or listing) unbounded."""
+    Build.objects.select_for_update().filter(pk=build.pk).first()  # serialises the check
+    contexts = StatusCheck.objects.filter(build=build).values("context").distinct()
+    limit = settings.STATUS_CONTEXTS_PER_BUILD
+    if contexts.count() >= limit and not contexts.filter(context=context).exists():
+        raise ValidationError(
+            {"context": f"A build holds at most {limit} status contexts."}, code="too_many"
+        )
     status = StatusCheck.objects.create(
         build=build,
         context=context,
@@ -42,9 +53,13 @@ def status_report(
     return status
 
 
-def statuses_latest(*, build: Build) -> list[StatusCheck]:
-    """The latest status per context on ``build``, ordered by context."""
-    latest: dict[str, StatusCheck] = {}
-    for status in build.statuses.order_by("-created_at", "-id"):
-        latest.setdefault(status.context, status)
-    return sorted(latest.values(), key=lambda s: s.context)
+def statuses_latest(*, build: Build):
+    """The latest status per context on ``build``, ordered by context: one query, however many
+    reports a downstream made (ids grow with time, so the highest id is the latest)."""
+    latest = (
+        StatusCheck.objects.filter(build=build)
+        .values("context")
+        .annotate(last=Max("id"))
+        .values("last")
+    )
+    return StatusCheck.objects.filter(pk__in=Subquery(latest)).order_by("context")

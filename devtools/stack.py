@@ -25,11 +25,12 @@ class Stack:
             "CELERY_BROKER_URL": broker_url,
             "WEBHOOK_ALLOW_HTTP": "1",
             "WEBHOOK_ALLOWED_NETWORKS": "127.0.0.1/32",
-            **(extra_env or {}),
         }
-        # A database of its own (SQLite in data_dir), whatever the test suite runs on.
+        # A database of its own (SQLite in data_dir, unless extra_env names one), whatever the
+        # test suite runs on.
         for name in ("DATABASE_URL", "CELERY_RESULT_BACKEND", "REDIS_URL"):
             self.env.pop(name, None)
+        self.env.update(extra_env or {})
         self.web: subprocess.Popen | None = None
         self.worker: subprocess.Popen | None = None
 

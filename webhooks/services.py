@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from builds.models import Build, Project
 from tokens import services as token_services
+from tokens.logging import redact
 from tokens.models import ApiKey, AuditEvent
 from tokens.scopes import Scope
 
@@ -184,8 +185,25 @@ def deliveries_create_for_build(*, build: Build) -> list[int]:
     if not ids or ids[0] is None:  # backends that do not return ids from bulk_create
         ids = list(Delivery.objects.filter(build=build, event=event).values_list("pk", flat=True))
     if ids:
-        transaction.on_commit(lambda: deliveries_enqueue(ids=ids))
+        transaction.on_commit(lambda: deliveries_dispatch(ids=ids))
     return ids
+
+
+# Up to this many send tasks are queued by the finishing request itself; more are handed to
+# one dispatch task, so a build with hundreds of subscribers still finishes in one publish.
+DISPATCH_INLINE_MAX = 10
+
+
+def deliveries_dispatch(*, ids: list[int]) -> None:
+    if len(ids) <= DISPATCH_INLINE_MAX:
+        deliveries_enqueue(ids=ids)
+        return
+    from .tasks import deliveries_dispatch_task
+
+    try:
+        deliveries_dispatch_task.apply_async((ids,), retry=False)
+    except Exception as error:
+        logger.warning("webhook dispatch of %d deliveries not queued (%s)", len(ids), error)
 
 
 def ping_send(*, subscription: Subscription) -> Delivery:
@@ -364,9 +382,10 @@ def _sigv4(subscription: Subscription) -> transport.SigV4 | None:
 
 
 def _excerpt(body: bytes) -> str:
-    return body.decode("utf-8", "replace")[: settings.WEBHOOK_RESPONSE_EXCERPT_CHARS].replace(
-        "\x00", "\ufffd"
-    )
+    """The start of a response for the delivery log. A receiver echoing the payload back would
+    otherwise put the status token and signed links in the admin: they are redacted."""
+    text = body.decode("utf-8", "replace")[: settings.WEBHOOK_RESPONSE_EXCERPT_CHARS]
+    return redact(text.replace("\x00", "\ufffd"))
 
 
 def retry_delay(*, attempt: int, retry_after: float | None) -> float | None:
@@ -421,12 +440,14 @@ def _outcome_record(
     started_at: datetime,
     duration_ms: int,
     outcome: transport.Outcome,
-) -> DeliveryAttempt:
+) -> DeliveryAttempt | None:
     subscription = delivery.subscription
     held = Delivery.objects.select_for_update().filter(
         pk=delivery.pk, lease_token=token, state=Delivery.State.PENDING
     )
     current = held.first()
+    if current is None and not Delivery.objects.filter(pk=delivery.pk).exists():
+        return None  # the subscription was deleted while this attempt was on the wire
     attempt = DeliveryAttempt.objects.create(
         delivery=delivery,
         number=(current.attempt_count if current else delivery.attempt_count) + 1,

@@ -21,3 +21,9 @@ def delivery_send_task(delivery_id: int) -> None:
 def deliveries_sweep_task() -> int:
     """Queue due deliveries whose messages were lost (broker outage, killed worker)."""
     return services.deliveries_sweep()
+
+
+@shared_task(name="webhooks.deliveries_dispatch", ignore_result=True, acks_late=True)
+def deliveries_dispatch_task(delivery_ids: list[int]) -> int:
+    """Queue one send task per delivery of a build with many subscribers."""
+    return services.deliveries_enqueue(ids=delivery_ids)

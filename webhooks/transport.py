@@ -83,6 +83,14 @@ def url_parse(url: str) -> ParsedUrl:
     host = parts.hostname
     if not host:
         raise InvalidTargetUrl("The URL has no host.")
+    try:
+        # International domain names go on the wire as IDNA (RFC 5891); the rest of the URL
+        # must already be ASCII (percent-encoded), as it is sent byte for byte and signed so.
+        host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise InvalidTargetUrl("The URL's host is not a valid domain name.") from None
+    if not (parts.path + parts.query).isascii():
+        raise InvalidTargetUrl("Percent-encode non-ASCII characters in the URL's path and query.")
     send_scheme = SCHEMES[scheme]
     port = port or (443 if send_scheme == "https" else 80)
     default = (send_scheme == "https" and port == 443) or (send_scheme == "http" and port == 80)
@@ -201,9 +209,8 @@ def post(
         finally:
             response.release_conn()
         return done(response.status, content, _retry_after(response.headers.get("Retry-After")))
-    except urllib3.exceptions.HTTPError as error:
-        return done(error=f"{type(error).__name__}: {error}")
-    except OSError as error:
+    except (urllib3.exceptions.HTTPError, OSError, ValueError) as error:
+        # Network trouble, a malformed answer, an unencodable header: a failed attempt.
         return done(error=f"{type(error).__name__}: {error}")
     finally:
         pool.close()

@@ -97,3 +97,22 @@ def test_unicode_context_and_description_round_trip(api, build, status_token):
     assert response.status_code == 201
     listing = api.as_key(build.token).get(statuses_url(build)).json()
     assert listing["results"][0]["context"] == "démo/テスト"
+
+
+def test_a_build_holds_a_bounded_number_of_contexts(api, build, status_token, settings):
+    settings.STATUS_CONTEXTS_PER_BUILD = 3
+    for i in range(3):
+        assert report(api, status_token, build, context=f"c{i}").status_code == 201
+    refused = report(api, status_token, build, context="c3")
+    assert refused.status_code == 400 and refused.json()["code"] == "too_many"
+    assert report(api, status_token, build, context="c1", state="success").status_code == 201
+    listing = api.as_key(build.token).get(statuses_url(build)).json()
+    assert [s["context"] for s in listing["results"]] == ["c0", "c1", "c2"]
+    assert listing["results"][1]["state"] == "success"
+
+
+def test_admin_shows_the_latest_status_per_context_escaped(api, build, status_token, admin_client):
+    report(api, status_token, build, context="ci", state="failure", description="<b>x</b>")
+    report(api, status_token, build, context="ci", state="success", description="<b>ok</b>")
+    page = admin_client.get(f"/admin/builds/build/{build.build.pk}/change/").content.decode()
+    assert "ci: <strong>success</strong> &lt;b&gt;ok&lt;/b&gt;" in page

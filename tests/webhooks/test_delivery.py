@@ -264,3 +264,33 @@ def test_redeliver_sends_again_with_the_same_webhook_id(api, manager_token, rece
     first, second = receiver.received
     assert first.headers["webhook-id"] == second.headers["webhook-id"]
     assert json.loads(second.body)["type"] == "ping"
+
+
+def test_a_receiver_echoing_the_payload_does_not_put_secrets_in_the_log(api, manager_token):
+    echoed = b'{"status_token": "acx_' + b"A" * 38 + b'", "url": "/dl/x?exp=1&kid=2&sig=abc"}'
+    with Receiver(Answer(500, echoed)) as receiver:
+        _, delivery = ping(api, manager_token, receiver.url)
+        delivery_attempt(delivery_id=delivery.pk)
+    excerpt = delivery.attempts.get().response_excerpt
+    assert "acx_AAAA" not in excerpt and "sig=abc" not in excerpt
+
+
+def test_deleting_a_subscription_during_an_attempt_is_harmless(api, manager_token):
+    from webhooks import services, transport
+
+    with Receiver() as receiver:
+        created, delivery = ping(api, manager_token, receiver.url)
+        token = _lease_take(delivery.pk)
+        loaded = Delivery.objects.select_related("subscription").get(pk=delivery.pk)
+        api.as_key(manager_token).delete(f"/api/v1/projects/app/webhooks/{created['id']}/")
+        outcome = transport.Outcome(200, b"", None, "", 1)
+        assert (
+            services._outcome_record(
+                delivery=loaded,
+                token=token,
+                started_at=timezone.now(),
+                duration_ms=1,
+                outcome=outcome,
+            )
+            is None
+        )

@@ -109,3 +109,25 @@ def test_send_tasks_are_queued_after_the_commit_and_a_dead_broker_loses_nothing(
     assert services.deliveries_sweep() == 1  # the broker is back: the sweeper queues it
     assert queued[-1] == (lost.pk,)
     assert services.deliveries_sweep() == 0  # queued recently: not again
+
+
+def test_many_subscribers_are_handed_to_one_dispatch_task(
+    api, project, django_capture_on_commit_callbacks, monkeypatch
+):
+    from webhooks import tasks
+
+    for _ in range(services.DISPATCH_INLINE_MAX + 1):
+        subscription(project)
+    dispatched, sent = [], []
+    monkeypatch.setattr(
+        tasks.deliveries_dispatch_task, "apply_async", lambda args, **kw: dispatched.append(args)
+    )
+    monkeypatch.setattr(
+        tasks.delivery_send_task, "apply_async", lambda args, **kw: sent.append(args)
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        finish(api, make_build(project, trusted=True))
+    ids = sorted(Delivery.objects.values_list("pk", flat=True))
+    assert sent == [] and [sorted(args[0]) for args in dispatched] == [ids]
+    tasks.deliveries_dispatch_task(dispatched[0][0])  # what the worker runs
+    assert sorted(args[0] for args in sent) == ids

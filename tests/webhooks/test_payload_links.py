@@ -78,6 +78,7 @@ def test_a_retry_after_the_links_expired_carries_new_working_links(
         delivery = Delivery.objects.get()
         delivery_attempt(delivery_id=delivery.pk)
         time.sleep(2.1)  # the first attempt's links are now expired
+        settings.WEBHOOK_LINK_EXPIRES_SECONDS = 3600  # the new ones stay valid while we look
         delivery_attempt(delivery_id=delivery.pk)
     first, second = payloads(receiver)
     assert first["links_expire_at"] < second["links_expire_at"]

@@ -187,3 +187,14 @@ def test_staff_creates_subscriptions_in_the_admin_and_sees_the_secret_once(clien
     )
     assert b"Credentials in the URL" in refused.content
     assert Subscription.objects.count() == 1
+
+
+def test_international_domain_names_are_sent_as_idna_and_non_ascii_paths_refused(
+    api, manager_token
+):
+    from webhooks.transport import url_parse
+
+    assert url_parse("https://bücher.example/hook").host == "xn--bcher-kva.example"
+    assert subscribe(api, manager_token, "https://bücher.example/hook").status_code == 201
+    response = subscribe(api, manager_token, "https://ci.example/häk")
+    assert response.status_code == 400

@@ -7,7 +7,7 @@ import artifactcourier.parsers
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("builds", "0002_initial"),
+        ("builds", "0003_usage_counters"),
     ]
 
     operations = [
