@@ -58,7 +58,7 @@ def _first_message(detail) -> tuple[str, str]:
 # Error messages often quote the input ("\"<value>\" is not a valid choice."): a 100 KB value
 # must not come back twice in a 400. Every message and per-field structure is bounded here, the
 # one place all API errors pass, so no serializer or service has to remember it.
-ERROR_TEXT_MAX_CHARS = 200
+ERROR_TEXT_MAX_CHARS = 1000
 ERROR_ITEMS_MAX = 20
 
 

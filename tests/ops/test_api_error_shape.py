@@ -86,5 +86,5 @@ def test_an_error_quoting_a_huge_value_stays_small(api, build, project_token, en
     response = api.as_key(token).post(url, text, content_type="application/json")
     assert response.status_code == 400
     assert response.json()["detail"]
-    assert len(response.content) < 10_000
+    assert len(response.content) < 30_000  # unbounded, these echo up to 2 MB
     assert Build.objects.get(pk=build.build.pk).state == "running"
