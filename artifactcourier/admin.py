@@ -12,16 +12,27 @@ import json
 import re
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin
 from django.contrib.admin.filters import FieldListFilter, ListFilter
 from django.contrib.admin.utils import get_fields_from_path
-from django.core.exceptions import FieldDoesNotExist
+from django.core.exceptions import FieldDoesNotExist, SuspiciousOperation
 from django.db import models
+from django.forms.fields import InvalidJSONInput
 
 # A database integer (bigint at most) and a date part, in ASCII digits: anything else is bad
 # input Django would pass to int() or the database (OverflowError, "²".isdigit(): a 500).
 _INTEGER = re.compile(r"-?[0-9]{1,18}")
 _DATE_PART = re.compile(r"[0-9]{1,4}")
+
+
+# A changelist search is a LIKE pattern per word and field: SQLite refuses a pattern over 50,000
+# bytes with an error (a 500), and no one types a search this long.
+ADMIN_SEARCH_MAX_CHARS = 1000
+
+
+class SearchTooLong(SuspiciousOperation):
+    """A changelist ``?q=`` longer than ``ADMIN_SEARCH_MAX_CHARS`` (Django answers 400)."""
 
 
 class OfferedLookupsOnly:
@@ -41,6 +52,11 @@ class OfferedLookupsOnly:
             if isinstance(item, type) and issubclass(item, admin.SimpleListFilter)
         }
         return lookup in custom or self._value_fits(lookup, value)
+
+    def get_search_results(self, request, queryset, search_term):
+        if len(search_term) > ADMIN_SEARCH_MAX_CHARS:
+            raise SearchTooLong(f"search longer than {ADMIN_SEARCH_MAX_CHARS} characters")
+        return super().get_search_results(request, queryset, search_term)
 
     def _value_fits(self, lookup: str, value: str) -> bool:
         *path, last = lookup.split("__")
@@ -97,7 +113,25 @@ class OfferedLookupsOnly:
 class EncodableJSONFormField(forms.JSONField):
     """The admin's JSON textarea, which always encodes: a refused value is shown again with
     its error, and a lone surrogate in it (``"\\ud800"``) is shown as the escape it was typed
-    as, not as a character no response can hold."""
+    as, not as a character no response can hold. Text nested too deep for the decoder is a
+    form error, not a RecursionError."""
+
+    def to_python(self, value):
+        try:
+            return super().to_python(value)
+        except RecursionError:
+            # CPython's decoder stops at the interpreter's recursion limit; Django only expects
+            # JSONDecodeError from it.
+            raise forms.ValidationError(
+                f"JSON may nest arrays and objects at most {settings.JSON_MAX_DEPTH} deep.",
+                code="json_too_deep",
+            ) from None
+
+    def bound_data(self, data, initial):
+        try:
+            return super().bound_data(data, initial)
+        except RecursionError:
+            return InvalidJSONInput(data)  # shown again as typed, with to_python's error
 
     def prepare_value(self, value):
         text = super().prepare_value(value)

@@ -3,7 +3,10 @@
 import logging
 
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.db import DatabaseError, InterfaceError, OperationalError
+from django.http import JsonResponse
+from django.views import defaults
 from rest_framework import exceptions, status
 from rest_framework.pagination import CursorPagination, PageNumberPagination
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -52,6 +55,26 @@ def _first_message(detail) -> tuple[str, str]:
     return str(detail), getattr(detail, "code", "error") or "error"
 
 
+# Error messages often quote the input ("\"<value>\" is not a valid choice."): a 100 KB value
+# must not come back twice in a 400. Every message and per-field structure is bounded here, the
+# one place all API errors pass, so no serializer or service has to remember it.
+ERROR_TEXT_MAX_CHARS = 1000
+ERROR_ITEMS_MAX = 20
+
+
+def _bounded(value):
+    if isinstance(value, str):
+        if len(value) <= ERROR_TEXT_MAX_CHARS:
+            return value
+        return value[:ERROR_TEXT_MAX_CHARS] + f"… ({len(value)} characters)"
+    if isinstance(value, dict):
+        items = list(value.items())[:ERROR_ITEMS_MAX]
+        return {_bounded(str(k)): _bounded(v) for k, v in items}
+    if isinstance(value, list | tuple):
+        return [_bounded(v) for v in value[:ERROR_ITEMS_MAX]]
+    return value
+
+
 def exception_handler(exc, context):
     """Render every API error as ``{"detail": "<sentence>", "code": "<machine_code>"}``.
 
@@ -72,8 +95,66 @@ def exception_handler(exc, context):
         return response
     detail = exc.detail if isinstance(exc, exceptions.APIException) else response.data
     message, code = _first_message(detail)
-    body = {"detail": message, "code": code}
+    body = {"detail": _bounded(message), "code": code}
     if isinstance(exc, exceptions.ValidationError) and isinstance(detail, dict | list):
-        body["errors"] = response.data
+        body["errors"] = _bounded(response.data)
     response.data = body
     return response
+
+
+# --- Errors raised before any API view runs ---------------------------------------------------
+# Django answers some requests itself: no URL matched (404), a body over
+# DATA_UPLOAD_MAX_MEMORY_SIZE (RequestDataTooBig), a Host not in ALLOWED_HOSTS (DisallowedHost)
+# or another SuspiciousOperation (400), a CSRF refusal (403), an uncaught exception (500). Under
+# /api/ those answers keep the API's error shape too; elsewhere (admin, share pages) Django's
+# own pages stay.
+
+_DJANGO_ERRORS = {
+    400: ("The request is malformed.", "bad_request"),
+    403: ("Forbidden.", "permission_denied"),
+    404: ("Not found.", "not_found"),
+    500: ("Internal server error.", "server_error"),
+}
+
+
+def _is_api(request) -> bool:
+    return request.path.startswith("/api/")
+
+
+def _api_error(status_code: int) -> JsonResponse:
+    detail, code = _DJANGO_ERRORS[status_code]
+    return JsonResponse({"detail": detail, "code": code}, status=status_code)
+
+
+def bad_request(request, exception=None, **kwargs):
+    if not _is_api(request):
+        return defaults.bad_request(request, exception, **kwargs)
+    if isinstance(exception, RequestDataTooBig):
+        # RFC 9110 §15.5.14: the content is larger than the server will process.
+        return JsonResponse(
+            {
+                "detail": "The request body is larger than "
+                f"{settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes.",
+                "code": "request_too_large",
+            },
+            status=413,
+        )
+    return _api_error(400)
+
+
+def permission_denied(request, exception=None, **kwargs):
+    if not _is_api(request):
+        return defaults.permission_denied(request, exception, **kwargs)
+    return _api_error(403)
+
+
+def page_not_found(request, exception=None, **kwargs):
+    if not _is_api(request):
+        return defaults.page_not_found(request, exception, **kwargs)
+    return _api_error(404)
+
+
+def server_error(request, **kwargs):
+    if not _is_api(request):
+        return defaults.server_error(request, **kwargs)
+    return _api_error(500)

@@ -5,16 +5,21 @@ its validation, the database or the response cannot handle:
 
 - nested at most ``JSON_MAX_DEPTH`` arrays/objects deep (400 ``json_too_deep``): deeper input
   would exhaust the stack of the parser and of every recursive walk after it;
+- every object's names unique (400 ``duplicate_key``, RFC 8259 §4);
 - every string and key encodable as UTF-8 (400 ``invalid_unicode``): JSON's ``\\ud800`` escape
   decodes to a lone surrogate, which no response, log line or PostgreSQL column can hold
   (RFC 8259 §8.2 leaves such text's behaviour unpredictable; we refuse it).
 """
 
+import codecs
+import json
+
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from rest_framework import exceptions
-from rest_framework.parsers import JSONParser
+from rest_framework.parsers import JSONParser, get_encoding
 from rest_framework.renderers import JSONRenderer
+from rest_framework.utils.json import strict_constant
 
 
 class JsonTooDeep(exceptions.ParseError):
@@ -23,6 +28,23 @@ class JsonTooDeep(exceptions.ParseError):
 
 class InvalidUnicode(exceptions.ParseError):
     default_code = "invalid_unicode"
+
+
+class DuplicateKey(exceptions.ParseError):
+    default_code = "duplicate_key"
+
+
+def _object_without_duplicates(pairs: list) -> dict:
+    """A JSON object whose names are unique. RFC 8259 §4: with duplicate names "the behavior of
+    software that receives such an object is unpredictable" — a proxy or a log may read the first
+    ``ref`` while we would keep the last; we refuse instead of choosing."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen = set()
+        name = next(k for k, _ in pairs if k in seen or seen.add(k))
+        shown = name if len(name) <= 100 else name[:100] + "…"
+        raise DuplicateKey(f"The JSON object names {shown!r} more than once.")
+    return obj
 
 
 def _pointer(path: tuple) -> str:
@@ -85,8 +107,16 @@ class SafeJSONParser(JSONParser):
 
     def parse(self, stream, media_type=None, parser_context=None):
         # The body's size is bounded before this by DATA_UPLOAD_MAX_MEMORY_SIZE (request.body).
+        # DRF's JSONParser.parse, with duplicate names refused.
+        encoding = get_encoding(parser_context or {})
         try:
-            data = super().parse(stream, media_type, parser_context)
+            data = json.load(
+                codecs.getreader(encoding)(stream),
+                parse_constant=strict_constant if self.strict else None,
+                object_pairs_hook=_object_without_duplicates,
+            )
+        except ValueError as exc:
+            raise exceptions.ParseError(f"JSON parse error - {exc}") from None
         except RecursionError:
             # CPython's decoder stops at the interpreter's recursion limit, cleanly.
             raise JsonTooDeep(

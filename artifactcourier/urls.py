@@ -23,3 +23,9 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
 ]
+
+# Django's own error answers, in the API's error shape under /api/ (artifactcourier.api).
+handler400 = "artifactcourier.api.bad_request"
+handler403 = "artifactcourier.api.permission_denied"
+handler404 = "artifactcourier.api.page_not_found"
+handler500 = "artifactcourier.api.server_error"

@@ -26,8 +26,8 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import ROOT, median, table
-from devtools.servers import start_gunicorn, stop
+from bench.common import median, table
+from devtools.servers import manage, start_gunicorn, stop
 
 MiB = 1024 * 1024
 COURIER = Path(sys.executable).parent / "courier"
@@ -42,17 +42,6 @@ def write_files(root: Path, count: int, size: int) -> dict[str, str]:
         (root / name).write_bytes(data)
         digests[name] = hashlib.sha256(data).hexdigest()
     return digests
-
-
-def manage(env: dict, *args: str) -> str:
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
 
 
 def new_build(url: str, project_token: str) -> tuple[str, str]:

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from .nginx import Nginx
-from .servers import ROOT, free_port, stop, wait_for_port
+from .servers import ROOT, free_port, manage, stop, wait_for_port
 
 
 class ShareStack:
@@ -83,14 +83,7 @@ class ShareStack:
         self.build_id, self.token = build["id"], build["key"]["token"]
 
     def manage(self, *args: str) -> str:
-        return subprocess.run(
-            [sys.executable, "manage.py", *args],
-            cwd=ROOT,
-            env=self.env,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
+        return manage(self.env, *args)
 
     def request(self, method: str, path: str, token: str | None = None, body=None, headers=None):
         conn = http.client.HTTPConnection("127.0.0.1", self.app_port, timeout=120)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .servers import ROOT, start_gunicorn, stop
+from .servers import ROOT, manage, start_gunicorn, stop
 
 
 class Stack:
@@ -39,15 +39,7 @@ class Stack:
         return f"http://127.0.0.1:{self.port}"
 
     def manage(self, *args: str) -> str:
-        return subprocess.run(
-            [sys.executable, "manage.py", *args],
-            cwd=ROOT,
-            env=self.env,
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        ).stdout
+        return manage(self.env, *args)
 
     def project_key(self, slug: str, *scopes: str) -> str:
         self.manage("create_project", slug)

@@ -3,6 +3,7 @@ and gunicorn's (artifactcourier.gunicorn_logging) all apply ``log_clean``."""
 
 import logging
 import re
+from urllib.parse import unquote
 
 from .crypto import TOKEN_PATTERN
 
@@ -22,10 +23,38 @@ def _escape(match: re.Match) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
-def redact(text: str) -> str:
-    """Tokens, ``sig=``/``signature=`` values and bearer credentials, wherever they stand."""
+# A run of word characters and percent-escapes: a URL as a client sent it (gunicorn logs the raw
+# request line) may spell a token ``%61cb_...``; the run is decoded before it is searched.
+# The two alternatives start differently, so matching never backtracks.
+_URL_RUN = re.compile(r"(?:[0-9A-Za-z_=]|%[0-9A-Fa-f]{2})+")
+# How many times a run is decoded: a client may encode its escapes again (``%2561``).
+_DECODE_ROUNDS = 3
+
+
+def _redact_plain(text: str) -> str:
     text = TOKEN_PATTERN.sub("ac?_[redacted]", text)
-    text = _SIGNATURE.sub(r"\1[redacted]", text)
+    return _SIGNATURE.sub(r"\1[redacted]", text)
+
+
+def _redact_encoded_run(match: re.Match) -> str:
+    run = match.group()
+    if "%" not in run:
+        return run
+    decoded = run
+    for _ in range(_DECODE_ROUNDS):
+        decoded, previous = unquote(decoded, errors="replace"), decoded
+        if decoded == previous:
+            break
+    redacted = _redact_plain(decoded)
+    return redacted if redacted != decoded else run
+
+
+def redact(text: str) -> str:
+    """Tokens, ``sig=``/``signature=`` values and bearer credentials, wherever they stand,
+    percent-encoded too."""
+    if "%" in text:
+        text = _URL_RUN.sub(_redact_encoded_run, text)
+    text = _redact_plain(text)
     return _BEARER.sub(r"\1[redacted]", text)
 
 

@@ -20,7 +20,7 @@ import pytest
 from django.db import connection
 
 from devtools.faults import FaultyS3, is_complete_multipart
-from devtools.servers import start_gunicorn, stop
+from devtools.servers import manage, start_gunicorn, stop
 
 from .conftest import Store
 
@@ -90,14 +90,7 @@ class Live:
         return body
 
     def manage(self, *args: str) -> str:
-        return subprocess.run(
-            [sys.executable, "manage.py", *args],
-            cwd=ROOT,
-            env=self.env,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
+        return manage(self.env, *args)
 
     def artifact_count(self) -> int:
         if connection.vendor == "postgresql":

@@ -8,14 +8,13 @@ import json
 import os
 import resource
 import socket
-import subprocess
-import sys
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from devtools.servers import manage as run_manage
 from devtools.servers import start_gunicorn, stop
 
 from .conftest import Store
@@ -54,14 +53,7 @@ def serving(data_dir: Path, env: dict, store: Store, *gunicorn_options: str, pre
     """gunicorn serving the app from ``data_dir`` (its SQLite database) with one build."""
 
     def manage(*args: str) -> str:
-        return subprocess.run(
-            [sys.executable, "manage.py", *args],
-            cwd=ROOT,
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
+        return run_manage(env, *args)
 
     manage("migrate", "--noinput")
     project_token = manage("create_project", "e2e").strip().splitlines()[-1]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from devtools.servers import free_port, start_gunicorn, stop
+from devtools.servers import free_port, manage, start_gunicorn, stop
 
 ROOT = Path(__file__).resolve().parents[2]
 COURIER = Path(sys.executable).parent / "courier"
@@ -35,17 +35,6 @@ class LiveServer:
 
     def manage(self, *args: str) -> str:
         return manage(self.env, *args)
-
-
-def manage(env: dict, *args: str) -> str:
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
 
 
 def courier(

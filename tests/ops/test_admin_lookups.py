@@ -91,3 +91,26 @@ def test_the_audit_log_key_filter_shows_nothing_for_a_value_that_is_no_key(
     response = admin_client.get("/admin/tokens/auditevent/", {"key": value})
     assert response.status_code == 200
     assert "0 audit events" in response.content.decode()
+
+
+HOSTILE_QUERIES = [
+    {"q": "a" * 60_000},
+    {"q": "\x00\u202e"},
+    {"o": "999.-1.x.1.1.1"},
+    {"p": "99999999999999999999"},
+    {"p": "-1"},
+    {"_changelist_filters": "%00%ff&o=9&q=" + "b" * 60_000},
+    {"e": "1"},
+    {"_to_field": "id", "_popup": "1"},
+]
+
+
+@pytest.mark.parametrize("url", CHANGELISTS)
+def test_no_query_string_on_a_changelist_is_a_500(admin_client, populated, url):
+    admin_client.raise_request_exception = False
+    failures = []
+    for query in HOSTILE_QUERIES:
+        status = admin_client.get(url, query).status_code
+        if status not in (200, 302, 400):
+            failures.append((list(query), status))
+    assert not failures

@@ -3,12 +3,12 @@
 
 import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from django.conf import settings
+
+from devtools.servers import manage
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -18,17 +18,6 @@ def embedded_env(data_dir: Path) -> dict:
     for name in ("DATABASE_URL", "SECRET_KEY", "TOKEN_PEPPER", "ADMIN_PASSWORD"):
         env.pop(name, None)
     return env
-
-
-def manage(env: dict, *args: str) -> str:
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
 
 
 def mode(path: Path) -> int:

@@ -56,6 +56,14 @@ HOSTILE = {
         "invalid_unicode",
     ),
     "invalid utf-8": (b'{"ref": "\xff\xfe", "state": "\xff"}', "parse_error"),
+    "duplicate names": (
+        '{"ref": "r", "commit": "ab", "state": "failed", "scopes": [], "ref": "s", "state": "x"}',
+        "duplicate_key",
+    ),
+    "duplicate names in metadata": (
+        '{"ref": "r", "commit": "ab", "metadata": {"a": {"k": 1, "k": 2}}}',
+        "duplicate_key",
+    ),
 }
 
 
@@ -104,8 +112,8 @@ def test_a_stored_lone_surrogate_still_renders(api, build):
 
 @pytest.mark.parametrize(
     "metadata",
-    ['{"k": "\\ud800"}', '{"\\udfff": 1}', "[" * 40 + "]" * 40],
-    ids=["surrogate value", "surrogate key", "40 deep"],
+    ['{"k": "\\ud800"}', '{"\\udfff": 1}', "[" * 40 + "]" * 40, "[" * 5000 + "]" * 5000],
+    ids=["surrogate value", "surrogate key", "40 deep", "5000 deep"],
 )
 def test_the_admin_refuses_metadata_the_api_would_refuse(admin_client, build, metadata):
     url = f"/admin/builds/build/{build.build.pk}/change/"

@@ -17,6 +17,11 @@ from tokens import crypto
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = crypto.token_generate("build")
 FORGED = '127.0.0.1 - - "GET /admin/forged HTTP/1.1" 200'
+# The token as a client may spell it in a raw URL: one escape, every character escaped, an
+# escape escaped again.
+TOKEN_ONE_ESCAPE = f"%{ord(TOKEN[0]):02x}{TOKEN[1:]}"
+TOKEN_ALL_ESCAPED = "".join(f"%{ord(c):02X}" for c in TOKEN)
+TOKEN_TWICE_ESCAPED = f"%25{ord(TOKEN[0]):02x}{TOKEN[1:]}"
 
 HOSTILE_MESSAGES = {
     "forged line": f"Not Found: /x\n{FORGED}",
@@ -31,6 +36,10 @@ HOSTILE_MESSAGES = {
     "token in a query": f"GET /a?token={TOKEN}",
     "signature": "GET /dl/1/a.txt?exp=1&kid=2&sig=U0VDUkVUU0lH",
     "signature first": "GET /dl/1/a.txt?sig=U0VDUkVUU0lH&exp=1",
+    "percent-encoded token": f"GET /x/{TOKEN_ONE_ESCAPE}/y HTTP/1.1",
+    "token with every character escaped": f"GET /x{TOKEN_ALL_ESCAPED} HTTP/1.1",
+    "token escaped twice": f"GET /x?{TOKEN_TWICE_ESCAPED} HTTP/1.1",
+    "percent-encoded signature name": "GET /dl/1/a.txt?exp=1&%73ig=U0VDUkVUU0lH",
 }
 
 
@@ -52,7 +61,7 @@ def test_a_hostile_message_is_one_escaped_line_without_secrets(message):
     assert text.count("\n") == 1 and text.endswith("\n"), repr(text)
     body = text[:-1]
     assert all(ch.isprintable() for ch in body), repr(body)
-    assert TOKEN not in text and TOKEN[4:] not in text
+    assert TOKEN not in text and TOKEN[4:] not in text and TOKEN_ALL_ESCAPED[12:] not in text
     assert "U0VDUkVUU0lH" not in text
 
 
@@ -121,6 +130,8 @@ def test_gunicorn_access_and_error_logs_are_escaped_and_redacted(tmp_path):
         (f"/x{TOKEN}", {}),
         (f"/api/v1/x{TOKEN}/y", {"Referer": f"http://h/x{TOKEN}"}),
         ("/dl/1/a.txt?exp=1&kid=2&sig=U0VDUkVUU0lH", {}),
+        (f"/api/v1/{TOKEN_ONE_ESCAPE}/y", {}),
+        (f"/x{TOKEN_ALL_ESCAPED}", {}),
     ]
     proc, port = start_gunicorn(
         env,
@@ -145,6 +156,7 @@ def test_gunicorn_access_and_error_logs_are_escaped_and_redacted(tmp_path):
     assert "Not Found: /x" in errors  # Django's log is in the captured stream
     for text in (access, errors):
         assert TOKEN not in text and TOKEN[4:] not in text
+        assert TOKEN_ALL_ESCAPED[12:] not in text
         assert "U0VDUkVUU0lH" not in text
         assert "\x1b" not in text and "\x00" not in text and "\r" not in text
         assert not any(
