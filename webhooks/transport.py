@@ -136,19 +136,25 @@ def basic_auth_header(username: str, password: str) -> str:
 
 
 def _retry_after(value: str | None) -> float | None:
-    """RFC 9110 §10.2.3: delay-seconds or an HTTP-date."""
+    """RFC 9110 §10.2.3: delay-seconds (ASCII digits only) or an HTTP-date; anything else is
+    ignored, never an error: a receiver's malformed header must not turn its 2xx into a failed
+    attempt (and a resend)."""
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if value.isascii() and value.isdigit():
+        # Capped before conversion (int() refuses thousands of digits): a 400-digit value
+        # means "as long as allowed".
+        cap = settings.WEBHOOK_RETRY_AFTER_MAX_SECONDS
+        digits = value.lstrip("0") or "0"
+        return float(cap if len(digits) > 12 else min(int(digits), cap))
     from email.utils import parsedate_to_datetime
 
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        return max(0.0, when.timestamp() - time.time()) if when else None
+    except (TypeError, ValueError, OverflowError, IndexError, AttributeError):
         return None
-    return max(0.0, when.timestamp() - time.time()) if when else None
 
 
 def _pool(url: ParsedUrl, target: Target):

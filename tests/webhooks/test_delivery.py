@@ -294,3 +294,24 @@ def test_deleting_a_subscription_during_an_attempt_is_harmless(api, manager_toke
             )
             is None
         )
+
+
+@pytest.mark.parametrize("retry_after", ["\u00b2", "\u00b9\u00b2", "-5", "1e9", "soon", "9" * 5000])
+def test_a_garbage_retry_after_on_a_success_is_still_a_success(api, manager_token, retry_after):
+    # A header the receiver got wrong cannot turn its 200 into a failed attempt (and a resend).
+    with Receiver(Answer(200, headers={"Retry-After": retry_after})) as receiver:
+        _, delivery = ping(api, manager_token, receiver.url)
+        assert attempt_all() == 1
+    delivery.refresh_from_db()
+    assert delivery.state == Delivery.State.DELIVERED, delivery.last_error
+    assert len(receiver.received) == 1
+
+
+@pytest.mark.parametrize("retry_after", ["\u00b2", "-5", "soon", "9" * 400])
+def test_a_garbage_retry_after_on_a_failure_keeps_the_schedule(api, manager_token, retry_after):
+    with Receiver(Answer(503, headers={"Retry-After": retry_after})) as receiver:
+        _, delivery = ping(api, manager_token, receiver.url)
+        attempt_all(limit=1)
+    delivery.refresh_from_db()
+    (attempt,) = delivery.attempts.all()
+    assert attempt.status_code == 503 and attempt.error == "HTTP 503"
