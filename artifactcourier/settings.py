@@ -432,3 +432,6 @@ if not CELERY_BROKER_URL.startswith("filesystem://"):
     CELERY_BROKER_TRANSPORT_OPTIONS = {"max_retries": env_int("CELERY_PUBLISH_MAX_RETRIES", 0)}
 # Downstream status reports: distinct contexts one build may hold.
 STATUS_CONTEXTS_PER_BUILD = env_int("STATUS_CONTEXTS_PER_BUILD", 100)
+# Reports kept per context (the latest ones); older ones are dropped as new ones arrive, so a
+# downstream re-reporting forever keeps its build's history bounded.
+STATUS_HISTORY_PER_CONTEXT = env_int("STATUS_HISTORY_PER_CONTEXT", 20)

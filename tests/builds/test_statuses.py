@@ -1,5 +1,6 @@
 import pytest
 
+from builds.models import StatusCheck
 from builds.services import build_finish
 from tokens.models import AuditEvent
 from tokens.scopes import Scope
@@ -116,3 +117,18 @@ def test_admin_shows_the_latest_status_per_context_escaped(api, build, status_to
     report(api, status_token, build, context="ci", state="success", description="<b>ok</b>")
     page = admin_client.get(f"/admin/builds/build/{build.build.pk}/change/").content.decode()
     assert "ci: <strong>success</strong> &lt;b&gt;ok&lt;/b&gt;" in page
+
+
+def test_reports_in_one_context_keep_a_bounded_history(api, build, status_token, settings):
+    # One context re-reported forever cannot grow the build's rows (and its admin page) forever.
+    settings.STATUS_HISTORY_PER_CONTEXT = 3
+    for i in range(6):
+        assert report(api, status_token, build, description=f"run {i}").status_code == 201
+    assert report(api, status_token, build, context="other").status_code == 201
+    kept = StatusCheck.objects.filter(build=build.build)
+    assert sorted(kept.values_list("description", flat=True)) == ["", "run 3", "run 4", "run 5"]
+    listing = api.as_key(build.token).get(statuses_url(build)).json()
+    assert [(s["context"], s["description"]) for s in listing["results"]] == [
+        ("downstream/tests", "run 5"),
+        ("other", ""),
+    ]
