@@ -1,4 +1,7 @@
+from urllib.parse import urlsplit
+
 import pytest
+from django.test import Client
 
 from builds.models import StatusCheck
 from builds.services import build_finish
@@ -132,3 +135,22 @@ def test_reports_in_one_context_keep_a_bounded_history(api, build, status_token,
         ("downstream/tests", "run 5"),
         ("other", ""),
     ]
+
+
+def test_the_share_page_shows_every_context_however_busy_the_others_are(api, build, status_token):
+    # A downstream reporting a lot in its own contexts cannot push another one's failure off the
+    # share page: it shows the latest report of every context, not of the latest N reports.
+    build_finish(build=build.build, state="succeeded")
+    assert report(api, status_token, build, context="ci/security", state="failure").status_code
+    StatusCheck.objects.bulk_create(
+        StatusCheck(build=build.build, context=f"noise/{i % 25}", state="success")
+        for i in range(500)  # 25 contexts x 20 reports: what the caps allow
+    )
+    shared = api.as_key(build.token).post(
+        f"/api/v1/builds/{build.build.pk}/share", {"expires_in": 60}, format="json"
+    )
+    assert shared.status_code == 201, shared.content
+    parts = urlsplit(shared.json()["url"])
+    page = Client().get(f"{parts.path}?{parts.query}", HTTP_ACCEPT="text/html")
+    text = b"".join(page.streaming_content) if page.streaming else page.content
+    assert '<code>ci/security</code></td><td class="state-failure">' in text.decode()
