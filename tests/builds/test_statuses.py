@@ -1,3 +1,4 @@
+import json
 from urllib.parse import urlsplit
 
 import pytest
@@ -83,6 +84,13 @@ def test_status_key_of_one_build_cannot_report_on_another(api, build, other_buil
         ({"context": "x" * 256}, "context"),
         ({"description": "x" * 1001}, "description"),
         ({"description": "nul\u0000"}, "description"),
+        # Shown in terminals, logs and pages: no escape sequences, no bidi spoofing.
+        ({"description": "\x1b[2J\x1b[31mall green"}, "description"),
+        ({"description": "ok\rFAILED"}, "description"),
+        ({"description": "ok \u202egnilia\u202c"}, "description"),
+        ({"context": "ci/\u202etset"}, "context"),
+        ({"context": "ci/\u200btests"}, "context"),
+        ({"context": "ci/\x85tests"}, "context"),
         ({"target_url": "javascript:alert(1)"}, "target_url"),
         ({"target_url": "ftp://ci.example/x"}, "target_url"),
         ({"target_url": "data:text/html,<script>"}, "target_url"),
@@ -154,3 +162,14 @@ def test_the_share_page_shows_every_context_however_busy_the_others_are(api, bui
     page = Client().get(f"{parts.path}?{parts.query}", HTTP_ACCEPT="text/html")
     text = b"".join(page.streaming_content) if page.streaming else page.content
     assert '<code>ci/security</code></td><td class="state-failure">' in text.decode()
+
+
+@pytest.mark.parametrize("field", ["context", "description"])
+def test_a_lone_surrogate_is_400(api, build, status_token, field):
+    body = {"context": "ci", "state": "pending", field: "lone \\ud800 surrogate"}
+    raw = json.dumps(body).replace("\\\\ud800", "\\ud800")  # the JSON escape, unpaired
+    response = api.as_key(status_token).post(
+        statuses_url(build), raw, content_type="application/json"
+    )
+    assert response.status_code == 400, response.content
+    assert not build.build.statuses.exists()
