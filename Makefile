@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 TEST_SECRET := test-only-secret-key-never-used-in-any-deployment-0001
 TEST_PEPPER := test-only-token-pepper-never-used-in-any-deployment-01
 
-.PHONY: install run migrate test test-fast bench lint format clean
+.PHONY: install run migrate test test-fast bench lint format clean mutate
 
 $(STAMP): pyproject.toml courier/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,9 +39,21 @@ test-fast: install
 bench: install
 	$(PY) bench/auth.py
 	$(PY) bench/transfer.py
+	$(PY) bench/small.py
 	$(PY) bench/storage.py
 	$(PY) bench/share.py
 	$(PY) bench/fanout.py
+	$(PY) bench/cli.py
+
+# Mutation testing of the access core (tokens/, artifacts/paths.py; [tool.mutmut] in
+# pyproject.toml). Not part of CI: it takes minutes to hours. MUTATE_ARGS narrows it to some
+# mutants, e.g. MUTATE_ARGS='"tokens.access.*" "artifacts.paths.*"'; `.venv/bin/mutmut
+# browse` shows the survivors.
+mutate: install
+	rm -rf mutants
+	SECRET_KEY=$(TEST_SECRET) TOKEN_PEPPER=$(TEST_PEPPER) DATABASE_URL= \
+		$(VENV)/bin/mutmut run --max-children $${MUTATE_JOBS:-2} $(MUTATE_ARGS) || true
+	$(VENV)/bin/mutmut results --all true | tail -n 40 || $(VENV)/bin/mutmut results
 
 lint: install
 	$(VENV)/bin/ruff check .

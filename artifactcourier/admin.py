@@ -4,11 +4,14 @@ Django's changelist accepts any query-string lookup on a model's own fields
 (``?digest__startswith=a``), whatever the filters shown: a staff user could then read a secret's
 stored material (a token digest, a deploy token's seed, a password hash) one character at a
 time. The site mixes ``OfferedLookupsOnly`` into every ModelAdmin it registers, Django's own
-(users, groups) and those added later included, so no admin can forget it.
+(users, groups) and those added later included, so no admin can forget it; and
+``EncodableForms``, so a JSON form field shown again with its error never fails to encode.
 """
 
+import json
 import re
 
+from django import forms
 from django.contrib import admin
 from django.contrib.admin.filters import FieldListFilter, ListFilter
 from django.contrib.admin.utils import get_fields_from_path
@@ -61,9 +64,16 @@ class OfferedLookupsOnly:
         return True
 
     def offered_lookups(self, request) -> set[str]:
+        # Asked once per query parameter; the filters (some query for their choices) are
+        # built once per request.
+        cache = getattr(request, "_offered_lookups", None) if request is not None else None
+        if cache is not None and self.model in cache:
+            return cache[self.model]
         offered = self._date_hierarchy_lookups()
         for item in self.get_list_filter(request):
             offered.update(self._filter_parameters(item, request))
+        if request is not None:
+            request._offered_lookups = {**(cache or {}), self.model: offered}
         return offered
 
     def _date_hierarchy_lookups(self) -> set[str]:
@@ -84,13 +94,36 @@ class OfferedLookupsOnly:
         return spec.expected_parameters()
 
 
+class EncodableJSONFormField(forms.JSONField):
+    """The admin's JSON textarea, which always encodes: a refused value is shown again with
+    its error, and a lone surrogate in it (``"\\ud800"``) is shown as the escape it was typed
+    as, not as a character no response can hold."""
+
+    def prepare_value(self, value):
+        text = super().prepare_value(value)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return json.dumps(value, cls=self.encoder)  # ASCII, with \u escapes
+        return text
+
+
+class EncodableForms:
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Unless the admin chose a form field for JSON itself.
+        self.formfield_overrides.setdefault(models.JSONField, {}).setdefault(
+            "form_class", EncodableJSONFormField
+        )
+
+
 class AdminSite(admin.AdminSite):
     def register(self, model_or_iterable, admin_class=None, **options):
         admin_class = admin_class or admin.ModelAdmin
         if not issubclass(admin_class, OfferedLookupsOnly):
             admin_class = type(
                 admin_class.__name__,
-                (OfferedLookupsOnly, admin_class),
+                (OfferedLookupsOnly, EncodableForms, admin_class),
                 {"__module__": admin_class.__module__, "__qualname__": admin_class.__qualname__},
             )
         return super().register(model_or_iterable, admin_class, **options)

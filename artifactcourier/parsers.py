@@ -11,6 +11,7 @@ its validation, the database or the response cannot handle:
 """
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from rest_framework import exceptions
 from rest_framework.parsers import JSONParser
 from rest_framework.renderers import JSONRenderer
@@ -68,6 +69,15 @@ def json_value_check(value, *, max_depth: int | None = None) -> None:
                     stack.append((child, depth + 1, (*path, key)))
             else:
                 stack.extend((child, depth + 1, (*path, i)) for i, child in enumerate(item))
+
+
+def validate_json_value(value) -> None:
+    """``json_value_check`` as a Django validator, for JSON that arrives other than through the
+    API (a model field edited in the admin)."""
+    try:
+        json_value_check(value)
+    except exceptions.ParseError as error:
+        raise ValidationError(str(error.detail), code=error.default_code) from None
 
 
 class SafeJSONParser(JSONParser):

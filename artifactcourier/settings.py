@@ -38,6 +38,18 @@ def env_list(name: str, default: str = "") -> list[str]:
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
 EMBEDDED = not DATABASE_URL or DATABASE_URL.startswith("sqlite")
 
+# --- Embedded data directory: private to the user running the service -----------------------
+# It holds the database (sessions, key digests, deploy seeds), the generated secrets and the
+# artifacts: a 0700 directory, and files created 0600 by every embedded process (manage.py
+# commands, web, worker), including SQLite's own, which follow the umask.
+if EMBEDDED:
+    os.umask(0o077)
+    DATA_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    DATA_DIR.chmod(0o700)  # also tightens a directory made by an older version
+    # Stored blobs get this mode explicitly (Django's default is 0644, whatever the umask).
+    FILE_UPLOAD_PERMISSIONS = 0o600
+    FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o700
+
 
 def _embedded_secrets() -> dict[str, str]:
     """Generate once and persist the embedded mode's secrets, so restarts keep tokens valid."""
@@ -97,6 +109,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "artifactcourier.middleware.TransferCodings",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "artifactcourier.middleware.PrivateApiResponses",
@@ -217,11 +230,16 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
     _broker_dir = DATA_DIR / "broker"
     (_broker_dir / "queue").mkdir(parents=True, exist_ok=True)
     (_broker_dir / "processed").mkdir(parents=True, exist_ok=True)
+    (_broker_dir / "control").mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "queue"),
         "data_folder_out": str(_broker_dir / "queue"),
         "processed_folder": str(_broker_dir / "processed"),
+        # kombu's default is ./control, relative to the working directory (the repository).
+        "control_folder": str(_broker_dir / "control"),
         "store_processed": False,
+        # kombu's default is ./control: every process would litter its working directory.
+        "control_folder": str(_broker_dir / "control"),
     }
 CELERY_BEAT_SCHEDULE: dict = {}
 
@@ -258,14 +276,30 @@ SPECTACULAR_SETTINGS = {
 KEY_LAST_USED_INTERVAL = env_int("KEY_LAST_USED_INTERVAL", 60)
 
 # --- Logging: tokens and signatures never reach a log line ------------------------------------
+# Every handler carries the one redaction (tokens.logging): Django's default handlers are
+# replaced, not kept beside ours (its "django" logger's console and mail_admins, and
+# "django.server"), so no record reaches a stream or a mail unfiltered. gunicorn's own logs go
+# through the same filter (artifactcourier.gunicorn_logging), Celery's too (celery.py).
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"redact": {"()": "tokens.logging.RedactSecretsFilter"}},
+    "filters": {
+        "redact": {"()": "tokens.logging.RedactSecretsFilter"},
+        "require_debug_false": {"()": "django.utils.log.RequireDebugFalse"},
+    },
     "handlers": {
         "console": {"class": "logging.StreamHandler", "filters": ["redact"]},
+        "mail_admins": {
+            "level": "ERROR",
+            "class": "django.utils.log.AdminEmailHandler",
+            "filters": ["require_debug_false", "redact"],
+        },
     },
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "loggers": {
+        "django": {"handlers": ["mail_admins"], "level": "INFO", "propagate": True},
+        "django.server": {"handlers": ["console"], "level": "INFO", "propagate": False},
+    },
 }
 # Deploy tokens live at most this long (they are rotated well before).
 DEPLOY_TOKEN_MAX_DAYS = env_int("DEPLOY_TOKEN_MAX_DAYS", 365)
@@ -313,6 +347,12 @@ CELERY_BEAT_SCHEDULE["artifacts.retention_purge"] = {
 # running when its build was canceled keeps trying to upload with a key it legitimately held.
 TRIPWIRE_FINISH_GRACE_SECONDS = env_int("TRIPWIRE_FINISH_GRACE_SECONDS", 300)
 
+# --- Serving --------------------------------------------------------------------------------
+# An upload whose body sends no byte for this many seconds is cut (408, nothing stored), so a
+# stalled client frees its thread; 0 waits forever. A slow upload that keeps sending is never
+# cut. Applies under gunicorn (the server `make run` and the compose stack use).
+ARTIFACT_UPLOAD_IDLE_TIMEOUT = env_int("ARTIFACT_UPLOAD_IDLE_TIMEOUT", 60)
+
 # --- Refusals: audit volume ---------------------------------------------------------------------
 # Rows one live key's refusals may add per action (denied / write denied) per
 # TRIPWIRE_WINDOW_SECONDS; past that the newest row counts the repeats. Never below
@@ -334,6 +374,9 @@ SHARE_SIGNING_SECRETS = env_list("SHARE_SIGNING_SECRETS") or [
 SHARE_DEFAULT_SECONDS = env_int("SHARE_DEFAULT_SECONDS", 3600)
 SHARE_MAX_SECONDS = env_int("SHARE_MAX_SECONDS", 7 * 86400)
 SHARE_MAX_PATHS = env_int("SHARE_MAX_PATHS", 1000)
+# Live (unexpired, unrevoked) shares per build: every share mints a key, so an unbounded number
+# of requests (an untrusted build's job, say) would grow the key table without end.
+SHARE_MAX_LIVE_PER_BUILD = env_int("SHARE_MAX_LIVE_PER_BUILD", 100)
 # How /dl/ artifact links are served: "direct" (the app streams the bytes), "x-accel" (the app
 # answers X-Accel-Redirect to SHARE_X_ACCEL_LOCATION, an nginx `internal` location aliased to
 # ARTIFACT_ROOT, and nginx streams from disk), or "s3" (302 to a short-lived S3 URL).
@@ -344,6 +387,17 @@ SHARE_X_ACCEL_LOCATION = os.environ.get("SHARE_X_ACCEL_LOCATION", "/_artifacts/"
 # S3 URLs handed to clients are signed for this endpoint (the one clients reach), not the
 # internal AWS_S3_ENDPOINT_URL the app talks to (e.g. http://minio:9000 in compose).
 AWS_S3_PUBLIC_ENDPOINT_URL = os.environ.get("AWS_S3_PUBLIC_ENDPOINT_URL", "")
+
+# --- Authentication on PostgreSQL -----------------------------------------------------------------
+# The per-request key lookup binds its parameters on the server, so PostgreSQL prepares it once
+# per connection (tokens.models._hot_cursor). Set to false behind a transaction-mode pooler that
+# cannot keep prepared statements (PgBouncer before 1.21).
+AUTH_PREPARED_STATEMENTS = env_bool("AUTH_PREPARED_STATEMENTS", True)
+if AUTH_PREPARED_STATEMENTS and DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    # Django turns psycopg's preparing off (prepare_threshold None), which also refuses an
+    # explicit prepare=True. A threshold no query reaches keeps automatic preparing off (and
+    # Django's own client-side binding cursors never prepare) while allowing the explicit one.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("prepare_threshold", 2**31)
 
 # --- Dependencies: timeouts, retries, 503 ---------------------------------------------------
 # Every call to the object store is bounded: a store that accepts connections but never answers
@@ -358,7 +412,7 @@ AWS_S3_MAX_ATTEMPTS = env_int("AWS_S3_MAX_ATTEMPTS", 2)
 # Circuit breaker: after this many unavailability errors in a row (0: never), a process answers
 # 503 at once for AWS_S3_BREAKER_SECONDS without calling the store, so a dead store cannot tie
 # up every server thread (and /healthz behind them) for the length of its timeouts.
-AWS_S3_BREAKER_FAILURES = env_int("AWS_S3_BREAKER_FAILURES", 5)
+AWS_S3_BREAKER_FAILURES = env_int("AWS_S3_BREAKER_FAILURES", 3)
 AWS_S3_BREAKER_SECONDS = env_int("AWS_S3_BREAKER_SECONDS", 10)
 
 
@@ -430,6 +484,14 @@ SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"]["WebhookEventEnum"] = "webhooks.mode
 # them when the broker is back). Consuming workers keep their own reconnect policy.
 if not CELERY_BROKER_URL.startswith("filesystem://"):
     CELERY_BROKER_TRANSPORT_OPTIONS = {"max_retries": env_int("CELERY_PUBLISH_MAX_RETRIES", 0)}
+
+# --- Many small artifacts: file-count quota, batch uploads -------------------------------------
+# A build may hold at most this many artifacts (413 beyond): the byte quota alone lets 0-byte
+# uploads create rows without bound.
+BUILD_ARTIFACTS_MAX_FILES = env_int("BUILD_ARTIFACTS_MAX_FILES", 100_000)
+# A batch upload (tar stream) may expand to at most this many bytes per byte of request body
+# (compressed archives only): past it, the archive is taken for a decompression bomb (413).
+ARTIFACT_BATCH_MAX_EXPANSION = env_int("ARTIFACT_BATCH_MAX_EXPANSION", 200)
 # Downstream status reports: distinct contexts one build may hold.
 STATUS_CONTEXTS_PER_BUILD = env_int("STATUS_CONTEXTS_PER_BUILD", 100)
 # Reports kept per context (the latest ones); older ones are dropped as new ones arrive, so a

@@ -3,6 +3,8 @@ from django.http import JsonResponse
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from .landing import landing
+
 
 def healthz(request):
     """The process is up (no dependency checked: that is /readyz)."""
@@ -10,6 +12,7 @@ def healthz(request):
 
 
 urlpatterns = [
+    path("", landing, name="landing"),
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("api/v1/", include("tokens.urls")),

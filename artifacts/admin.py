@@ -79,8 +79,9 @@ class ShareAdmin(ReadOnlyAdmin):
     actions = ["revoke_shares"]
 
     def has_change_permission(self, request, obj=None) -> bool:
-        # The action needs change permission; every field stays read-only.
-        return request.user.is_active and request.user.is_staff
+        # Revoking needs the model's change permission (every field stays read-only); staff
+        # status alone grants nothing, as for any other model.
+        return admin.ModelAdmin.has_change_permission(self, request, obj)
 
     @admin.display(description="paths")
     def shared_paths(self, share: Share) -> str:
@@ -93,7 +94,9 @@ class ShareAdmin(ReadOnlyAdmin):
     def state(self, share: Share) -> str:
         return _share_state(share)
 
-    @admin.action(description="Revoke the selected shares (their links stop working)")
+    @admin.action(
+        description="Revoke the selected shares (their links stop working)", permissions=["change"]
+    )
     def revoke_shares(self, request, queryset) -> None:
         revoked = 0
         for share in queryset.select_related("key"):

@@ -9,6 +9,12 @@ class InvalidArtifactPath(exceptions.APIException):
     default_code = "invalid_path"
 
 
+class InvalidArchive(exceptions.APIException):
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_detail = "The body is not an acceptable tar archive; nothing was stored."
+    default_code = "invalid_archive"
+
+
 class ChecksumMismatch(exceptions.APIException):
     status_code = status.HTTP_400_BAD_REQUEST
     default_detail = "The body's SHA-256 does not match X-Checksum-Sha256; nothing was stored."
@@ -21,10 +27,24 @@ class IncompleteBody(exceptions.APIException):
     default_code = "incomplete_body"
 
 
+class BodyStalled(exceptions.APIException):
+    # RFC 9110 §15.5.9: the server did not receive a complete request in the time it was
+    # prepared to wait. The client may retry; the connection is closed.
+    status_code = status.HTTP_408_REQUEST_TIMEOUT
+    default_detail = "The request body stopped arriving; nothing was stored."
+    default_code = "body_stalled"
+
+
 class ArtifactConflict(exceptions.APIException):
     status_code = status.HTTP_409_CONFLICT
     default_detail = "This path already holds different bytes; artifacts are immutable."
     default_code = "artifact_exists"
+
+
+class TooManyShares(exceptions.APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "This build has too many live shares."
+    default_code = "too_many_shares"
 
 
 class QuotaExceeded(exceptions.APIException):

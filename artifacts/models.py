@@ -1,4 +1,4 @@
-from django.db import models
+from django.db import connections, models
 from django.db.models import Count, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -6,7 +6,57 @@ from django.utils import timezone
 from tokens import access
 
 
+def _quoted(model, *fields: str) -> tuple[str, list[str]]:
+    """The model's quoted table name and the quoted columns of ``fields`` on its connection."""
+    q = connections[model.objects.db].ops.quote_name
+    meta = model._meta
+    return q(meta.db_table), [q(meta.get_field(name).column) for name in fields]
+
+
+def _returning_insert(model, fields: list[str], rows: list[tuple], conflict: str) -> list[tuple]:
+    """``INSERT ... VALUES (rows) <conflict> RETURNING ...`` in one statement (PostgreSQL and
+    SQLite >= 3.35 both speak it). Used on the upload path, where the ORM cannot say
+    "insert unless present, and tell me what happened" in one round trip."""
+    connection = connections[model.objects.db]
+    table, columns = _quoted(model, *fields)
+    adapt = {
+        name: connection.ops.adapt_datetimefield_value
+        for name in fields
+        if model._meta.get_field(name).get_internal_type() == "DateTimeField"
+    }
+    values = []
+    for row in rows:
+        for name, value in zip(fields, row, strict=True):
+            values.append(adapt[name](value) if name in adapt else value)
+    placeholders = ", ".join(["(" + ", ".join(["%s"] * len(fields)) + ")"] * len(rows))
+    sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES {placeholders} {conflict}"  # noqa: S608
+    with connection.cursor() as cursor:
+        cursor.execute(sql, values)
+        return cursor.fetchall()
+
+
 class BlobQuerySet(models.QuerySet):
+    def publish(self, blobs: list[tuple[str, int, str]], *, now=None) -> dict[str, str]:
+        """Record ``(sha256, size, storage_name)`` blobs, or where a blob of that digest exists
+        already, mark it referenced now instead. Returns, per digest, the storage name of the
+        row that holds the bytes: the one given if this inserted it.
+
+        One statement. On PostgreSQL the upsert also takes the existing row's lock, ordering it
+        against retention (which deletes a blob only under that lock, if it is old enough).
+        """
+        now = now or timezone.now()
+        _, (referenced_at, sha_column, name_column) = _quoted(
+            Blob, "referenced_at", "sha256", "storage_name"
+        )
+        rows = _returning_insert(
+            Blob,
+            ["sha256", "size", "storage_name", "created_at", "referenced_at"],
+            [(sha256, size, name, now, now) for sha256, size, name in blobs],
+            f"ON CONFLICT ({sha_column}) DO UPDATE SET {referenced_at} = excluded.{referenced_at} "
+            f"RETURNING {sha_column}, {name_column}",
+        )
+        return dict(rows)
+
     def with_reference_count(self):
         return self.annotate(reference_count=Count("artifacts"))
 
@@ -37,6 +87,23 @@ class Blob(models.Model):
 
 
 class ArtifactQuerySet(models.QuerySet):
+    def insert_new(self, rows: list[dict], *, created_at) -> dict[str, int]:
+        """Insert artifacts (dicts of build_id, path, blob_id, content_type) unless their path
+        is taken in their build; return the ids of those inserted, by path. One statement."""
+        _, (build_column, path_column, id_column) = _quoted(Artifact, "build", "path", "id")
+        fields = ["build", "path", "blob", "content_type", "created_at"]
+        inserted = _returning_insert(
+            Artifact,
+            fields,
+            [
+                (r["build_id"], r["path"], r["blob_id"], r["content_type"][:255], created_at)
+                for r in rows
+            ],
+            f"ON CONFLICT ({build_column}, {path_column}) DO NOTHING "
+            f"RETURNING {path_column}, {id_column}",
+        )
+        return dict(inserted)
+
     def total_size(self) -> int:
         """Logical bytes (a blob shared by two artifacts counts twice: quotas are per use)."""
         return self.aggregate(total=Coalesce(Sum("blob__size"), 0))["total"]

@@ -1,20 +1,14 @@
-"""The one place that decides whether a string is an acceptable artifact path."""
+"""The one place artifact code asks whether a string is an acceptable artifact path or prefix.
 
-import unicodedata
+The policy itself is ``artifactcourier.paths.path_problem`` (shared with ``tokens.access`` for
+key and share prefixes); this module turns its verdict into the API's 400.
+"""
 
 from django.conf import settings
 
+from artifactcourier.paths import path_problem
+
 from .errors import InvalidArtifactPath
-
-_CONTROL_CATEGORIES = {"Cc", "Cf", "Cs", "Zl", "Zp"}
-
-
-def _control_character(text: str) -> str | None:
-    """The first control (or invisible formatting) character in ``text``, as ``U+XXXX``."""
-    for char in text:
-        if unicodedata.category(char) in _CONTROL_CATEGORIES:
-            return f"U+{ord(char):04X}"
-    return None
 
 
 def artifact_path_clean(path: str) -> str:
@@ -24,41 +18,24 @@ def artifact_path_clean(path: str) -> str:
     downstream jobs, so they are refused rather than silently rewritten: ``a//b`` or ``./a``
     would otherwise make two spellings of one artifact.
     """
-    if not path:
-        raise InvalidArtifactPath("The artifact path is empty.")
     if len(path) > settings.ARTIFACT_PATH_MAX_LENGTH:
         raise InvalidArtifactPath(
             f"The artifact path is longer than {settings.ARTIFACT_PATH_MAX_LENGTH} characters."
         )
-    if "\\" in path:
-        raise InvalidArtifactPath("The artifact path contains a backslash; use '/'.")
-    if control := _control_character(path):
-        raise InvalidArtifactPath(f"The artifact path contains a control character ({control}).")
-    if path.startswith("/"):
-        raise InvalidArtifactPath("The artifact path must be relative (no leading '/').")
-    if path.endswith("/"):
-        raise InvalidArtifactPath("The artifact path must name a file (no trailing '/').")
-    for segment in path.split("/"):
-        if segment == "":
-            raise InvalidArtifactPath("The artifact path contains an empty segment ('//').")
-        if segment in {".", ".."}:
-            raise InvalidArtifactPath(f"The artifact path contains a '{segment}' segment.")
-        if len(segment) > settings.ARTIFACT_PATH_SEGMENT_MAX_LENGTH:
-            raise InvalidArtifactPath(
-                f"A segment of the artifact path is longer than "
-                f"{settings.ARTIFACT_PATH_SEGMENT_MAX_LENGTH} characters."
-            )
-    if unicodedata.normalize("NFC", path) != path:
-        raise InvalidArtifactPath("The artifact path is not in Unicode normal form C.")
+    if problem := path_problem(path):
+        raise InvalidArtifactPath(f"The artifact path {problem}.")
     return path
 
 
 def artifact_prefix_clean(prefix: str) -> str:
     """Return ``prefix`` (a listing filter: any start of a path, ``dist`` matches ``dist-x/``) if
-    it could start an artifact path, else raise with the reason. No path holds a control
-    character, and PostgreSQL refuses a NUL in any query, so such a prefix is bad input."""
-    if control := _control_character(prefix):
+    it could start an artifact path, else raise with the reason: no artifact lies under it, and
+    PostgreSQL refuses a NUL in any query."""
+    if len(prefix) > settings.ARTIFACT_PATH_MAX_LENGTH:
         raise InvalidArtifactPath(
-            f"The prefix contains a control character ({control}).", code="invalid_prefix"
+            f"The prefix is longer than {settings.ARTIFACT_PATH_MAX_LENGTH} characters.",
+            code="invalid_prefix",
         )
+    if problem := path_problem(prefix, prefix=True):
+        raise InvalidArtifactPath(f"The prefix {problem}.", code="invalid_prefix")
     return prefix

@@ -2,13 +2,12 @@
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Q, Sum
-from django.db.models.functions import Coalesce
+from django.db.models import Q
 from django.utils import timezone
 
 from builds.models import Build, Project
@@ -16,7 +15,7 @@ from tokens.errors import InvalidCredential
 from tokens.models import ApiKey
 from tokens.services import key_alive
 
-from . import storage
+from . import storage, usage
 from .errors import (
     ArtifactConflict,
     BlobVanished,
@@ -39,33 +38,15 @@ class StoredArtifact:
     created: bool
 
 
-def _quota_room(*, build: Build) -> tuple[int, str]:
-    """How many more bytes one artifact of ``build`` may have, and the sentence if it has not."""
-    max_size = settings.ARTIFACT_MAX_SIZE
-    used = Artifact.objects.filter(build__project_id=build.project_id).aggregate(
-        project=Coalesce(Sum("blob__size"), 0),
-        build=Coalesce(Sum("blob__size", filter=Q(build_id=build.pk)), 0),
-    )
-    build_room = settings.BUILD_ARTIFACTS_QUOTA - used["build"]
-    project_room = settings.PROJECT_ARTIFACTS_QUOTA - used["project"]
-    return min(
-        (max_size, f"An artifact may be at most {max_size} bytes."),
-        (
-            build_room,
-            f"The build's artifacts may total at most {settings.BUILD_ARTIFACTS_QUOTA} bytes.",
-        ),
-        (
-            project_room,
-            f"The project's artifacts may total at most {settings.PROJECT_ARTIFACTS_QUOTA} bytes.",
-        ),
-        key=lambda room: room[0],
-    )
-
-
-def _check_quota(*, build: Build, size: int) -> None:
-    room, reason = _quota_room(build=build)
-    if size > room:
-        raise QuotaExceeded(reason)
+def checksum_clean(expected_sha256: str | None) -> str | None:
+    if expected_sha256 is None:
+        return None
+    expected_sha256 = expected_sha256.strip().lower()
+    if not SHA256_HEX.match(expected_sha256):
+        raise ChecksumMismatch(
+            "X-Checksum-Sha256 must be 64 hexadecimal characters.", code="invalid_checksum"
+        )
+    return expected_sha256
 
 
 def _project_holds(*, project_id: int, sha256: str) -> bool:
@@ -90,31 +71,27 @@ def artifact_store(
     ArtifactConflict. The bytes become visible only once their digest is verified and the
     artifact row is committed; any failure before that leaves nothing behind.
 
-    Three steps, and only the last takes locks: receive (stream into a staged object, hashing),
-    ``blob_publish`` (make the staged bytes a blob: network calls, no transaction) and
-    ``artifact_link`` (under the build's and project's row locks, re-check and link). ``key``,
-    the key that sent the body, must still be alive when the artifact is linked.
+    Three steps, and none holds a lock across another: receive (stream into a staged object,
+    hashing), ``blob_publish`` (make the staged bytes a blob: network calls, no transaction)
+    and ``artifact_link`` (one statement that re-checks and links). ``key``, the key that sent
+    the body, must still be alive when the artifact is linked. ``build`` comes loaded with its
+    project: their usage counters refuse an upload over quota before a body byte is read.
     """
     path = artifact_path_clean(path)
-    if expected_sha256 is not None:
-        expected_sha256 = expected_sha256.strip().lower()
-        if not SHA256_HEX.match(expected_sha256):
-            raise ChecksumMismatch(
-                "X-Checksum-Sha256 must be 64 hexadecimal characters.", code="invalid_checksum"
-            )
+    expected_sha256 = checksum_clean(expected_sha256)
     if not build.is_running:
         raise BuildNotWritable()
-    existing = Artifact.objects.filter(build=build, path=path).select_related("blob").first()
-    room, reason = _quota_room(build=build)
-    if existing is not None:
-        # A re-upload replaces nothing: it may be as large as what the path already holds.
-        room = max(room, existing.size)
+    room, reason = usage.usage_room(build=build)
     if content_length is not None and content_length > room:
-        raise QuotaExceeded(reason)  # before a single body byte is read
+        # Over quota, unless it re-sends what the path holds: a re-upload replaces nothing.
+        existing = Artifact.objects.filter(build=build, path=path).select_related("blob").first()
+        if existing is not None:
+            room = max(room, existing.size)
+        if content_length > room:
+            raise QuotaExceeded(reason)  # before a single body byte is read
 
-    if existing is not None or (
-        expected_sha256 is not None
-        and _project_holds(project_id=build.project_id, sha256=expected_sha256)
+    if expected_sha256 is not None and _project_holds(
+        project_id=build.project_id, sha256=expected_sha256
     ):
         # Only the digest matters now: hash the body to verify it, store nothing.
         writer = storage.DiscardingWriter()
@@ -126,18 +103,11 @@ def artifact_store(
             stream=stream,
             writer=writer,
             content_length=content_length,
-            limit=room,
+            limit=max(room, 0),
             limit_reason=reason,
         )
         if expected_sha256 is not None and received.sha256 != expected_sha256:
             raise ChecksumMismatch()
-        if existing is not None:
-            if existing.sha256 != received.sha256:
-                raise ArtifactConflict(
-                    f"{path} already holds different bytes (sha256 {existing.sha256}); "
-                    "artifacts are immutable."
-                )
-            return StoredArtifact(existing, created=False)
         published = None
         if not isinstance(writer, storage.DiscardingWriter):
             published = blob_publish(writer=writer, sha256=received.sha256, size=received.size)
@@ -153,6 +123,7 @@ def artifact_store(
             build=build,
             path=path,
             sha256=received.sha256,
+            size=received.size,
             content_type=content_type or "application/octet-stream",
         )
     except BaseException:
@@ -190,24 +161,18 @@ def blob_publish(*, writer: storage.BlobWriter, sha256: str, size: int) -> Publi
     retention's reconciliation deletes it after the grace period.
     """
     name = writer.commit(sha256=sha256)
-    try:
-        with transaction.atomic():
-            blob = Blob.objects.create(sha256=sha256, size=size, storage_name=name)
-        return PublishedBlob(blob, created=True)
-    except IntegrityError:
-        pass
-    try:
-        storage.blob_delete(name)
-    except Exception:  # an orphan object costs space (reconciliation removes it); not the upload
-        logger.exception("could not delete the duplicate object %s", name)
-    Blob.objects.filter(sha256=sha256).update(referenced_at=timezone.now())
-    blob = Blob.objects.filter(sha256=sha256).first()
-    if blob is None:  # purged in between: vanishingly rare; a retry stores it again
-        raise BlobVanished()
-    return PublishedBlob(blob, created=False)
+    now = timezone.now()
+    # One statement: insert the row, or mark the existing one referenced (an upsert).
+    holder = Blob.objects.publish([(sha256, size, name)], now=now)[sha256]
+    if holder != name:
+        try:
+            storage.blob_delete(name)
+        except Exception:  # an orphan object costs space (reconciliation removes it)
+            logger.exception("could not delete the duplicate object %s", name)
+    blob = Blob(sha256=sha256, size=size, storage_name=holder, referenced_at=now)
+    return PublishedBlob(blob, created=holder == name)
 
 
-@transaction.atomic
 def artifact_link(
     *,
     key: ApiKey | None,
@@ -215,40 +180,55 @@ def artifact_link(
     path: str,
     sha256: str,
     content_type: str,
+    size: int | None = None,
 ) -> StoredArtifact:
-    """Link the stored blob ``sha256`` as the build's artifact at ``path``.
+    """Link the stored blob ``sha256`` (of ``size`` bytes) as the build's artifact at ``path``.
 
-    Under the build's row lock (and the project's, for its quota) re-checks what may have
-    changed while the body streamed: the build finished, the key (or one it came from) was
-    revoked, a concurrent upload took the path, quotas, a purge of the blob. No network call
-    happens here: every lock taken is released within a few queries.
+    Re-checks what may have changed while the body streamed: the key (or one it came from) was
+    revoked; then, in the one statement that inserts the row and counts it (usage.py), the
+    build finished, a quota filled, a concurrent upload took the path. If retention removed the
+    blob meanwhile, the foreign key refuses the row (503, retry). No lock outlives a statement.
     """
-    build = Build.objects.select_for_update().get(pk=build.pk)
-    if not build.is_running:
-        raise BuildNotWritable()
     if key is not None and not key_alive(key=key):
         raise InvalidCredential(
-            "This API token was revoked during the upload; nothing was stored.", code="revoked"
+            "This API token was revoked or expired during the upload; nothing was stored.",
+            code="revoked",
         )
-    existing = Artifact.objects.filter(build=build, path=path).select_related("blob").first()
-    if existing is not None:
+    if size is None:
+        size = Blob.objects.filter(sha256=sha256).values_list("size", flat=True).first()
+        if size is None:
+            raise BlobVanished()
+    now = timezone.now()
+    try:
+        pk = usage.artifact_insert_within_quota(
+            build_id=build.pk,
+            path=path,
+            sha256=sha256,
+            size=size,
+            content_type=content_type,
+            created_at=now,
+        )
+    except IntegrityError as exc:  # the blob's row went (retention): the bytes must come again
+        raise BlobVanished() from exc
+    if pk is None:
+        existing = Artifact.objects.filter(build=build, path=path).select_related("blob").first()
+        if existing is None:
+            raise usage.insert_refusal(build_id=build.pk, size=size) or ArtifactConflict(
+                f"{path} changed during the upload; retry it."
+            )
         if existing.sha256 != sha256:
             raise ArtifactConflict(
-                f"{path} already holds different bytes; artifacts are immutable."
+                f"{path} already holds different bytes (sha256 {existing.sha256}); "
+                "artifacts are immutable."
             )
         return StoredArtifact(existing, created=False)
-    # The project's row orders the quota checks of all its builds' uploads: under the build's
-    # lock alone, two builds could each see room for one more artifact and both take it.
-    Project.objects.select_for_update(no_key=True).get(pk=build.project_id)
-    # Locking the blob row orders us against retention: it deletes a blob only under this lock
-    # and only if nothing references it, so once we hold it the blob stays.
-    blob = Blob.objects.select_for_update().filter(sha256=sha256).first()
-    if blob is None:
-        raise BlobVanished()
-    _check_quota(build=build, size=blob.size)
-    Blob.objects.filter(pk=blob.pk).update(referenced_at=timezone.now())
-    artifact = Artifact.objects.create(
-        build=build, path=path, blob=blob, content_type=content_type[:255]
+    artifact = Artifact(
+        pk=pk,
+        build=build,
+        path=path,
+        blob=Blob(sha256=sha256, size=size),
+        content_type=content_type[:255],
+        created_at=now,
     )
     return StoredArtifact(artifact, created=True)
 
@@ -264,6 +244,7 @@ class PurgeResult:
     uploads_aborted: int = 0
     orphans_deleted: int = 0
     unknown_objects: int = 0
+    usage_drifts: list = field(default_factory=list)
 
 
 def builds_expired(*, now: datetime):
@@ -292,9 +273,11 @@ def blob_purge_if_unreferenced(*, sha256: str, referenced_before: datetime) -> b
 
 
 def retention_purge(*, now: datetime | None = None) -> PurgeResult:
-    """Delete artifacts of builds past their project's retention, then unreferenced blobs."""
+    """Delete artifacts of builds past their project's retention, then unreferenced blobs;
+    reconcile the storage with the blobs, and the usage counters with the artifacts."""
     now = now or timezone.now()
-    expired = Artifact.objects.filter(build__in=builds_expired(now=now))
+    # The usage counters follow the deleted rows (a trigger, artifacts/usage.py).
+    expired = Artifact.objects.filter(build__in=builds_expired(now=now).filter(used_files__gt=0))
     _, deleted = expired.delete()
     referenced_before = now - timedelta(seconds=settings.ARTIFACT_BLOB_GRACE_SECONDS)
     candidates = Blob.objects.unreferenced().filter(referenced_at__lt=referenced_before)
@@ -315,6 +298,7 @@ def retention_purge(*, now: datetime | None = None) -> PurgeResult:
         uploads_aborted=reconciled.uploads_aborted,
         orphans_deleted=reconciled.orphans_deleted,
         unknown_objects=len(reconciled.unknown),
+        usage_drifts=usage.usage_reconcile(),
     )
 
 

@@ -10,6 +10,7 @@ from datetime import datetime
 
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
 from tokens import services as token_services
@@ -17,7 +18,7 @@ from tokens.access import path_allowed, visible_artifacts
 from tokens.models import ApiKey, AuditEvent
 
 from . import signing
-from .errors import InvalidArtifactPath
+from .errors import InvalidArtifactPath, TooManyShares
 from .models import Artifact, Share
 from .paths import artifact_path_clean
 
@@ -72,6 +73,31 @@ def sign_artifacts(*, artifacts, build_id: int, exp: int, kid: int, base_url: st
     ]
 
 
+def _listing_prefix(*, key: ApiKey, prefix: str, paths: list[str] | None) -> str:
+    """The directory whose signed listing shows exactly what these links name, or ValueError.
+
+    The listing a link opens is decided when it is opened, from the key alone: everything the
+    key sees under the listing's directory, narrowed to the paths of the key's Share row if it
+    has one. Links for a file-name prefix (``dist/app``) or for a list of paths would otherwise
+    sign a listing showing more than was shared, so they are refused unless the key itself is
+    that narrow (its path prefix, its Share row's paths).
+    """
+    directory = prefix[: prefix.rfind("/") + 1]
+    if directory != prefix and not key.path_prefix.startswith(prefix):
+        raise ValueError(
+            f"A listing cannot be limited to the file-name prefix {prefix!r}: share a directory "
+            "(ending with '/'), or share under a key limited to that prefix."
+        )
+    if paths is not None:
+        recorded = Share.objects.filter(key=key).values_list("paths", flat=True).first()
+        if sorted(set(paths)) != sorted(recorded or []):
+            raise ValueError(
+                "A listing cannot be limited to a list of paths without a Share recording "
+                "them: use share_create, which mints a key whose listing shows only those."
+            )
+    return directory
+
+
 def share_links(
     *,
     key: ApiKey,
@@ -89,7 +115,7 @@ def share_links(
     """
     exp = int(expires_at.timestamp())
     prefix = prefix or ""
-    listing_prefix = prefix if prefix.endswith("/") else ""
+    listing_prefix = _listing_prefix(key=key, prefix=prefix, paths=paths)
     found = shared_artifacts(key=key, build=build, paths=paths, prefix=prefix)
     return SharedLinks(
         url=signing.sign_url(
@@ -131,6 +157,20 @@ def _paths_clean(paths) -> list[str]:
     return sorted(set(cleaned))
 
 
+def _live_shares_check(build) -> None:
+    """Refuse a share beyond SHARE_MAX_LIVE_PER_BUILD live ones. Not serialised: concurrent
+    requests may pass the cap by a few, which still bounds the keys minted."""
+    maximum = settings.SHARE_MAX_LIVE_PER_BUILD
+    live = Share.objects.filter(
+        build=build, expires_at__gt=timezone.now(), key__revoked_at__isnull=True
+    ).count()
+    if live >= maximum:
+        raise TooManyShares(
+            f"This build has {maximum} live shares, the most it may have: revoke one (its "
+            "key_id) or wait for one to expire."
+        )
+
+
 def share_create(
     *,
     key: ApiKey,
@@ -164,6 +204,7 @@ def share_create(
         missing = [p for p in cleaned if p not in present]
         if missing:
             raise ValidationError({"paths": f"No such artifact: {', '.join(missing[:10])}"})
+    _live_shares_check(build)
     with transaction.atomic():
         share_key = token_services.key_mint_share(
             sharer=key, build=build, path_prefix=prefix, expires_in=expires_in

@@ -40,7 +40,8 @@ class _Breaker:
     """Fail fast while the object store is known to be down (a circuit breaker, per process and
     store). After ``AWS_S3_BREAKER_FAILURES`` unavailability errors in a row, calls are refused at
     once for ``AWS_S3_BREAKER_SECONDS`` instead of each holding a server thread for its full
-    timeouts; then calls go through again, and the first failure reopens it."""
+    timeouts; then one call probes the store (the others still fail fast): its success closes
+    the breaker, its failure reopens it."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -50,8 +51,13 @@ class _Breaker:
 
     def check(self) -> None:
         with self.lock:
-            if time.monotonic() < self.open_until:
+            now = time.monotonic()
+            if now < self.open_until:
                 raise DependencyUnavailable()
+            if self.tripped:
+                # Half-open: this call probes the store; the others keep failing fast until it
+                # succeeds (closing the breaker) or fails (reopening it).
+                self.open_until = now + settings.AWS_S3_BREAKER_SECONDS
 
     def failed(self) -> None:
         threshold = settings.AWS_S3_BREAKER_FAILURES
@@ -68,7 +74,9 @@ class _Breaker:
     def succeeded(self) -> None:
         with self.lock:
             self.failures = 0
-            self.tripped = False
+            if self.tripped:
+                self.tripped = False
+                self.open_until = 0.0
 
 
 _breakers: dict[tuple, _Breaker] = {}

@@ -15,4 +15,5 @@ def retention_purge() -> dict:
         "uploads_aborted": result.uploads_aborted,
         "orphans_deleted": result.orphans_deleted,
         "unknown_objects": result.unknown_objects,
+        "usage_drifts": [str(drift) for drift in result.usage_drifts],
     }

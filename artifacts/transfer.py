@@ -11,17 +11,23 @@ transfer.py). Hashing stays inline on purpose: a hashing thread next to a thread
 ``recv_into`` fights over the GIL (a re-acquire can wait a whole switch interval) and was
 an order of magnitude slower, while inline hashing overlaps with the client still sending into
 the socket buffer. Any other server, or a chunked body, takes the portable ``read()`` path.
+
+A client that stops sending mid-body is cut after ``ARTIFACT_UPLOAD_IDLE_TIMEOUT`` seconds
+without a byte (408, nothing stored): under gunicorn, on either path, the connection's socket
+gets that timeout for the time the body is read. A slow client that keeps sending is never cut,
+whatever the body's size.
 """
 
 import errno
 import hashlib
+import socket
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
 
 from django.conf import settings
 
-from .errors import IncompleteBody, QuotaExceeded, StorageFull
+from .errors import BodyStalled, IncompleteBody, QuotaExceeded, StorageFull
 from .storage import BlobWriter
 
 # The storage has no room: the server's condition, not the client's fault, and worth telling.
@@ -32,6 +38,17 @@ _STORAGE_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 class Received:
     size: int
     sha256: str
+
+
+def _server_socket(stream) -> socket.socket | None:
+    """The client connection's socket behind gunicorn's ``wsgi.input``, whatever its body
+    reader (known length, chunked, to EOF); None under any other server."""
+    reader = getattr(stream, "reader", None)
+    unreader = getattr(reader, "unreader", None) or getattr(
+        getattr(reader, "req", None), "unreader", None
+    )
+    sock = getattr(unreader, "sock", None)
+    return sock if isinstance(sock, socket.socket) else None
 
 
 def _gunicorn_socket(stream, content_length: int | None):
@@ -102,6 +119,21 @@ def body_receive(
     ``writer.write`` must not keep the view it is given (the buffer is reused).
     The caller aborts the writer on any exception.
     """
+    sock = _server_socket(stream)
+    if sock is None:
+        return _receive(stream, writer, content_length, limit, limit_reason)
+    idle = settings.ARTIFACT_UPLOAD_IDLE_TIMEOUT
+    before = sock.gettimeout()
+    sock.settimeout(idle or None)
+    try:
+        return _receive(stream, writer, content_length, limit, limit_reason)
+    finally:
+        # The response is written with the server's own settings (a blocking socket): a slow
+        # download is not an idle upload.
+        sock.settimeout(before)
+
+
+def _receive(stream, writer: BlobWriter, content_length, limit, limit_reason) -> Received:
     digest = hashlib.sha256()
     size = 0
     buffer = bytearray(settings.ARTIFACT_UPLOAD_CHUNK_SIZE)
@@ -109,6 +141,17 @@ def body_receive(
         while True:
             try:
                 chunk = next(chunks, None)
+            except TimeoutError as exc:
+                # The rest of the body may still come, or never: the connection cannot carry
+                # another request. gunicorn closes it after the answer instead of waiting to
+                # drain it (the flag its body reader sets when a read fails).
+                if hasattr(stream, "failed"):
+                    stream.failed = True
+                raise BodyStalled(
+                    f"No byte of the request body arrived for "
+                    f"{settings.ARTIFACT_UPLOAD_IDLE_TIMEOUT} seconds after {size} bytes; "
+                    "nothing was stored."
+                ) from exc
             except Exception as exc:  # a reset socket, gunicorn's NoMoreData, bad chunking
                 raise IncompleteBody(
                     f"The request body could not be read after {size} bytes "

@@ -3,11 +3,12 @@ import re
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework import exceptions, status
+from rest_framework import exceptions, serializers, status
 from rest_framework.generics import ListAPIView
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from artifactcourier.api import KeysetPagination
 from builds.models import Build
 from builds.selectors import build_get_for_key
 from tokens import services as token_services
@@ -15,7 +16,7 @@ from tokens.access import visible_artifacts
 from tokens.authentication import client_ip
 from tokens.scopes import Scope
 
-from . import services
+from . import batch, services
 from .downloads import artifact_response
 from .models import Artifact
 from .paths import artifact_path_clean, artifact_prefix_clean
@@ -37,6 +38,8 @@ def artifacts_for_key(request, build: Build):
 class ArtifactListView(ListAPIView):
     required_scopes = {Scope.ARTIFACTS_READ}
     serializer_class = ArtifactSerializer
+    # Paths are unique within a build: keyset pages on (build, path), the unique index.
+    pagination_class = KeysetPagination
 
     def get_queryset(self):
         build = build_for_key(self.request, self.kwargs["build_id"])
@@ -130,3 +133,97 @@ def _content_type(request) -> str:
     if len(value) > 255 or not _CONTENT_TYPE.match(value):
         raise exceptions.ParseError("Content-Type is not a valid media type.")
     return value
+
+
+class BatchArtifactSerializer(serializers.Serializer):
+    path = serializers.CharField()
+    size = serializers.IntegerField()
+    sha256 = serializers.CharField()
+
+
+class BatchResultSerializer(serializers.Serializer):
+    artifacts = BatchArtifactSerializer(many=True)
+
+
+class ArtifactBatchView(ArtifactView):
+    """``POST …/artifacts/batch``: a tar stream, every regular file an artifact (all or none).
+
+    The same URL also names a top-level artifact called ``batch``: GET and PUT behave exactly
+    as for any other path (inherited), only POST is the batch."""
+
+    required_scopes = {**ArtifactView.required_scopes, "POST": {Scope.ARTIFACTS_WRITE}}
+
+    @extend_schema(exclude=True)
+    def get(self, request, build_id: int, artifact_path: str = "batch"):
+        return super().get(request, build_id, "batch")
+
+    @extend_schema(exclude=True)
+    def put(self, request, build_id: int, artifact_path: str = "batch"):
+        return super().put(request, build_id, "batch")
+
+    @extend_schema(
+        operation_id="artifacts_batch_upload",
+        request={"application/x-tar": OpenApiTypes.BINARY},
+        parameters=[
+            OpenApiParameter(
+                "prefix", str, description="Directory the archive's files are stored under."
+            ),
+            OpenApiParameter(
+                "Content-Encoding",
+                str,
+                OpenApiParameter.HEADER,
+                enum=list(batch.ENCODINGS),
+                description="gzip or zstd for a compressed archive.",
+            ),
+            OpenApiParameter(
+                "X-Checksum-Sha256",
+                str,
+                OpenApiParameter.HEADER,
+                description="SHA-256 of the body as sent; a mismatch stores nothing (400).",
+            ),
+        ],
+        responses={
+            201: BatchResultSerializer,
+            200: OpenApiResponse(BatchResultSerializer, description="Every file was there."),
+            400: OpenApiResponse(description="Not an acceptable archive; the reason in detail."),
+            413: OpenApiResponse(description="A member, the file count or a quota is exceeded."),
+        },
+    )
+    def post(self, request, build_id: int, artifact_path: str = "batch"):
+        build = build_for_key(request, build_id)
+        media_type = request.META.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
+        if media_type != "application/x-tar":
+            raise exceptions.UnsupportedMediaType(media_type or "(none)")
+        encoding = request.META.get("HTTP_CONTENT_ENCODING", "identity").strip().lower()
+        if encoding not in batch.ENCODINGS:
+            raise exceptions.UnsupportedMediaType(
+                media_type, f"Content-Encoding must be one of {', '.join(batch.ENCODINGS)}."
+            )
+        expected = services.checksum_clean(request.headers.get("X-Checksum-Sha256"))
+        prefix = request.query_params.get("prefix", "")
+        ip = client_ip(request)
+
+        def path_check(path: str) -> None:
+            token_services.key_path_check(
+                key=request.auth, artifact_path=path, ip=ip, path=request.path
+            )
+
+        result = batch.artifacts_store_batch(
+            build=build,
+            stream=request.META["wsgi.input"],
+            content_length=_content_length(request),
+            encoding=encoding,
+            prefix=prefix,
+            expected_sha256=expected,
+            key=request.auth,
+            path_check=path_check,
+        )
+        body = {
+            "artifacts": [
+                {"path": a.path, "size": a.blob.size, "sha256": a.blob.sha256}
+                for a in result.artifacts
+            ]
+        }
+        return Response(
+            body, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
+        )

@@ -1,6 +1,8 @@
 """Shared benchmark helpers: a throwaway data dir, statistics, a table printer."""
 
+import atexit
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -11,7 +13,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def setup_django() -> None:
     sys.path.insert(0, str(ROOT))
-    os.environ.setdefault("AC_DATA_DIR", tempfile.mkdtemp(prefix="ac-bench-"))
+    if "AC_DATA_DIR" not in os.environ:
+        data_dir = tempfile.mkdtemp(prefix="ac-bench-")
+        atexit.register(shutil.rmtree, data_dir, ignore_errors=True)
+        os.environ["AC_DATA_DIR"] = data_dir
     os.environ["DJANGO_SETTINGS_MODULE"] = "bench.settings"
     import django
     from django.core.management import call_command

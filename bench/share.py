@@ -160,7 +160,9 @@ def main() -> None:
     stacks: dict[str, ShareStack] = {}
     try:
         options = gunicorn_options()
-        stacks["x-accel"] = ShareStack(work / "xaccel", mode="x-accel", gunicorn_options=options)
+        stacks["x-accel"] = ShareStack(
+            work / "xaccel", mode="x-accel", gunicorn_options=options, nginx_baseline=True
+        )
         stacks["direct"] = ShareStack(work / "direct", mode="direct", gunicorn_options=options)
         big = work / "big.bin"
         big_file(big, args.big_mib * MiB)

@@ -2,7 +2,8 @@
 
 The deployment shape on loopback: gunicorn (2 processes x 4 threads), moto's S3 server behind
 a fault-injecting proxy (devtools/faults.py), SQLite or, with BENCH_DATABASE_URL, PostgreSQL
-(an empty database of your own). Two scenarios, each with a same-run baseline (S3 healthy):
+(the bench creates, then drops, a fresh database per code version, named after that URL's with
+a suffix). Two scenarios, each with a same-run baseline (S3 healthy):
 
 A. S3 slow to complete uploads (CompleteMultipartUpload delayed SLOW_COMPLETE seconds): uploads
    to one build run back to back in the background while build creation in the same project
@@ -15,6 +16,7 @@ with git archive into a temporary directory), so the before/after figures come f
 Figures are printed (medians, max), never asserted.
 """
 
+import contextlib
 import http.client
 import json
 import os
@@ -22,6 +24,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -87,6 +90,12 @@ class App:
             self.env.pop(name, None)
         if database_url:
             self.env["DATABASE_URL"] = database_url
+        self.python = [sys.executable]
+        if code != ROOT:
+            # The editable install maps the project's packages to this checkout: import the
+            # baseline's code only (no site processing, its directory first).
+            self.python = [sys.executable, "-S"]
+            self.env["PYTHONPATH"] = f"{code}{os.pathsep}{sysconfig.get_paths()['purelib']}"
         self.manage("migrate", "--noinput")
         slug = f"bench{uuid.uuid4().hex[:8]}"
         self.slug = slug
@@ -94,7 +103,7 @@ class App:
         self.port = free_port()
         self.proc = subprocess.Popen(
             [
-                sys.executable,
+                *self.python,
                 "-m",
                 "gunicorn",
                 "artifactcourier.wsgi:application",
@@ -118,7 +127,7 @@ class App:
 
     def manage(self, *args) -> str:
         return subprocess.run(
-            [sys.executable, "manage.py", *args],
+            [*self.python, "manage.py", *args],
             cwd=self.code,
             env=self.env,
             check=True,
@@ -132,9 +141,19 @@ class App:
             "POST",
             f"/api/v1/projects/{self.slug}/builds/",
             self.project_token,
-            {"ref": "refs/heads/main", "commit": "abc123", "trusted": True},
+            {"ref": "refs/heads/main", "commit": "c" * 40, "trusted": True},
         )
+        if status != 201:
+            print(f"build creation answered {status}: {data[:200]!r}", file=sys.stderr)
         return (json.loads(data) if status == 201 else None), seconds
+
+    def build_for_scenario(self) -> dict:
+        for _ in range(30):
+            build, _ = self.build_create()
+            if build is not None:
+                return build
+            time.sleep(2)
+        raise RuntimeError("no build could be created")
 
     def close(self) -> None:
         stop(self.proc)
@@ -153,7 +172,7 @@ def probe_while(app: App, busy: threading.Event, *, builds: bool) -> tuple[list,
     while busy.is_set():
         health.append(request(app.port, "GET", "/healthz", timeout=300)[2])
         if builds:
-            creations.append(app.build_create()[1])
+            creations.append(app.build_create())
         time.sleep(0.2)
     return health, creations
 
@@ -163,20 +182,25 @@ def scenario_slow_complete(app: App, proxy: FaultyS3, slow: bool) -> list:
         return SLOW_COMPLETE if slow and is_complete_multipart(method, path) else None
 
     proxy.rule = rule
-    build, _ = app.build_create()
+    build = app.build_for_scenario()
     data = os.urandom(UPLOAD_SIZE)
     busy = threading.Event()
     busy.set()
     uploads = []
+    upload_statuses = set()
 
     def uploader():
         deadline = time.monotonic() + WINDOW
         n = 0
-        while time.monotonic() < deadline:
-            path = f"/api/v1/builds/{build['id']}/artifacts/u{n}.bin"
-            uploads.append(request(app.port, "PUT", path, build["key"]["token"], data)[2])
-            n += 1
-        busy.clear()
+        try:
+            while time.monotonic() < deadline:
+                path = f"/api/v1/builds/{build['id']}/artifacts/u{n}.bin"
+                status, _, seconds = request(app.port, "PUT", path, build["key"]["token"], data)
+                uploads.append(seconds)
+                upload_statuses.add(str(status))
+                n += 1
+        finally:
+            busy.clear()
 
     thread = threading.Thread(target=uploader)
     thread.start()
@@ -184,11 +208,14 @@ def scenario_slow_complete(app: App, proxy: FaultyS3, slow: bool) -> list:
     health, creations = probe_while(app, busy, builds=True)
     thread.join()
     proxy.rule = lambda m, p: None
-    return [summary(creations), summary(health), len(creations), summary(uploads)]
+    made = sum(1 for ok in creations if ok[0])
+    times = [seconds for _, seconds in creations]
+    statuses = ",".join(sorted(upload_statuses))
+    return [summary(times), summary(health), made, summary(uploads), statuses]
 
 
 def scenario_dead_store(app: App, proxy: FaultyS3, dead: bool) -> list:
-    build, _ = app.build_create()
+    build = app.build_for_scenario()
     token = build["key"]["token"]
     path = f"/api/v1/builds/{build['id']}/artifacts/kept.bin"
     request(app.port, "PUT", path, token, os.urandom(100_000))
@@ -210,6 +237,25 @@ def scenario_dead_store(app: App, proxy: FaultyS3, dead: bool) -> list:
     proxy.rule = lambda m, p: None
     statuses = sorted({str(s) for s, _ in results})
     return [summary(health), summary([s for _, s in results]), ",".join(statuses)]
+
+
+@contextlib.contextmanager
+def fresh_database(url: str | None, suffix: str):
+    if not url:
+        yield None
+        return
+    import psycopg
+
+    base, _, name = url.rpartition("/")
+    name = f"{name}_{suffix}"
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(f"{base}/postgres", autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def run(label: str, code: Path, s3_server: str, database_url: str | None) -> list[list]:
@@ -258,18 +304,19 @@ def main() -> None:
     try:
         wait_for_port(port, moto)
         rows = []
-        for label, code, _ in codes:
-            rows += run(label, code, f"http://127.0.0.1:{port}", database_url)
+        for index, (label, code, _) in enumerate(codes):
+            with fresh_database(database_url, f"bench{index}") as url:
+                rows += run(label, code, f"http://127.0.0.1:{port}", url)
     finally:
         stop(moto)
         for _, _, tmp in codes:
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
-    a_rows = [r[:6] for r in rows if r[1].startswith("A")]
+    a_rows = [r[:7] for r in rows if r[1].startswith("A")]
     b_rows = [r[:5] for r in rows if r[1].startswith("B")]
     table(
         "A. Uploads completing on a slow S3: what the rest of the project sees (ms, median / max)",
-        ["code", "S3", "build create", "/healthz", "builds made", "each upload"],
+        ["code", "S3", "build create", "/healthz", "builds made", "each upload", "upload statuses"],
         a_rows,
     )
     table(

@@ -10,8 +10,15 @@ nginx doing the least it can with the same bytes, and against the naive DRF way.
 
 Every client is curl, run one request at a time; variants are interleaved round by round (in
 rotating order) so machine noise hits them alike, and medians are reported. Dirty pages are
-flushed (sync) before each timed transfer. Needs nginx with the DAV module (Debian: nginx-light
-or nginx-full). Options: --rounds N, --size-mib N, --big-gib N (0 skips the 4 GiB RSS run).
+flushed (sync) before each timed transfer. gunicorn runs with the repository's configuration
+(gunicorn.conf.py: threaded workers), in one process.
+
+Needs curl and nginx with the DAV module (Debian: nginx-light or nginx-full): checked before
+anything is written; run as root on Debian, a missing nginx is installed (apt-get install
+nginx-light). Files go to a temporary directory under $AC_BENCH_DIR (default: var/ in the
+repository, on disk rather than a RAM-backed /tmp), removed at the end, as is everything else
+the run created. Options: --rounds N, --size-mib N, --big-gib N (0 skips the 4 GiB RSS run),
+--dedup-builds N, --dedup-mib N.
 """
 
 import argparse
@@ -109,10 +116,30 @@ http {{
 """
 
 
-def start_nginx(work: Path, static: Path) -> tuple[subprocess.Popen, int]:
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not Path(nginx).exists():
-        raise SystemExit("nginx is not installed (apt-get install nginx-light)")
+def nginx_binary() -> str:
+    """nginx's path; installed with apt-get when missing and we may (root on Debian)."""
+    found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else "")
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print("nginx is missing: installing Debian's nginx-light (apt-get) ...", flush=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "nginx-light"],
+            check=True,
+            env=env,
+        )
+        # The package starts its own server on port 80; this benchmark runs its own.
+        subprocess.run(["service", "nginx", "stop"], check=False, capture_output=True)
+        return nginx_binary()
+    raise SystemExit(
+        "bench/transfer.py compares with nginx, which is not installed: install it first "
+        "(Debian: sudo apt-get install nginx-light), or run as root to have it installed."
+    )
+
+
+def start_nginx(nginx: str, work: Path, static: Path) -> tuple[subprocess.Popen, int]:
     port = free_port()
     for d in ["nginx-dav/.tmp", "nginx-tmp"]:
         (work / d).mkdir(parents=True, exist_ok=True)
@@ -133,19 +160,25 @@ def main() -> None:
     parser.add_argument("--dedup-mib", type=int, default=100)
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="ac-transfer-", dir=ROOT / "var"))
+    # What is needed, checked before a single byte is written.
+    if not shutil.which("curl"):
+        raise SystemExit("bench/transfer.py drives its transfers with curl: install it first.")
+    nginx = nginx_binary()
+    base = Path(os.environ.get("AC_BENCH_DIR") or ROOT / "var")
+    base.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="ac-transfer-", dir=base))
     os.environ["AC_DATA_DIR"] = str(work / "data")
     os.environ["DJANGO_SETTINGS_MODULE"] = "bench.transfer_site"
     procs: list[subprocess.Popen] = []
     try:
-        run(args, work, procs)
+        run(args, nginx, work, procs)
     finally:
         for proc in procs:
             stop(proc)
         shutil.rmtree(work, ignore_errors=True)
 
 
-def run(args, work: Path, procs: list) -> None:
+def run(args, nginx_path: str, work: Path, procs: list) -> None:
     import django
     from django.core.management import call_command
 
@@ -163,10 +196,10 @@ def run(args, work: Path, procs: list) -> None:
 
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "bench.transfer_site"}
     env.pop("DATABASE_URL", None)
-    app, app_port = _start_gunicorn(env, "--timeout", "600")
+    app, app_port = _start_gunicorn(env)
     procs.append(app)
     static = Path(settings.ARTIFACT_ROOT)
-    nginx, nginx_port = start_nginx(work, static)
+    nginx, nginx_port = start_nginx(nginx_path, work, static)
     procs.append(nginx)
     app_url = f"http://127.0.0.1:{app_port}"
     nginx_url = f"http://127.0.0.1:{nginx_port}"
@@ -273,8 +306,8 @@ def report(args, size, upload_times, download_times, rss, stored) -> None:
 
     header = ["variant", "MB/s (median)", "min-max MB/s", "vs nginx"]
     table(
-        f"Upload of {args.size_mib} MiB on loopback, gunicorn 1 sync worker, "
-        f"median of {args.rounds} interleaved rounds (goal: streamed PUT >= 0.6x nginx)",
+        f"Upload of {args.size_mib} MiB on loopback, gunicorn (gunicorn.conf.py, 1 process), "
+        f"median of {args.rounds} interleaved rounds (goal: streamed PUT >= 0.9x nginx)",
         header,
         rows(upload_times, "nginx WebDAV PUT"),
     )

@@ -16,7 +16,8 @@ class OpenBuildDetailView(BuildDetailView):
     permission_classes = [AllowAny]
 
     def get(self, request, build_id: int):
-        return Response(BuildSerializer(Build.objects.with_totals().get(pk=build_id)).data)
+        build = Build.objects.select_related("project").get(pk=build_id)
+        return Response(BuildSerializer(build).data)
 
 
 # The open twin sits in the same include, right beside the real route, so URL resolution

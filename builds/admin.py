@@ -8,7 +8,16 @@ from .statuses import statuses_latest
 
 @admin.register(Project)
 class ProjectAdmin(admin.ModelAdmin):
-    list_display = ["slug", "name", "deploy_tokens_enabled", "retention_days", "created_at"]
+    list_display = [
+        "slug",
+        "name",
+        "deploy_tokens_enabled",
+        "retention_days",
+        "used_files",
+        "used_bytes",
+        "created_at",
+    ]
+    readonly_fields = ["used_files", "used_bytes"]
     search_fields = ["slug", "name"]
 
 
@@ -28,7 +37,17 @@ class StatusCheckInline(admin.TabularInline):
 
 @admin.register(Build)
 class BuildAdmin(admin.ModelAdmin):
-    list_display = ["__str__", "state", "ref", "commit", "trusted", "created_at", "finished_at"]
+    list_display = [
+        "__str__",
+        "state",
+        "ref",
+        "commit",
+        "trusted",
+        "used_files",
+        "used_bytes",
+        "created_at",
+        "finished_at",
+    ]
     list_filter = ["state", "trusted", "project"]
     search_fields = ["project__slug", "ref", "commit"]
     list_select_related = ["project"]
@@ -36,6 +55,8 @@ class BuildAdmin(admin.ModelAdmin):
         "project",
         "number",
         "state",
+        "used_files",
+        "used_bytes",
         "created_at",
         "finished_at",
         "downstream_statuses",

@@ -2,6 +2,7 @@ from django.db import models
 from django.db.models import Count, OuterRef, Subquery, Sum
 from django.db.models.functions import Coalesce
 
+from artifactcourier.parsers import validate_json_value
 from tokens import access
 
 
@@ -21,6 +22,17 @@ class Project(models.Model):
         default=90, help_text="Builds' artifacts (and build keys) expire after this many days."
     )
     build_counter = models.PositiveIntegerField(default=0, editable=False)
+    # Quota usage, kept in step with the artifact rows by a database trigger in the statement
+    # that adds or removes them (artifacts/usage.py), so checking a quota reads one row instead
+    # of summing artifacts; retention recomputes them and reports any drift.
+    used_bytes = models.BigIntegerField(
+        default=0,
+        editable=False,
+        help_text="Bytes of all its artifacts (a blob shared by two counts twice).",
+    )
+    used_files = models.BigIntegerField(
+        default=0, editable=False, help_text="Number of its artifacts."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -32,9 +44,9 @@ class Project(models.Model):
 
 class BuildQuerySet(models.QuerySet):
     def with_totals(self, *, path_prefix: str = ""):
-        """Annotate artifact_count and total_size: of every artifact, or with ``path_prefix``
-        (a key limited to a prefix) only of those under it, so a key never learns how much
-        lies outside what it may read."""
+        """With ``path_prefix`` (a key limited to a prefix), annotate artifact_count and
+        total_size of the artifacts under it only, so a key never learns how much lies outside
+        what it may read. Without, the build's usage counters are its totals: no annotation."""
         if path_prefix:
             Artifact = self.model._meta.get_field("artifacts").related_model
             visible = access.under_prefix(
@@ -44,10 +56,7 @@ class BuildQuerySet(models.QuerySet):
                 artifact_count=Coalesce(Subquery(visible.annotate(n=Count("pk")).values("n")), 0),
                 total_size=Coalesce(Subquery(visible.annotate(s=Sum("blob__size")).values("s")), 0),
             )
-        return self.annotate(
-            artifact_count=Count("artifacts"),
-            total_size=Coalesce(Sum("artifacts__blob__size"), 0),
-        )
+        return self
 
 
 class Build(models.Model):
@@ -69,9 +78,21 @@ class Build(models.Model):
         "webhooks fire unless the project allows it.",
     )
     state = models.CharField(max_length=16, choices=State.choices, default=State.RUNNING)
-    metadata = models.JSONField(default=dict, blank=True)
+    # The API's JSON checks also hold for an edit in the admin: no lone surrogate, bounded depth.
+    metadata = models.JSONField(default=dict, blank=True, validators=[validate_json_value])
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Quota usage, kept in step with the artifact rows by a database trigger in the statement
+    # that adds or removes them (artifacts/usage.py), so checking a quota reads one row instead
+    # of summing artifacts; retention recomputes them and reports any drift.
+    used_bytes = models.BigIntegerField(
+        default=0,
+        editable=False,
+        help_text="Bytes of all its artifacts (a blob shared by two counts twice).",
+    )
+    used_files = models.BigIntegerField(
+        default=0, editable=False, help_text="Number of its artifacts."
+    )
 
     objects = BuildQuerySet.as_manager()
 

@@ -112,8 +112,8 @@ class StatusReportSerializer(serializers.Serializer):
 
 class BuildSerializer(serializers.ModelSerializer):
     project = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    artifact_count = serializers.IntegerField(read_only=True, default=0)
-    total_size = serializers.IntegerField(read_only=True, default=0)
+    artifact_count = serializers.SerializerMethodField()
+    total_size = serializers.SerializerMethodField()
     statuses = serializers.SerializerMethodField()
 
     class Meta:
@@ -133,6 +133,14 @@ class BuildSerializer(serializers.ModelSerializer):
             "total_size",
             "statuses",
         ]
+
+    # Totals under a prefix-limited key's prefix when annotated (Build.objects.with_totals),
+    # else the build's usage counters.
+    def get_artifact_count(self, build) -> int:
+        return getattr(build, "artifact_count", build.used_files)
+
+    def get_total_size(self, build) -> int:
+        return getattr(build, "total_size", build.used_bytes)
 
     @extend_schema_field(StatusCheckSerializer(many=True))
     def get_statuses(self, build) -> list[dict]:

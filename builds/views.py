@@ -76,10 +76,12 @@ class BuildFinishView(APIView):
         build = build_for_key(request, build_id)
         params = BuildFinishSerializer(data=request.data)
         params.is_valid(raise_exception=True)
-        services.build_finish(
+        finished = services.build_finish(
             build=build, state=Build.State(params.validated_data["state"]), key=request.auth
         )
-        return Response(BuildSerializer(build_for_key(request, build_id)).data)
+        # ``build`` may be the key's own, loaded at authentication: bring it up to date.
+        build.state, build.finished_at = finished.state, finished.finished_at
+        return Response(BuildSerializer(build).data)
 
 
 class DeployTokenRotateView(APIView):

@@ -113,9 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="start a build (project key)",
         description=(
-            "Start a build with a project key. Prints the build; --format env prints lines a "
-            "CI job appends to its environment (COURIER_BUILD, COURIER_TOKEN = the build's "
-            "key, COURIER_DEPLOY_TOKEN when the project hands one out). On GitHub Actions "
+            "Start a build with a project key. Prints the build; --format env prints lines a\n"
+            "CI job appends to its environment (COURIER_BUILD, COURIER_TOKEN = the build's\n"
+            "key, COURIER_DEPLOY_TOKEN when the project hands one out). On GitHub Actions\n"
             "each secret is also masked (::add-mask::, on stderr)."
         ),
         epilog=(
@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="derive a narrower key from the current one",
         description=(
-            "Derive a key with a subset of the current key's scopes, expiring no later, "
+            "Derive a key with a subset of the current key's scopes, expiring no later,\n"
             "optionally limited to a path prefix. Prints the new key once."
         ),
         epilog="example:\n  courier key derive --scopes artifacts:read --expires 1h --prefix dist/",
@@ -566,6 +566,12 @@ def main(argv: list[str] | None = None) -> int:
     except CourierError as exc:
         sys.stderr.write(f"courier: error: {printable(str(exc))}\n")
         return exc.exit_code
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        # An answer in a shape the service never sends (a proxy's page, a hostile server):
+        # one line, not a traceback with the server's text in it.
+        detail = printable(f"{type(exc).__name__}: {exc}")[:200]
+        sys.stderr.write(f"courier: error: unexpected answer from the service ({detail})\n")
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         sys.stderr.write("courier: interrupted\n")
         return 130

@@ -19,7 +19,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import requests
 
-from .client import ApiError, Client, CourierError, backoff, printable
+from .client import ApiError, Client, CourierError, backoff, printable, same_origin
 from .output import Reporter, human_size
 
 CHUNK = 1024 * 1024
@@ -72,15 +72,23 @@ def safe_relative(path: object) -> str:
 
 
 def target_for(root: Path, rel: str) -> Path:
-    """Where ``rel`` goes under ``root``, creating its directories; refuses any location
-    that resolves outside ``root`` (also through a symlink already in the tree)."""
+    """Where ``rel`` goes under ``root``, creating its directories one at a time; refuses a
+    symlink anywhere on the way (one already in the tree could lead outside ``root``) and
+    anything but a regular file at the end."""
     rel = safe_relative(rel)
-    real_root = root.resolve()
-    target = real_root.joinpath(*PurePosixPath(rel).parts)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    parent = target.parent.resolve()
-    if parent != real_root and real_root not in parent.parents:
-        raise CourierError(f"refusing a path that leads outside the target: {printable(rel)}")
+    parts = PurePosixPath(rel).parts
+    if parts[-1].endswith(PART_SUFFIX):
+        raise CourierError(f"refusing a name courier uses for partial files: {printable(rel)}")
+    current = root.resolve()
+    for part in parts[:-1]:
+        current = current / part
+        if current.is_symlink():
+            raise CourierError(f"refusing a path through a symlink: {printable(rel)}")
+        if not current.exists():
+            current.mkdir(exist_ok=True)
+        elif not current.is_dir():
+            raise CourierError(f"refusing a path through a non-directory: {printable(rel)}")
+    target = current / parts[-1]
     if target.is_symlink() or (target.exists() and not target.is_file()):
         raise CourierError(f"refusing to replace a non-file: {printable(rel)}")
     return target
@@ -306,8 +314,12 @@ def link_remotes(client: Client, link: str) -> list[Remote]:
 
             def url(item):
                 value = item.get("url")
-                if not isinstance(value, str) or urlsplit(value).scheme not in ("http", "https"):
-                    raise CourierError(f"no valid link for {printable(str(item.get('path')))}")
+                # A listing's links are the service's own (/dl/ on its origin; a redirect to
+                # the object store comes from there): a link elsewhere would make this job
+                # fetch whatever the listing names, e.g. an address only it can reach.
+                if not isinstance(value, str) or not same_origin(value, link):
+                    path = printable(str(item.get("path")))
+                    raise CourierError(f"refusing a link off the listing's origin for {path}")
                 return value
 
             return remotes_from_listing(listing.get("artifacts"), make_url=url)

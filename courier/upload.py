@@ -2,9 +2,11 @@
 
 Each file is hashed (SHA-256, streamed) before it goes up, so that the service can verify it
 (`X-Checksum-Sha256`) and a re-run can skip files the build already holds with the same digest.
-The bytes sent are hashed again while they are read: a file that changes during its upload
-fails instead of being stored half-old, half-new. Many small files go up as tar streams
-(the batch endpoint); the service's answer lists every stored digest, checked against ours."""
+The bytes are read once more to send them but not hashed again: the service hashes what it
+receives and refuses a body that does not match the header (400, nothing stored), so a file
+that changes during its upload fails instead of being stored half-old, half-new. Many small
+files go up as tar streams (the batch endpoint); the service's answer lists every stored
+digest, checked against ours."""
 
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ BATCH_FILE_MAX = 1024 * 1024
 BATCH_MIN = 8
 BATCH_BYTES = 16 * 1024 * 1024
 BATCH_FILES = 500
+MANIFEST = "SHA256SUMS"
 
 
 @dataclass
@@ -109,8 +112,14 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def plan(files: list[LocalFile], *, batch: bool) -> Plan:
-    small = [f for f in files if f.size <= BATCH_FILE_MAX] if batch else []
+def batchable(f: LocalFile, prefix: str) -> bool:
+    """Small, and a name the manifest can list (one line, not the manifest's own)."""
+    rel = f.name[len(prefix) :]
+    return f.size <= BATCH_FILE_MAX and rel != MANIFEST and not set(rel) & {"\n", "\r"}
+
+
+def plan(files: list[LocalFile], *, batch: bool, prefix: str = "") -> Plan:
+    small = [f for f in files if batchable(f, prefix)] if batch else []
     if len(small) < BATCH_MIN:
         return Plan(singles=list(files))
     small_names = {f.name for f in small}
@@ -128,15 +137,14 @@ def plan(files: list[LocalFile], *, batch: bool) -> Plan:
     return result
 
 
-class HashingReader:
-    """A file-like body for requests: reads the file, hashes what it sends, reports
-    progress. ``__len__`` lets requests send a Content-Length instead of chunks."""
+class ProgressReader:
+    """A file-like body for requests: reads the file and reports progress. ``__len__`` lets
+    requests send a Content-Length instead of chunks."""
 
     def __init__(self, path: Path, size: int, progress: Callable[[int], None]) -> None:
         self.file = path.open("rb")
         self.size = size
         self.progress = progress
-        self.digest = hashlib.sha256()
         self.sent = 0
 
     def __len__(self) -> int:
@@ -151,7 +159,6 @@ class HashingReader:
         n = remaining if n is None or n < 0 else min(max(n, 64 * 1024), remaining)
         data = self.file.read(n)
         self.sent += len(data)
-        self.digest.update(data)
         self.progress(len(data))
         return data
 
@@ -165,21 +172,36 @@ class TarStream:
 
     def __init__(self, files: list[LocalFile], strip: str, progress: Callable[[int], None]):
         self.files, self.strip, self.progress = files, strip, progress
+        # A SHA256SUMS member first (sha256sum's format): the service checks every file
+        # against it and stores nothing if one differs, as X-Checksum-Sha256 does for a PUT.
+        self.manifest = "".join(f"{f.sha256}  {self._name(f)}\n" for f in files).encode()
+        manifest_info = tarfile.TarInfo(MANIFEST)
+        manifest_info.size, manifest_info.mode, manifest_info.mtime = len(self.manifest), 0o644, 0
+        self.manifest_header = manifest_info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
         self.headers = [self._header(f) for f in files]
         pairs = zip(self.headers, files, strict=True)
-        self.length = sum(len(h) + _padded(f.size) for h, f in pairs) + 2 * tarfile.BLOCKSIZE
-        self.digests: dict[str, str] = {}
+        self.length = (
+            len(self.manifest_header)
+            + _padded(len(self.manifest))
+            + sum(len(h) + _padded(f.size) for h, f in pairs)
+            + 2 * tarfile.BLOCKSIZE
+        )
+
         self._chunks = self._generate()
 
+    def _name(self, f: LocalFile) -> str:
+        return f.name[len(self.strip) :]
+
     def _header(self, f: LocalFile) -> bytes:
-        info = tarfile.TarInfo(f.name[len(self.strip) :])
+        info = tarfile.TarInfo(self._name(f))
         info.size, info.mode, info.mtime, info.type = f.size, 0o644, 0, tarfile.REGTYPE
         return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
     def _generate(self) -> Iterator[bytes]:
+        yield self.manifest_header
+        yield self.manifest + b"\0" * (_padded(len(self.manifest)) - len(self.manifest))
         for header, f in zip(self.headers, self.files, strict=True):
             yield header
-            digest = hashlib.sha256()
             left = f.size
             with f.path.open("rb") as stream:
                 while left > 0:
@@ -187,19 +209,23 @@ class TarStream:
                     if not data:
                         raise CourierError(f"{f.path} shrank while it was being sent")
                     left -= len(data)
-                    digest.update(data)
                     self.progress(len(data))
                     yield data
-            self.digests[f.name] = digest.hexdigest()
-            yield b"\0" * (_padded(f.size) - f.size)
+            if f.size % tarfile.BLOCKSIZE:
+                # Never an empty chunk: http.client takes one for the end of the body.
+                yield b"\0" * (_padded(f.size) - f.size)
         yield b"\0" * (2 * tarfile.BLOCKSIZE)
 
     def __len__(self) -> int:
         return self.length
 
     def read(self, n: int = -1) -> bytes:
-        # http.client sends whatever one read returns: hand over whole chunks, no re-slicing.
-        return next(self._chunks, b"")
+        # http.client sends whatever one read returns (whole chunks, no re-slicing) and takes
+        # an empty one for the end: skip the empty ones (an empty file, no padding).
+        for chunk in self._chunks:
+            if chunk:
+                return chunk
+        return b""
 
 
 def _padded(size: int) -> int:
@@ -233,13 +259,13 @@ class Uploader:
 
     def put(self, f: LocalFile) -> Outcome:
         handle = self.reporter.start(f.name, f.size)
-        readers: list[HashingReader] = []
+        readers: list[ProgressReader] = []
 
         def body():
             self.reporter.reset(handle, 0)
             if f.size == 0:
                 return b""
-            reader = HashingReader(f.path, f.size, lambda n: self.reporter.advance(handle, n))
+            reader = ProgressReader(f.path, f.size, lambda n: self.reporter.advance(handle, n))
             readers.append(reader)
             return reader
 
@@ -255,8 +281,6 @@ class Uploader:
                 expect=(200, 201),
             )
             stored = response.json()
-            if readers and readers[-1].digest.hexdigest() != f.sha256:
-                raise CourierError("the file changed while it was being uploaded")
             if not isinstance(stored, dict) or stored.get("sha256") != f.sha256:
                 raise CourierError("the service stored other bytes than were sent")
         except CourierError as exc:
@@ -277,13 +301,10 @@ class Uploader:
             return [self.put(f) for f in files]
         total = sum(f.size for f in files)
         handle = self.reporter.start(f"{len(files)} files ({files[0].name} ...)", total)
-        streams: list[TarStream] = []
 
         def body():
             self.reporter.reset(handle, 0)
-            stream = TarStream(files, self.prefix, lambda n: self.reporter.advance(handle, n))
-            streams.append(stream)
-            return stream
+            return TarStream(files, self.prefix, lambda n: self.reporter.advance(handle, n))
 
         params = {"prefix": self.prefix} if self.prefix else None
         try:
@@ -316,15 +337,12 @@ class Uploader:
         except (ValueError, AttributeError):
             stored = {}
         self.reporter.finish(handle, f"sent batch of {len(files)} files ({human_size(total)})")
-        sent = streams[-1].digests
         outcomes = []
         for f in files:
-            if stored.get(f.name) != f.sha256 or sent.get(f.name) != f.sha256:
-                error = (
-                    "the file changed while it was being uploaded"
-                    if sent.get(f.name) != f.sha256
-                    else "the service did not confirm this file with our digest"
-                )
+            # The tar carries no per-file digest: the service's answer is compared with ours
+            # (a file that changed after it was hashed shows here).
+            if stored.get(f.name) != f.sha256:
+                error = "the service did not confirm this file with our digest"
                 self.reporter.line(f"FAILED {f.name}: {error}")
                 outcomes.append(Outcome(f.name, f.size, "failed", f.sha256, error))
             else:
@@ -361,7 +379,7 @@ def upload(
                 outcomes.append(Outcome(f.name, f.size, "unchanged", sha))
             else:
                 todo.append(f)
-        work = plan(todo, batch=batch)
+        work = plan(todo, batch=batch, prefix=prefix)
         reporter.begin(len(todo), sum(f.size for f in todo))
         # Large files first: the long poles start early, small ones fill the gaps.
         singles = sorted(work.singles, key=lambda f: -f.size)

@@ -53,7 +53,9 @@ def _internal_location(path: str, root: Path, *, ranges: bool, error_log: Path) 
     )
 
 
-def nginx_conf(*, prefix: Path, port: int, upstream_port: int, artifact_root: Path) -> str:
+def nginx_conf(
+    *, prefix: Path, port: int, upstream_port: int, artifact_root: Path, baseline: bool = False
+) -> str:
     # Started as root, nginx would run its workers as "nobody", who cannot read a private
     # artifact root: run them as the user the app runs as (in production: give nginx's user
     # read access to ARTIFACT_ROOT instead).
@@ -62,6 +64,12 @@ def nginx_conf(*, prefix: Path, port: int, upstream_port: int, artifact_root: Pa
     internal = _internal_location(
         "/_artifacts/full/", artifact_root, ranges=False, error_log=error_log
     ) + _internal_location("/_artifacts/", artifact_root, ranges=True, error_log=error_log)
+    # Benchmarks only: the same files straight from disk, no app. Never in the reference
+    # configuration: every blob would be reachable by name with no link, no expiry and no
+    # revocation (an X-Accel-Redirect seen once would be a permanent URL).
+    static_baseline = (
+        f"    location /static-baseline/ {{ alias {artifact_root}/; }}\n" if baseline else ""
+    )
     return (
         textwrap.dedent(
             f"""\
@@ -86,10 +94,9 @@ def nginx_conf(*, prefix: Path, port: int, upstream_port: int, artifact_root: Pa
           server {{
             listen 127.0.0.1:{port};
             client_max_body_size 0;
-            # Benchmark baseline only: the same files, straight from disk, no app.
-            location /static-baseline/ {{ alias {artifact_root}/; }}
         """
         )
+        + static_baseline
         + textwrap.indent(internal, "    ")
         + textwrap.dedent(
             f"""\
@@ -115,7 +122,9 @@ def nginx_conf(*, prefix: Path, port: int, upstream_port: int, artifact_root: Pa
 
 
 class Nginx:
-    def __init__(self, prefix: Path, upstream_port: int, artifact_root: Path) -> None:
+    def __init__(
+        self, prefix: Path, upstream_port: int, artifact_root: Path, *, baseline: bool = False
+    ) -> None:
         self.prefix = prefix
         prefix.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -126,6 +135,7 @@ class Nginx:
                 port=self.port,
                 upstream_port=upstream_port,
                 artifact_root=artifact_root,
+                baseline=baseline,
             )
         )
         self.proc = subprocess.Popen(

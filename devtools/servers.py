@@ -40,14 +40,17 @@ def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
 def start_gunicorn(
     env: dict, *options: str, quiet: bool = True, preexec_fn=None
 ) -> tuple[subprocess.Popen, int]:
-    """The app under gunicorn (one sync worker unless ``options`` say otherwise) on a free
-    loopback port, once it accepts connections."""
+    """The app under gunicorn with the repository's configuration (gunicorn.conf.py), in one
+    process unless ``options`` say otherwise, on a free loopback port, once it accepts
+    connections."""
     port = free_port()
     proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "gunicorn",
+            "--config",
+            str(ROOT / "gunicorn.conf.py"),
             "artifactcourier.wsgi:application",
             "--bind",
             f"127.0.0.1:{port}",

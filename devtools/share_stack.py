@@ -24,6 +24,7 @@ class ShareStack:
         s3: dict | None = None,
         gunicorn_options: tuple[str, ...] = ("--workers", "1"),
         extra_env: dict | None = None,
+        nginx_baseline: bool = False,
     ) -> None:
         self.data_dir = data_dir
         self.artifact_root = data_dir / "artifacts"
@@ -42,7 +43,9 @@ class ShareStack:
         self.env = env
         if mode == "x-accel":
             self.artifact_root.mkdir(parents=True, exist_ok=True)
-            self.nginx = Nginx(data_dir / "nginx", self.app_port, self.artifact_root)
+            self.nginx = Nginx(
+                data_dir / "nginx", self.app_port, self.artifact_root, baseline=nginx_baseline
+            )
             env["PUBLIC_BASE_URL"] = self.nginx.url
         else:
             env["PUBLIC_BASE_URL"] = f"http://127.0.0.1:{self.app_port}"

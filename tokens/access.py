@@ -9,13 +9,14 @@ import re
 from django.db.models import Q, QuerySet
 from django.db.models.functions import Substr
 
+from artifactcourier.paths import path_problem
+
 from .models import ApiKey
 from .scopes import Scope
 
 # Ref globs stay in a small alphabet so the regex built from them means the same on every
 # database (PostgreSQL's regex dialect is not Python's).
 _REF_PATTERN = re.compile(r"[A-Za-z0-9._/*?@+-]{1,255}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def ref_pattern_validate(pattern: str) -> str:
@@ -44,10 +45,9 @@ def path_prefix_validate(prefix: str) -> str:
         prefix += "/"
     if len(prefix) > 512:
         raise ValueError("A path prefix has at most 512 characters.")
-    if _CONTROL.search(prefix) or "\\" in prefix:
-        raise ValueError("A path prefix may not contain control characters or backslashes.")
-    if prefix.startswith("/") or ".." in prefix.split("/"):
-        raise ValueError("A path prefix is relative and may not contain '..' segments.")
+    # Every segment complete (it ends in "/"): the artifact path policy, as for paths.
+    if problem := path_problem(prefix, prefix=True):
+        raise ValueError(f"A path prefix {problem}.")
     return prefix
 
 

@@ -23,8 +23,9 @@ TOKEN_LENGTH = 4 + ENTROPY_LENGTH + CHECKSUM_LENGTH
 _TOKEN_RE = re.compile(
     rf"ac([pbxd])_([0-9A-Za-z]{{{ENTROPY_LENGTH}}})([0-9A-Za-z]{{{CHECKSUM_LENGTH}}})"
 )
-# Anything that looks like one of our tokens, for the logging redaction filter.
-TOKEN_PATTERN = re.compile(r"\bac[pbxd]_[0-9A-Za-z]{20,}")
+# Anything that looks like one of our tokens, for the logging redaction filter. No \b before
+# it: a token glued to a word character ("/x" + token in a URL path) is still a token.
+TOKEN_PATTERN = re.compile(r"ac[pbxd]_[0-9A-Za-z]{20,}")
 
 
 class InvalidToken(ValueError):

@@ -107,6 +107,10 @@ def parse(payload: dict) -> Delivery | None:
     if pinned and not same_origin(status_url, pinned):
         # Even a signed payload only gets our status token sent to the service we know.
         raise Rejected(400, "status_url is not on COURIER_URL")
+    links = [a.get("url") for a in artifacts if isinstance(a, dict)]
+    if pinned and not all(isinstance(u, str) and same_origin(u, pinned) for u in links):
+        # ... and makes us fetch nothing but the service's own links.
+        raise Rejected(400, "an artifact link is not on COURIER_URL")
     return Delivery(build_id, status_url, str(status_token), artifacts, payload)
 
 

@@ -141,7 +141,7 @@ def test_two_builds_uploading_at_once_cannot_together_exceed_the_project_quota(
     rejected = next(r for r in responses if r.status_code == 413)
     assert "project" in rejected.json()["detail"]
     listed = [
-        api.as_key(b.token).get(artifact_url(b.build.pk)).json()["count"]
+        len(api.as_key(b.token).get(artifact_url(b.build.pk)).json()["results"])
         for b in (build, other_build)
     ]
     assert sum(listed) == 1

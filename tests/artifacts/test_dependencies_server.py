@@ -83,7 +83,7 @@ class Live:
             "POST",
             "/api/v1/projects/live/builds/",
             self.project_token,
-            {"ref": "refs/heads/main", "commit": "abc123", "trusted": True},
+            {"ref": "refs/heads/main", "commit": "c" * 40, "trusted": True},
             timeout=timeout,
         )
         assert status == 201, body

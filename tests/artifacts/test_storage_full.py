@@ -22,6 +22,6 @@ def test_upload_to_a_full_disk_is_507_and_leaves_nothing(api, build, monkeypatch
     assert response.status_code == 507
     assert response.json()["code"] == "storage_full"
     listing = api.as_key(build.token).get(artifact_url(build.build.pk)).json()
-    assert listing["count"] == 0
+    assert listing["results"] == []
     incoming = tmp_path / "artifacts" / "incoming"
     assert not incoming.exists() or not any(incoming.iterdir())

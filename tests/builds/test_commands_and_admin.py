@@ -51,7 +51,8 @@ def test_mint_project_key_for_an_unknown_project_fails_clearly(db):
 def test_ensure_admin_creates_a_superuser_once(monkeypatch):
     monkeypatch.setenv("ADMIN_PASSWORD", "correct horse battery staple")
     first = run("ensure_admin")
-    assert "'admin'" in first and "correct horse battery staple" in first
+    assert "'admin'" in first and "ADMIN_PASSWORD" in first
+    assert "correct horse battery staple" not in first  # the output may be a log file
     assert "existing superuser" in run("ensure_admin")
 
 

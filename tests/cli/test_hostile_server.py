@@ -65,16 +65,43 @@ def test_a_listing_path_that_could_escape_writes_nothing(tmp_path, hostile):
     assert [path for method, path, _ in seen if path == "/f"] == []  # no byte fetched
 
 
-def test_a_symlink_in_the_target_does_not_lead_outside(tmp_path):
+@pytest.mark.parametrize("path", ["link/x.txt", "link/deeper/x.txt"])
+def test_a_symlink_in_the_target_does_not_lead_outside(tmp_path, path):
     outside = tmp_path / "outside"
     outside.mkdir()
     target = tmp_path / "target"
     target.mkdir()
     (target / "link").symlink_to(outside)
-    with serve_listing(["link/x.txt"]) as (base, _):
+    with serve_listing([path]) as (base, _):
         result = courier("download", f"{base}/listing", "-o", str(target))
     assert result.code == 1
     assert list(outside.iterdir()) == []
+
+
+def test_a_listing_naming_a_partial_file_is_refused(tmp_path):
+    with serve_listing(["x", ".x.courier-part"]) as (base, _):
+        result = courier("download", f"{base}/listing", "-o", str(tmp_path / "t"))
+    assert result.code == 1
+    assert "refusing" in result.stderr
+
+
+def test_a_build_answer_in_another_shape_is_one_line_not_a_traceback():
+    routes = {
+        ("POST", "/api/v1/projects/app/builds/"): lambda h: (
+            201,
+            {},
+            json_body({"id": "1\nEVIL=1", "key": {"token": "acb_" + "k" * 40}}),
+        )
+    }
+    with stub_server(routes) as (base, _):
+        result = courier(
+            "build", "start", "--project", "app", "--ref", "r", "--commit", "c",
+            "--format", "env", env={"COURIER_URL": base, "COURIER_TOKEN": "acp_" + "p" * 40},
+            reveals_secrets=True,
+        )  # fmt: skip
+    assert result.code == 1
+    assert "EVIL" not in result.stdout
+    assert "Traceback" not in result.output
 
 
 def test_a_share_listing_downloads_all_its_files_without_a_token(tmp_path):
@@ -163,3 +190,62 @@ def test_the_token_never_follows_a_link_to_another_origin(tmp_path):
             )  # fmt: skip
     assert result.code == 1
     assert other_seen == []
+
+
+def test_many_small_files_go_up_as_one_tar_stream(tmp_path):
+    """Against the agreed batch contract: POST .../artifacts/batch?prefix=, a tar body,
+    201 {"artifacts": [{"path", "size", "sha256"}]}."""
+    import io
+    import tarfile
+    from urllib.parse import parse_qs, urlsplit
+
+    received: list = []
+
+    def batch(handler):
+        assert handler.headers["Content-Type"] == "application/x-tar"
+        prefix = parse_qs(urlsplit(handler.path).query)["prefix"][0]
+        with tarfile.open(fileobj=io.BytesIO(handler.body)) as tar:
+            members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+        name, manifest = members.pop(0)
+        assert name == "SHA256SUMS"
+        lines = manifest.decode().splitlines()
+        assert sorted(lines) == sorted(f"{sha256(data)}  {name}" for name, data in members)
+        received.append((prefix, members))
+        answer = [
+            {"path": "dist/" + name, "size": len(data), "sha256": sha256(data)}
+            for name, data in members
+        ]
+        return 201, {}, json_body({"artifacts": answer})
+
+    routes = {
+        ("GET", "/api/v1/builds/7/artifacts/"): lambda h: (200, {}, json_body({"results": []})),
+        ("POST", "/api/v1/builds/7/artifacts/batch"): batch,
+    }
+    files = {f"sub/ü {i}.txt": f"file {i}\n".encode() * i for i in range(20)}
+    for name, data in files.items():
+        (tmp_path / "src" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "src" / name).write_bytes(data)
+    with stub_server(routes) as (base, seen):
+        result = courier(
+            "upload", str(tmp_path / "src"), "--prefix", "dist",
+            env={"COURIER_URL": base, "COURIER_TOKEN": "acb_" + "t" * 40, "COURIER_BUILD": "7"},
+        )  # fmt: skip
+    assert result.code == 0, result.output
+    assert len(received) == 1
+    prefix, members = received[0]
+    assert prefix == "dist/"
+    assert dict(members) == files
+    assert not [path for method, path, _ in seen if method == "PUT"]
+    assert result.stdout.startswith("uploaded: 20 uploaded")
+
+
+def test_a_listing_link_to_another_origin_is_not_fetched(tmp_path):
+    with stub_server({("GET", "/f"): file_route(CONTENT)}) as (elsewhere, elsewhere_seen):
+        body = {"artifacts": [
+            {"path": "a.txt", "size": 8, "sha256": sha256(CONTENT), "url": f"{elsewhere}/f"}
+        ]}  # fmt: skip
+        with serve_listing([], body=body) as (base, _):
+            result = courier("download", f"{base}/listing", "-o", str(tmp_path / "t"))
+    assert result.code == 1
+    assert "origin" in result.stderr
+    assert elsewhere_seen == []

@@ -194,3 +194,15 @@ def test_the_cloudformation_template_is_valid():
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_an_artifact_link_off_the_pinned_service_is_not_fetched():
+    with (
+        downstream_world() as (base, artifacts, statuses, seen),
+        receiver(WEBHOOK_SECRET=SECRET, COURIER_URL=base) as url,
+    ):
+        artifacts[0]["url"] = "http://127.0.0.1:1/elsewhere"
+        body, headers = signed(payload(base, artifacts))
+        answer = requests.post(url, data=body, headers=headers, timeout=30)
+    assert answer.status_code == 400
+    assert statuses == [] and seen == []

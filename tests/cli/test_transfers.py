@@ -224,3 +224,12 @@ def test_progress_bars_on_a_terminal(started, tmp_path):
     assert "━" in text
     assert "uploaded bar.bin" in text and "uploaded: 1 uploaded" in text
     assert started["COURIER_TOKEN"] not in text
+
+
+def test_a_file_name_with_control_characters_is_shown_escaped(started, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "evil\x1b[2J\rname.txt").write_text("x")
+    result = courier("upload", str(src), env=started)  # the helper checks for raw controls
+    assert result.code == 1
+    assert "evil\\x1b[2J\\rname.txt" in result.output

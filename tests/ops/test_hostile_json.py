@@ -100,3 +100,27 @@ def test_a_stored_lone_surrogate_still_renders(api, build):
     response = api.as_key(build.token).get(f"/api/v1/builds/{build.build.pk}/")
     assert response.status_code == 200
     assert json.loads(response.content)["metadata"] == {"k": "\ud800"}
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    ['{"k": "\\ud800"}', '{"\\udfff": 1}', "[" * 40 + "]" * 40],
+    ids=["surrogate value", "surrogate key", "40 deep"],
+)
+def test_the_admin_refuses_metadata_the_api_would_refuse(admin_client, build, metadata):
+    url = f"/admin/builds/build/{build.build.pk}/change/"
+    response = admin_client.post(
+        url,
+        {
+            "ref": "refs/heads/main",
+            "commit": "a" * 40,
+            "trusted": "on",
+            "metadata": metadata,
+            "statuses-TOTAL_FORMS": "0",
+            "statuses-INITIAL_FORMS": "0",
+        },
+    )
+    assert response.status_code == 200  # the form again, with the error
+    assert "errorlist" in response.content.decode()
+    assert Build.objects.get(pk=build.build.pk).metadata == {}
+    assert admin_client.get(url).status_code == 200

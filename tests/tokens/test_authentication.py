@@ -246,3 +246,33 @@ def test_a_download_with_a_build_key_costs_the_key_and_the_artifact(
         response = client.get(url)
     assert response.status_code == 200
     assert client.get(f"/api/v1/builds/{build.build.pk + 1000}/artifacts/a.txt").status_code == 404
+
+
+@pytest.mark.parametrize("kind", ["build", "deploy"])
+def test_the_build_view_does_not_fetch_the_project_authentication_loaded(
+    api, build, kind, django_assert_num_queries
+):
+    """Key (1), the build with its totals (1), its statuses (1): the project came with the key."""
+    build.build.project.deploy_tokens_enabled = True
+    build.build.project.save(update_fields=["deploy_tokens_enabled"])
+    token = build.token if kind == "build" else deploy_token_current(project=build.build.project)[1]
+    client = api.as_key(token)
+    client.get("/api/v1/keys/self")
+    with django_assert_num_queries(3):
+        response = client.get(f"/api/v1/builds/{build.build.pk}/")
+    assert response.status_code == 200
+    assert response.json()["project"] == build.build.project.slug
+
+
+def test_on_postgresql_the_key_lookup_is_prepared_once_per_connection(api, build):
+    if connection.vendor != "postgresql":
+        pytest.skip("prepared statements are a PostgreSQL matter")
+    client = api.as_key(build.token)
+    for _ in range(8):
+        assert client.get("/api/v1/keys/self").status_code == 200
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE %s",
+            ["%WITH RECURSIVE chain%"],
+        )
+        assert cursor.fetchone()[0] == 1

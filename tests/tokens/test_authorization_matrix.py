@@ -7,6 +7,8 @@ one request with one credential; the status must be exactly the one in the table
 unexpected allow, no unexpected refusal, never a 5xx.
 """
 
+import io
+import tarfile
 from datetime import timedelta
 
 import pytest
@@ -78,6 +80,7 @@ MANAGE_WEBHOOKS = row(
 )
 
 EXPECTED: dict[tuple[str, str], dict[str, int]] = {
+    ("landing", "GET"): same_for_all(200),
     ("healthz", "GET"): same_for_all(200),
     ("schema", "GET"): same_for_all(200),
     ("schema", "OPTIONS"): same_for_all(405),
@@ -194,6 +197,41 @@ EXPECTED: dict[tuple[str, str], dict[str, int]] = {
         staff_session=401,
     ),
     ("artifact", "OPTIONS"): OPTIONS_AUTHENTICATED,
+    # The batch URL is also the path of an artifact named "batch" (none here: 404 where readable);
+    # POST sends a tar holding dist/app.txt with the bytes it already has.
+    ("artifact-batch", "GET"): {
+        **READ_BUILD,
+        **dict.fromkeys(
+            ["running_build", "finished_build", "derived_read_only", "deploy_current"], 404
+        ),
+        "derived_prefix": 404,
+        "deploy_in_grace": 404,
+    },
+    ("artifact-batch", "PUT"): row(
+        running_build=201,  # an artifact named "batch"
+        finished_build=403,
+        other_build=404,
+        other_project=403,
+        derived_read_only=403,
+        derived_prefix=403,  # outside its prefix
+        deploy_current=403,
+        deploy_in_grace=403,
+        project=403,
+        staff_session=401,
+    ),
+    ("artifact-batch", "POST"): row(
+        running_build=200,  # the same file with the same bytes again: idempotent
+        finished_build=403,
+        other_build=404,
+        other_project=403,
+        derived_read_only=403,
+        derived_prefix=403,  # dist/app.txt is outside docs/
+        deploy_current=403,
+        deploy_in_grace=403,
+        project=403,
+        staff_session=401,
+    ),
+    ("artifact-batch", "OPTIONS"): OPTIONS_AUTHENTICATED,
     # Every share mints its own read-only key on the caller's behalf (no keys:mint needed);
     # a prefix-limited key shares its prefix (here: an empty docs/).
     ("build-share", "POST"): row(
@@ -259,6 +297,16 @@ def expected_for(name: str, method: str) -> dict[str, int] | None:
 ARTIFACT = "dist/app.txt"
 PROJECT_KEY_SCOPES = (Scope.BUILDS_CREATE, Scope.TOKENS_MANAGE, Scope.WEBHOOKS_MANAGE)
 ARTIFACT_BYTES = b"hello, downstream\n"
+
+
+def _tar(files: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as archive:
+        for path, data in files.items():
+            info = tarfile.TarInfo(path)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return out.getvalue()
 
 
 class World:
@@ -366,6 +414,10 @@ class World:
         return reverse(pattern.name, kwargs={k: v for k, v in values.items() if k in wanted})
 
     def request(self, client: Api, method: str, name: str, url: str):
+        if name == "artifact-batch" and method == "POST":
+            return client.post(
+                url, _tar({ARTIFACT: ARTIFACT_BYTES}), content_type="application/x-tar"
+            )
         if method == "PUT":
             return client.put(url, ARTIFACT_BYTES, content_type="text/plain")
         body = {

@@ -61,3 +61,44 @@ def test_forgetful_view_answers_500_not_200_through_the_stack(build):
     request = APIRequestFactory().get("/x", HTTP_AUTHORIZATION=f"Bearer {build.token}")
     with pytest.raises(ImproperlyConfigured):
         view(request)
+
+
+# --- behaviours a mutation of the access core survived until these tests ----------------------
+
+
+def test_a_build_made_untrusted_after_its_key_was_minted_loses_keys_mint(api, build):
+    """The admin turns ``trusted`` off (a mislabelled fork): keys already minted lose keys:mint
+    at once, the build's own and those derived with it."""
+    from builds.models import Build
+
+    client = api.as_key(build.token)
+    minted = client.post(
+        "/api/v1/keys/", {"scopes": ["keys:mint", "artifacts:read"]}, format="json"
+    )
+    assert minted.status_code == 201
+    Build.objects.filter(pk=build.build.pk).update(trusted=False)
+    for token in (build.token, minted.json()["token"]):
+        response = api.as_key(token).post(
+            "/api/v1/keys/", {"scopes": ["artifacts:read"]}, format="json"
+        )
+        assert response.status_code == 403
+        assert response.json()["code"] == "untrusted_build"
+    assert "keys:mint" not in api.as_key(build.token).get("/api/v1/keys/self").json()["scopes"]
+
+
+def test_finishing_a_finished_build_without_ever_holding_build_finish_is_an_audited_403(api, build):
+    """409 build_finished is for the build's own key retrying; a key never granted build:finish
+    is refused (and audited) like any other missing scope."""
+    from builds.services import build_finish
+    from tokens.models import AuditEvent
+
+    reader = api.as_key(build.token).post(
+        "/api/v1/keys/", {"scopes": ["artifacts:read"]}, format="json"
+    )
+    build_finish(build=build.build, state="succeeded")
+    client = api.as_key(reader.json()["token"])
+    response = client.post(f"/api/v1/builds/{build.build.pk}/finish", {"state": "failed"})
+    assert response.status_code == 403
+    assert response.json()["code"] == "missing_scope"
+    event = AuditEvent.objects.get(action="write_denied", key_id=reader.json()["id"])
+    assert event.detail["missing"] == ["build:finish"]

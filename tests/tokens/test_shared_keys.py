@@ -145,3 +145,9 @@ def test_a_key_of_one_job_is_still_revoked_by_the_tripwire(api, build):
     write_attempts(api, token, build.build.pk)
     assert reads(api, token, build.build.pk) == 401
     assert ApiKey.objects.get(pk=derived.json()["id"]).revoked_reason == "tripwire"
+
+
+def test_revoking_an_id_beyond_any_key_is_404(api, manager_token):
+    client = api.as_key(manager_token)
+    for key_id in ("0", "9" * 30):
+        assert client.delete(f"/api/v1/keys/{key_id}").status_code == 404

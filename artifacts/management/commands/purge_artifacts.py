@@ -6,8 +6,8 @@ from artifacts import services
 class Command(BaseCommand):
     help = (
         "Delete artifacts of builds past their project's retention, then blobs no artifact "
-        "references any more, then reconcile the storage with the database (the same purge the "
-        "periodic task runs)."
+        "references any more, then reconcile the storage with the database and the usage "
+        "counters with the artifacts (the same purge the periodic task runs)."
     )
 
     def handle(self, *args, **options):
@@ -18,3 +18,7 @@ class Command(BaseCommand):
             f"{result.uploads_aborted} incomplete upload(s), deleted {result.orphans_deleted} "
             f"orphan object(s); {result.unknown_objects} object(s) unknown to the database."
         )
+        for drift in result.usage_drifts:
+            self.stdout.write(f"Usage counter repaired: {drift}")
+        if not result.usage_drifts:
+            self.stdout.write("Usage counters: no usage drift.")

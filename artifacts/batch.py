@@ -1,0 +1,535 @@
+"""Batch upload: many artifacts from one tar stream, linked all or nothing.
+
+The archive is read as a stream (``tarfile`` mode ``r|``): each regular-file member's bytes go
+through SHA-256 into a staged object of their own and are published as they arrive, so neither
+the archive nor a member is ever held in memory or unpacked as a whole. Once the archive has
+been read and checked, the blob rows are recorded (one upsert) and every artifact is linked in
+one transaction, counted against the quotas there. Anything refused before that deletes what
+was published; a link that fails removes the blobs this batch created.
+
+Hostile archives are refused (nothing stored) before the bytes that make them hostile are
+stored: a member's header is checked before its data is read (type, path, size, count,
+quota), and decompressed bytes are bounded by a ratio to the compressed bytes read.
+"""
+
+import hashlib
+import io
+import logging
+import tarfile
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from builds.models import Build, Project
+from tokens import services as token_services
+from tokens.errors import InvalidCredential
+from tokens.models import ApiKey
+
+from . import storage, usage
+from .errors import (
+    ArtifactConflict,
+    BlobVanished,
+    BuildNotWritable,
+    ChecksumMismatch,
+    IncompleteBody,
+    InvalidArchive,
+    InvalidArtifactPath,
+    QuotaExceeded,
+    StorageFull,
+)
+from .models import Artifact, Blob
+from .paths import artifact_path_clean
+from .services import blob_discard_unlinked
+from .transfer import _STORAGE_FULL
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "SHA256SUMS"
+# A manifest, and the metadata tar reads between two members (pax headers, GNU long names), are
+# read into memory: bounded well above any real one (paths are at most 1024 characters).
+_MANIFEST_MAX = 4 * 1024 * 1024
+_HEADER_MAX = 1024 * 1024
+# Decompressed bytes always allowed before the expansion ratio applies (small archives of
+# repetitive text compress far better than large ones).
+_EXPANSION_FLOOR = 16 * 1024 * 1024
+_CHUNK = 1024 * 1024
+ENCODINGS = ("identity", "gzip", "zstd")
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    artifacts: list[Artifact]
+    created: int
+
+
+@dataclass
+class _Member:
+    path: str
+    size: int
+    sha256: str
+    name: str | None  # the object published for it (None: the manifest, kept in memory)
+
+
+class _Body(io.RawIOBase):
+    """The request body as a file: at most ``content_length`` bytes (None: to EOF, chunked),
+    hashed as read, short bodies raising IncompleteBody."""
+
+    def __init__(self, stream, content_length: int | None) -> None:
+        self.stream, self.remaining = stream, content_length
+        self.read_bytes = 0
+        self.digest = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        want = len(buffer) if self.remaining is None else min(len(buffer), self.remaining)
+        if want == 0:
+            return 0
+        try:
+            data = self.stream.read(want)
+        except Exception as exc:  # a reset socket, gunicorn's NoMoreData, bad chunking
+            raise IncompleteBody(
+                f"The request body could not be read after {self.read_bytes} bytes "
+                f"({type(exc).__name__}); nothing was stored."
+            ) from exc
+        if not data:
+            if self.remaining:
+                raise IncompleteBody(
+                    f"The request body ended after {self.read_bytes} bytes; nothing was stored."
+                )
+            return 0
+        n = len(data)
+        buffer[:n] = data
+        self.read_bytes += n
+        self.digest.update(data)
+        if self.remaining is not None:
+            self.remaining -= n
+        return n
+
+
+class _Expanded(io.RawIOBase):
+    """The decompressed archive, counted: more than ``ratio`` times the compressed bytes read
+    (past a floor) is a decompression bomb, and so is metadata larger than _HEADER_MAX between
+    two members."""
+
+    def __init__(self, source, body: _Body, ratio: int | None) -> None:
+        self.source, self.body, self.ratio = source, body, ratio
+        self.total = 0
+        self.metadata = 0  # bytes read since the last member's data, while reading headers
+        self.in_headers = True
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        try:
+            data = self.source.read(len(buffer))
+        except (IncompleteBody, InvalidArchive, QuotaExceeded):
+            raise
+        except Exception as exc:  # zlib.error, zstandard.ZstdError, EOFError, ...
+            raise InvalidArchive(f"The body could not be decompressed ({exc}).") from exc
+        n = len(data)
+        buffer[:n] = data
+        self.total += n
+        if self.in_headers:
+            self.metadata += n
+            # A header read may pull in up to two buffer fills of what follows it.
+            if self.metadata > _HEADER_MAX + 2 * _CHUNK:
+                raise InvalidArchive("A tar header (pax or long name) is too large.")
+        if (
+            self.ratio is not None
+            and self.total > _EXPANSION_FLOOR
+            and self.total > self.ratio * max(self.body.read_bytes, 1)
+        ):
+            raise QuotaExceeded(
+                f"The archive expands to more than {self.ratio} times its compressed size: "
+                "refused as a decompression bomb.",
+                code="decompression_bomb",
+            )
+        return n
+
+
+def _decompressed(body: _Body, encoding: str):
+    if encoding == "gzip":
+        # wbits 16+MAX_WBITS: the gzip container; fed through a buffered reader in chunks.
+        return io.BufferedReader(_Inflate(body), _CHUNK)
+    if encoding == "zstd":
+        import zstandard
+
+        return zstandard.ZstdDecompressor().stream_reader(
+            body, read_size=_CHUNK, read_across_frames=True
+        )
+    return body
+
+
+class _Inflate(io.RawIOBase):
+    """gzip decompression as a raw stream, never producing more than asked for at once (so a
+    bomb cannot make one read() return gigabytes)."""
+
+    def __init__(self, body: _Body) -> None:
+        self.body = body
+        self.inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self.pending = b""
+        self.eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        want = len(buffer)
+        while not self.pending and not self.eof:
+            if self.inflater.unconsumed_tail:
+                chunk = self.inflater.unconsumed_tail
+            else:
+                chunk = self.body.read(_CHUNK)
+                if not chunk:
+                    if not self.inflater.eof:
+                        raise InvalidArchive("The gzip stream ends before its end marker.")
+                    self.eof = True
+                    break
+            if self.inflater.eof:  # trailing bytes after the gzip member: ignore, as gzip -d
+                self.eof = True
+                break
+            self.pending = self.inflater.decompress(chunk, want)
+        n = min(want, len(self.pending))
+        buffer[:n] = self.pending[:n]
+        self.pending = self.pending[n:]
+        return n
+
+
+def _prefix_clean(prefix: str) -> str:
+    """``dist`` and ``dist/`` both mean the directory ``dist/``; empty means the top."""
+    if not prefix:
+        return ""
+    prefix = prefix if prefix.endswith("/") else prefix + "/"
+    try:
+        artifact_path_clean(prefix[:-1])
+    except InvalidArtifactPath as exc:
+        raise InvalidArtifactPath(f"prefix: {exc.detail}", code="invalid_prefix") from None
+    return prefix
+
+
+def _member_path(member: tarfile.TarInfo, prefix: str) -> str | None:
+    """The artifact path a member becomes (None for a directory), or raise why it may not."""
+    name = member.name
+    while name.startswith("./"):  # `tar -C dir -cf - .` names members ./a/b
+        name = name[2:]
+    if member.isdir():
+        return None
+    kind = _KINDS.get(member.type)
+    if kind is not None:
+        raise InvalidArchive(f"Member {member.name!r} is a {kind}: only regular files are taken.")
+    if not member.isreg() or member.issparse():
+        raise InvalidArchive(f"Member {member.name!r} is not a regular file.")
+    try:
+        return artifact_path_clean(prefix + name)
+    except InvalidArtifactPath as exc:
+        raise InvalidArtifactPath(f"Member {member.name!r}: {exc.detail}") from None
+
+
+_KINDS = {
+    tarfile.SYMTYPE: "symbolic link",
+    tarfile.LNKTYPE: "hard link",
+    tarfile.CHRTYPE: "character device",
+    tarfile.BLKTYPE: "block device",
+    tarfile.FIFOTYPE: "FIFO",
+}
+
+
+def _manifest_parse(data: bytes) -> dict[str, str]:
+    """``sha256sum`` output: ``<hex>  <name>`` (or ``<hex> *<name>``) per line."""
+    sums = {}
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidArchive(f"{MANIFEST} is not UTF-8 text.") from None
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        digest, _, name = line.partition(" ")
+        name = name[1:] if name[:1] in {" ", "*"} else name
+        digest = digest.lower()
+        if len(digest) != 64 or not name or any(c not in "0123456789abcdef" for c in digest):
+            raise InvalidArchive(f"{MANIFEST} line {number} is not '<sha256>  <path>'.")
+        while name.startswith("./"):
+            name = name[2:]
+        sums[name] = digest
+    return sums
+
+
+def artifacts_store_batch(
+    *,
+    build: Build,
+    stream,
+    content_length: int | None,
+    encoding: str = "identity",
+    prefix: str = "",
+    expected_sha256: str | None = None,
+    key: ApiKey | None = None,
+    path_check: Callable[[str], None] = lambda path: None,
+) -> BatchResult:
+    """Store every regular file of the tar archive in ``stream`` as an artifact of ``build``
+    under ``prefix``; all or nothing. ``path_check`` raises for a path the key may not write.
+    ``expected_sha256`` is the SHA-256 of the body as sent; a ``SHA256SUMS`` member at the
+    archive's top, if present, must list every file with its digest (it is not stored)."""
+    prefix = _prefix_clean(prefix)
+    if not build.is_running:
+        raise BuildNotWritable()
+    if encoding not in ENCODINGS:
+        raise InvalidArchive(f"Content-Encoding must be one of {', '.join(ENCODINGS)}.")
+    members: list[_Member] = []
+    try:
+        manifest = _receive(
+            build=build,
+            stream=stream,
+            content_length=content_length,
+            encoding=encoding,
+            prefix=prefix,
+            expected_sha256=expected_sha256,
+            path_check=path_check,
+            members=members,
+        )
+        if manifest is not None:
+            _manifest_check(manifest, members, prefix)
+        if not members:
+            raise InvalidArchive("The archive holds no regular file.")
+    except BaseException:
+        _objects_delete([m.name for m in members if m.name])
+        raise
+    return _link(build=build, key=key, members=members)
+
+
+def _receive(
+    *, build, stream, content_length, encoding, prefix, expected_sha256, path_check, members
+) -> dict[str, str] | None:
+    body = _Body(stream, content_length)
+    ratio = settings.ARTIFACT_BATCH_MAX_EXPANSION if encoding != "identity" else None
+    expanded = _Expanded(_decompressed(body, encoding), body, ratio)
+    room, reason = usage.usage_room(build=build, files=0)
+    files_left = settings.BUILD_ARTIFACTS_MAX_FILES - build.used_files
+    seen: set[str] = set()
+    manifest = None
+    total = 0
+    try:
+        reader = io.BufferedReader(expanded, _CHUNK)
+        archive = tarfile.open(fileobj=reader, mode="r|")  # noqa: SIM115 (closed by `with` below)
+    except tarfile.TarError as exc:
+        raise InvalidArchive(f"The body is not a tar archive ({exc}).") from exc
+    with archive:
+        while True:
+            expanded.in_headers, expanded.metadata = True, 0
+            try:
+                member = archive.next()
+            except tarfile.TarError as exc:
+                raise InvalidArchive(f"The tar archive is damaged ({exc}).") from exc
+            expanded.in_headers = False
+            if member is None:
+                break
+            is_manifest = member.name.removeprefix("./") == MANIFEST and member.isreg()
+            path = None if is_manifest else _member_path(member, prefix)
+            if path is None and not is_manifest:
+                continue
+            key_name = MANIFEST if is_manifest else path
+            if key_name in seen:
+                raise InvalidArchive(f"The archive holds {member.name!r} twice.")
+            seen.add(key_name)
+            if is_manifest:
+                if member.size > _MANIFEST_MAX:
+                    raise InvalidArchive(f"{MANIFEST} is larger than {_MANIFEST_MAX} bytes.")
+                manifest = _manifest_parse(_read_all(archive, member))
+                continue
+            path_check(path)
+            if member.size > settings.ARTIFACT_MAX_SIZE:
+                raise QuotaExceeded(
+                    f"Member {member.name!r} is larger than an artifact may be "
+                    f"({settings.ARTIFACT_MAX_SIZE} bytes)."
+                )
+            if len(members) + 1 > files_left:
+                raise QuotaExceeded(usage.files_sentence())
+            total += member.size
+            if total > room:
+                raise QuotaExceeded(reason)
+            members.append(_store_member(archive, member, path))
+    if expected_sha256 is not None:
+        _drain(body)
+        if body.digest.hexdigest() != expected_sha256:
+            raise ChecksumMismatch("The body's SHA-256 does not match X-Checksum-Sha256.")
+    return manifest
+
+
+def _read_all(archive: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    source = archive.extractfile(member)
+    data = source.read(member.size)
+    if len(data) != member.size:
+        raise InvalidArchive(f"Member {member.name!r} ends early.")
+    return data
+
+
+def _store_member(archive: tarfile.TarFile, member: tarfile.TarInfo, path: str) -> _Member:
+    source = archive.extractfile(member)
+    digest = hashlib.sha256()
+    writer = storage.blob_writer_open()
+    try:
+        remaining = member.size
+        while remaining:
+            data = source.read(min(_CHUNK, remaining))
+            if not data:
+                raise InvalidArchive(f"Member {member.name!r} ends early.")
+            remaining -= len(data)
+            digest.update(data)
+            try:
+                writer.write(data)
+            except OSError as exc:
+                if exc.errno in _STORAGE_FULL:
+                    raise StorageFull() from exc
+                raise
+        sha256 = digest.hexdigest()
+        name = writer.commit(sha256=sha256)
+    except BaseException:
+        try:
+            writer.abort()
+        except Exception:
+            logger.exception("could not discard a staged member")
+        raise
+    return _Member(path=path, size=member.size, sha256=sha256, name=name)
+
+
+def _drain(body: _Body) -> None:
+    """Read what the archive's end left of the body (tar pads with zero blocks), so its digest
+    covers all of it."""
+    while body.read(_CHUNK):
+        pass
+
+
+def _manifest_check(manifest: dict[str, str], members: list[_Member], prefix: str) -> None:
+    stored = {m.path.removeprefix(prefix): m.sha256 for m in members}
+    for name, digest in manifest.items():
+        if name not in stored:
+            raise ChecksumMismatch(f"{MANIFEST} lists {name!r}, which the archive does not hold.")
+        if stored[name] != digest:
+            raise ChecksumMismatch(f"{name!r} does not match its SHA-256 in {MANIFEST}.")
+    unlisted = sorted(set(stored) - set(manifest))
+    if unlisted:
+        raise ChecksumMismatch(f"{MANIFEST} does not list {unlisted[0]!r}.")
+
+
+def _objects_delete(names: list[str]) -> None:
+    for name in names:
+        try:
+            storage.blob_delete(name)
+        except Exception:  # retention's reconciliation removes what is left
+            logger.exception("could not delete the object %s", name)
+
+
+_ROWS_PER_STATEMENT = 500
+
+
+def _link(*, build: Build, key: ApiKey | None, members: list[_Member]) -> BatchResult:
+    # Blob rows first (no lock held across it): one upsert per 500 distinct digests. A digest
+    # twice in the batch, or already stored: the extra objects are deleted at once.
+    first: dict[str, _Member] = {}
+    duplicates = []
+    for m in members:
+        if m.sha256 in first:
+            duplicates.append(m.name)
+        else:
+            first[m.sha256] = m
+    _objects_delete(duplicates)
+    unique = list(first.values())
+    holders: dict[str, str] = {}
+    now = timezone.now()
+    for i in range(0, len(unique), _ROWS_PER_STATEMENT):
+        chunk = unique[i : i + _ROWS_PER_STATEMENT]
+        holders.update(Blob.objects.publish([(m.sha256, m.size, m.name) for m in chunk], now=now))
+    _objects_delete([m.name for m in unique if holders[m.sha256] != m.name])
+    created_blobs = [
+        Blob(sha256=m.sha256, size=m.size, storage_name=m.name, referenced_at=now)
+        for m in unique
+        if holders[m.sha256] == m.name
+    ]
+    try:
+        return _link_rows(build=build, key=key, members=members)
+    except BaseException:
+        for blob in created_blobs:
+            blob_discard_unlinked(blob=blob)
+        raise
+
+
+def _link_rows(*, build: Build, key: ApiKey | None, members: list[_Member]) -> BatchResult:
+    if key is not None and not token_services.key_alive(key=key):
+        raise InvalidCredential(
+            "This API token was revoked during the upload; nothing was stored.", code="revoked"
+        )
+    now = timezone.now()
+    paths = [m.path for m in members]
+    try:
+        with transaction.atomic():
+            # Build, then project: the order the single upload's statement locks them in.
+            locked = Build.objects.select_for_update().filter(pk=build.pk).first()
+            if locked is None or not locked.is_running:
+                raise BuildNotWritable()
+            project = Project.objects.select_for_update(no_key=True).get(pk=locked.project_id)
+            existing = {}
+            for i in range(0, len(paths), _ROWS_PER_STATEMENT):
+                chunk = paths[i : i + _ROWS_PER_STATEMENT]
+                existing.update(
+                    Artifact.objects.filter(build_id=build.pk, path__in=chunk).values_list(
+                        "path", "blob_id"
+                    )
+                )
+            new = []
+            for m in members:
+                if m.path not in existing:
+                    new.append(m)
+                elif existing[m.path] != m.sha256:
+                    raise ArtifactConflict(
+                        f"{m.path} already holds different bytes (sha256 {existing[m.path]}); "
+                        "artifacts are immutable."
+                    )
+            size = sum(m.size for m in new)
+            refusal = _quota_refusal(locked, project, size=size, files=len(new))
+            if refusal is not None:
+                raise refusal
+            ids: dict[str, int] = {}
+            for i in range(0, len(new), _ROWS_PER_STATEMENT):
+                rows = [
+                    {
+                        "build_id": build.pk,
+                        "path": m.path,
+                        "blob_id": m.sha256,
+                        "content_type": "application/octet-stream",
+                    }
+                    for m in new[i : i + _ROWS_PER_STATEMENT]
+                ]
+                ids.update(Artifact.objects.insert_new(rows, created_at=now))
+            if len(ids) != len(new):
+                raise ArtifactConflict("Some paths were uploaded concurrently; retry the batch.")
+    except IntegrityError as exc:  # a blob's row went (retention): the bytes must come again
+        raise BlobVanished() from exc
+    artifacts = []
+    for m in members:
+        artifact = Artifact(
+            pk=ids.get(m.path),
+            build=build,
+            path=m.path,
+            blob=Blob(sha256=m.sha256, size=m.size),
+            content_type="application/octet-stream",
+            created_at=now,
+        )
+        artifacts.append(artifact)
+    return BatchResult(artifacts=artifacts, created=len(ids))
+
+
+def _quota_refusal(build: Build, project: Project, *, size: int, files: int):
+    if build.used_files + files > settings.BUILD_ARTIFACTS_MAX_FILES:
+        return QuotaExceeded(usage.files_sentence())
+    if build.used_bytes + size > settings.BUILD_ARTIFACTS_QUOTA:
+        return QuotaExceeded(usage.build_bytes_sentence())
+    if project.used_bytes + size > settings.PROJECT_ARTIFACTS_QUOTA:
+        return QuotaExceeded(usage.project_bytes_sentence())
+    return None

@@ -1,0 +1,300 @@
+"""Many small artifacts on loopback: 4 KiB PUTs and one batch upload against nginx's WebDAV PUT
+of the same files, and how upload and listing times grow with the project's size.
+
+- single PUTs: N files of 4 KiB, PUT one by one over keep-alive, on 1 and on 8 connections,
+  to the app (gunicorn as `make run` serves it: gunicorn.conf.py when present, else 2 sync
+  workers) and to nginx's WebDAV module (writes the body to disk, no hash, no database);
+- batch: the same N files as one tar stream to POST …/artifacts/batch, in files per second
+  against nginx's best per-file rate;
+- growth: the per-upload time and the time of a listing page (first and a late one) in a
+  project (and build) of 10^3 and of 10^5 artifacts, rows seeded in bulk.
+
+Every client is curl (a config file of N transfers, `--parallel` for 8 connections); variants
+are interleaved round by round in rotating order, and medians are reported. The app runs on the
+embedded default (SQLite), as `make run` does. Options: --files, --rounds, --large.
+"""
+
+import argparse
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import ROOT, median, table
+from bench.transfer import start_nginx
+from devtools.servers import start_gunicorn, stop
+
+SIZE = 4096
+
+
+def curl_many(transfers: list[tuple[str, str]], headers: list[str], connections: int) -> float:
+    """PUT each ``(file, url)`` with one curl process; seconds of wall time. Every answer must
+    be a success."""
+    config = io.StringIO()
+    for file, url in transfers:
+        config.write(f'upload-file = "{file}"\nurl = "{url}"\noutput = "/dev/null"\n')
+    args = ["curl", "-sS", "-K", "-", "-w", "%{http_code}\\n", "-H", "Expect:"]
+    for header in headers:
+        args += ["-H", header]
+    if connections > 1:
+        args += ["--parallel", "--parallel-max", str(connections)]
+    start = time.perf_counter()
+    out = subprocess.run(
+        args, input=config.getvalue().encode(), capture_output=True, check=True
+    ).stdout
+    seconds = time.perf_counter() - start
+    codes = out.decode().split()
+    bad = [c for c in codes if c not in {"200", "201", "204"}]
+    assert len(codes) == len(transfers) and not bad, (len(codes), bad[:5])
+    return seconds
+
+
+def curl_one(*args: str) -> tuple[int, float]:
+    out = subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-H",
+            "Expect:",
+            "-w",
+            "%{http_code} %{time_total}",
+            *args,
+        ],
+        capture_output=True,
+        check=True,
+    ).stdout.split()
+    return int(out[0]), float(out[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--small", type=int, default=1000, help="artifacts of the small project")
+    parser.add_argument("--large", type=int, default=100_000, help="... of the large one")
+    parser.add_argument("--samples", type=int, default=200, help="uploads per growth round")
+    args = parser.parse_args()
+
+    (ROOT / "var").mkdir(exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="ac-small-", dir=ROOT / "var"))
+    os.environ["AC_DATA_DIR"] = str(work / "data")
+    os.environ["DJANGO_SETTINGS_MODULE"] = "bench.settings"
+    os.environ.pop("DATABASE_URL", None)
+    # The large growth build holds more than the default per-build file quota.
+    os.environ["BUILD_ARTIFACTS_MAX_FILES"] = str(10 * args.large)
+    procs: list[subprocess.Popen] = []
+    try:
+        run(args, work, procs)
+    finally:
+        for proc in procs:
+            stop(proc)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args, work: Path, procs: list) -> None:
+    import django
+    from django.core.management import call_command
+
+    django.setup()
+    call_command("migrate", verbosity=0, interactive=False)
+    from django.conf import settings
+
+    from devtools.factories import make_build, make_project
+
+    files = work / "files"
+    files.mkdir()
+    for i in range(args.files):
+        (files / f"{i:05}.bin").write_bytes(os.urandom(SIZE))
+    names = sorted(p.name for p in files.iterdir())
+    batch = work / "batch.tar"
+    with tarfile.open(batch, "w") as tar:
+        for name in names:
+            tar.add(files / name, arcname=f"out/{name}")
+
+    env = {**os.environ}
+    options = ["--workers", "2", "--timeout", "300"]
+    if (ROOT / "gunicorn.conf.py").exists():
+        options = ["-c", str(ROOT / "gunicorn.conf.py"), *options]
+    app, app_port = start_gunicorn(env, *options)
+    procs.append(app)
+    nginx, nginx_port = start_nginx(work, Path(settings.ARTIFACT_ROOT))
+    procs.append(nginx)
+    app_url, nginx_url = f"http://127.0.0.1:{app_port}", f"http://127.0.0.1:{nginx_port}"
+    project = make_project(slug="small")
+    counter = iter(range(1_000_000))
+
+    def app_puts(connections: int):
+        def variant() -> float:
+            created = make_build(project)
+            base = f"{app_url}/api/v1/builds/{created.build.pk}/artifacts/out/"
+            transfers = [(str(files / n), base + n) for n in names]
+            auth = [f"Authorization: Bearer {created.token}"]
+            return curl_many(transfers, auth, connections)
+
+        return variant
+
+    def nginx_puts(connections: int):
+        def variant() -> float:
+            base = f"{nginx_url}/dav/r{next(counter)}/"
+            return curl_many([(str(files / n), base + n) for n in names], [], connections)
+
+        return variant
+
+    def app_batch() -> float:
+        created = make_build(project)
+        url = f"{app_url}/api/v1/builds/{created.build.pk}/artifacts/batch?prefix=out"
+        start = time.perf_counter()
+        status, _ = curl_one(
+            "-X",
+            "POST",
+            "--data-binary",
+            f"@{batch}",
+            "-H",
+            f"Authorization: Bearer {created.token}",
+            "-H",
+            "Content-Type: application/x-tar",
+            url,
+        )
+        assert status == 201, status
+        return time.perf_counter() - start
+
+    # Warm up every path once.
+    for warm in [app_puts(1), nginx_puts(1)]:
+        warm()
+    variants = {
+        "app PUT, 1 connection": app_puts(1),
+        "nginx PUT, 1 connection": nginx_puts(1),
+        "app PUT, 8 connections": app_puts(8),
+        "nginx PUT, 8 connections": nginx_puts(8),
+        "app batch (one tar)": app_batch,
+    }
+    times = interleaved(variants, args.rounds)
+    rates = {name: args.files / median(samples) for name, samples in times.items()}
+    nginx_best = max(rates["nginx PUT, 1 connection"], rates["nginx PUT, 8 connections"])
+    baseline = {
+        "app PUT, 1 connection": rates["nginx PUT, 1 connection"],
+        "app PUT, 8 connections": rates["nginx PUT, 8 connections"],
+        "app batch (one tar)": nginx_best,
+    }
+    table(
+        f"{args.files} x 4 KiB on loopback, median of {args.rounds} interleaved rounds "
+        "(goals: 8 connections >= 0.1x nginx, batch >= 0.5x nginx's best per-file rate)",
+        ["variant", "files/s (median)", "vs nginx"],
+        [
+            [name, f"{rate:.0f}", f"{rate / baseline[name]:.3f}x" if name in baseline else ""]
+            for name, rate in rates.items()
+        ],
+    )
+
+    growth(args, app_url, work, files / names[0])
+
+
+def interleaved(variants: dict, rounds: int) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    names = list(variants)
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            times[name].append(variants[name]())
+        print(f"round {r + 1}/{rounds} done", flush=True)
+    return times
+
+
+def seed(project, count: int):
+    """A build of ``project`` holding ``count`` artifacts, written in bulk (the database's
+    triggers count them, as for uploads)."""
+    from artifacts.models import Artifact, Blob
+    from devtools.factories import make_build
+
+    created = make_build(project)
+    blob, _ = Blob.objects.get_or_create(
+        sha256="0" * 64, defaults={"size": SIZE, "storage_name": "blobs/seed"}
+    )
+    batch = 5000
+    for start in range(0, count, batch):
+        Artifact.objects.bulk_create(
+            [
+                Artifact(build=created.build, path=f"seed/{i:07}", blob=blob)
+                for i in range(start, min(count, start + batch))
+            ]
+        )
+    return created
+
+
+def growth(args, app_url: str, work: Path, file: Path) -> None:
+    import json
+
+    from devtools.factories import make_project
+
+    print(f"seeding {args.small} and {args.large} artifacts ...", flush=True)
+    sizes = {"small": args.small, "large": args.large}
+    seeded = {label: seed(make_project(slug=f"growth-{label}"), n) for label, n in sizes.items()}
+    counter = iter(range(1_000_000))
+
+    def late_page(created) -> str:
+        auth = ["-H", f"Authorization: Bearer {created.token}"]
+        url = f"{app_url}/api/v1/builds/{created.build.pk}/artifacts/?page_size=1000"
+        last = url
+        while url:
+            body = subprocess.run(
+                ["curl", "-sS", *auth, url], capture_output=True, check=True
+            ).stdout
+            last, url = url, json.loads(body)["next"]
+        return last.replace("page_size=1000", "page_size=100")
+
+    pages = {label: late_page(created) for label, created in seeded.items()}
+
+    def uploads(label: str):
+        created = seeded[label]
+
+        def variant() -> float:
+            base = f"{app_url}/api/v1/builds/{created.build.pk}/artifacts/g{next(counter)}/"
+            transfers = [(str(file), f"{base}{i}.bin") for i in range(args.samples)]
+            auth = [f"Authorization: Bearer {created.token}"]
+            return curl_many(transfers, auth, 1) / args.samples
+
+        return variant
+
+    def listing(label: str, late: bool):
+        created = seeded[label]
+        first = f"{app_url}/api/v1/builds/{created.build.pk}/artifacts/?page_size=100"
+
+        def variant() -> float:
+            url = pages[label] if late else first
+            samples = []
+            for _ in range(20):
+                status, seconds = curl_one("-H", f"Authorization: Bearer {created.token}", url)
+                assert status == 200, status
+                samples.append(seconds)
+            return median(samples)
+
+        return variant
+
+    variants = {}
+    for label in sizes:
+        variants[f"upload ({label})"] = uploads(label)
+        variants[f"first page ({label})"] = listing(label, late=False)
+        variants[f"late page ({label})"] = listing(label, late=True)
+    times = interleaved(variants, args.rounds)
+    rows = []
+    for what in ["upload", "first page", "late page"]:
+        small = median(times[f"{what} (small)"])
+        large = median(times[f"{what} (large)"])
+        rows.append([what, f"{small * 1000:.1f}", f"{large * 1000:.1f}", f"{large / small:.2f}x"])
+    table(
+        f"Growth: ms per request with {args.small} and {args.large} artifacts in the project "
+        f"(and the build), median of {args.rounds} interleaved rounds (goal <= 1.2x)",
+        ["request", f"{args.small}", f"{args.large}", "ratio"],
+        rows,
+    )
+
+
+if __name__ == "__main__":
+    main()
