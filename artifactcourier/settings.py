@@ -238,8 +238,6 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         # kombu's default is ./control, relative to the working directory (the repository).
         "control_folder": str(_broker_dir / "control"),
         "store_processed": False,
-        # kombu's default is ./control: every process would litter its working directory.
-        "control_folder": str(_broker_dir / "control"),
     }
 CELERY_BEAT_SCHEDULE: dict = {}
 
