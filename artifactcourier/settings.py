@@ -492,3 +492,6 @@ BUILD_ARTIFACTS_MAX_FILES = env_int("BUILD_ARTIFACTS_MAX_FILES", 100_000)
 ARTIFACT_BATCH_MAX_EXPANSION = env_int("ARTIFACT_BATCH_MAX_EXPANSION", 200)
 # Downstream status reports: distinct contexts one build may hold.
 STATUS_CONTEXTS_PER_BUILD = env_int("STATUS_CONTEXTS_PER_BUILD", 100)
+# Reports kept per context (the latest ones); older ones are dropped as new ones arrive, so a
+# downstream re-reporting forever keeps its build's history bounded.
+STATUS_HISTORY_PER_CONTEXT = env_int("STATUS_HISTORY_PER_CONTEXT", 20)

@@ -24,6 +24,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from builds.models import Build
+from builds.statuses import statuses_latest
 from tokens.access import visible_build
 from tokens.authentication import client_ip
 from tokens.scopes import Scope
@@ -285,13 +286,6 @@ def _human_size(size: int) -> str:
     return f"{size} B"  # pragma: no cover
 
 
-def _latest_statuses(build: Build) -> list:
-    latest = {}
-    for check in build.statuses.order_by("-created_at", "-id")[:500]:
-        latest.setdefault(check.context, check)
-    return sorted(latest.values(), key=lambda check: check.context)
-
-
 def _page_context(body: dict, build: Build) -> dict:
     files = [
         {
@@ -324,7 +318,9 @@ def _page_context(body: dict, build: Build) -> dict:
     return {
         "share": body,
         "build": build,
-        "statuses": _latest_statuses(build),
+        # The latest report of every context (builds' one selector), not of the latest N
+        # reports: a busy downstream cannot push another's failure off the page.
+        "statuses": list(statuses_latest(build=build)),
         "directories": directories,
         "file_count": len(files),
         "total_size": _human_size(sum(f["size"] for f in files)),

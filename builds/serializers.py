@@ -1,4 +1,5 @@
 import json
+import unicodedata
 
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -59,6 +60,14 @@ class StatusCheckSerializer(serializers.ModelSerializer):
 
 
 _NO_CONTROL = r"^[^\x00-\x1f\x7f]*\Z"
+# Unicode TR #9 explicit directional embeddings, overrides, isolates and marks.
+_BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+
+
+def _unshowable(value: str, *, refused: tuple[str, ...]) -> bool:
+    return any(unicodedata.category(char) in refused for char in value)
 
 
 class StatusReportSerializer(serializers.Serializer):
@@ -77,11 +86,22 @@ class StatusReportSerializer(serializers.Serializer):
     def validate_context(self, value: str) -> str:
         if not value.strip():
             raise serializers.ValidationError("context may not be blank.")
+        # A context names a check: no invisible or direction-changing characters (Unicode
+        # "Cf", e.g. U+202E, U+200B) that would make one look like another.
+        if _unshowable(value, refused=("Cc", "Cf", "Cs")):
+            raise serializers.ValidationError(
+                "context may not contain control, format or invisible characters."
+            )
         return value
 
     def validate_description(self, value: str) -> str:
-        if "\x00" in value:  # PostgreSQL text cannot hold NUL
-            raise serializers.ValidationError("description may not contain NUL characters.")
+        # Shown in terminals, logs and pages: no control characters (escape sequences, CR,
+        # NUL, which PostgreSQL text cannot hold either), no lone surrogates (unencodable),
+        # no bidi controls (Unicode TR #9: text that reads other than it is stored).
+        if _unshowable(value, refused=("Cc", "Cs")) or _BIDI_CONTROLS.intersection(value):
+            raise serializers.ValidationError(
+                "description may not contain control characters or bidi controls."
+            )
         return value
 
     def validate_target_url(self, value: str) -> str:

@@ -26,7 +26,8 @@ def status_report(
 
     Reporting never triggers anything else (no webhook, no state change): a downstream
     reporting back cannot start a loop. A build holds at most STATUS_CONTEXTS_PER_BUILD
-    contexts, so a status key cannot make its build's page (or listing) unbounded."""
+    contexts and the latest STATUS_HISTORY_PER_CONTEXT reports of each, so a status key cannot
+    make its build's rows, page or listing unbounded."""
     Build.objects.select_for_update().filter(pk=build.pk).first()  # serialises the check
     contexts = StatusCheck.objects.filter(build=build).values("context").distinct()
     limit = settings.STATUS_CONTEXTS_PER_BUILD
@@ -42,6 +43,14 @@ def status_report(
         target_url=target_url,
         key=key,
     )
+    # Only the latest STATUS_HISTORY_PER_CONTEXT reports of a context are kept: the cap on
+    # contexts alone would let one context grow without end. Ids grow with time.
+    older = (
+        StatusCheck.objects.filter(build=build, context=context)
+        .order_by("-id")
+        .values_list("id", flat=True)[settings.STATUS_HISTORY_PER_CONTEXT :]
+    )
+    StatusCheck.objects.filter(pk__in=list(older)).delete()
     token_services.audit(
         action=AuditEvent.Action.STATUS,
         key=key,

@@ -7,6 +7,7 @@ checked, so a second lookup cannot answer differently (DNS rebinding).
 
 import ipaddress
 import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -95,6 +96,30 @@ def address_check(address: Address) -> None:
 Resolver = Callable[..., list]
 
 
+def _resolve_bounded(resolve: Resolver, host: str, port: int) -> list:
+    """``resolve`` within WEBHOOK_CONNECT_TIMEOUT. getaddrinfo cannot be interrupted, and a
+    host's name server (the receiver's to choose) may answer as slowly as it likes: the
+    lookup runs in a daemon thread that is abandoned when it takes too long, so the attempt
+    ends as a failure instead of holding the worker until the task is killed."""
+    timeout = settings.WEBHOOK_CONNECT_TIMEOUT
+    answer: dict = {}
+
+    def lookup() -> None:
+        try:
+            answer["infos"] = resolve(host, port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as error:
+            answer["error"] = error
+
+    thread = threading.Thread(target=lookup, name="webhook-resolve", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise TargetRefused(f"cannot resolve {host} within {timeout:g}s")
+    if "error" in answer:
+        raise TargetRefused(f"cannot resolve {host}: {answer['error']}")
+    return answer.get("infos", [])
+
+
 def target_resolve(host: str, port: int, *, resolve: Resolver = socket.getaddrinfo) -> Target:
     """Resolve ``host`` once and check every address; the first one is where to connect."""
     try:
@@ -104,10 +129,7 @@ def target_resolve(host: str, port: int, *, resolve: Resolver = socket.getaddrin
     if literal is not None:
         addresses = [literal]
     else:
-        try:
-            infos = resolve(host, port, type=socket.SOCK_STREAM)
-        except (OSError, UnicodeError) as error:
-            raise TargetRefused(f"cannot resolve {host}: {error}") from None
+        infos = _resolve_bounded(resolve, host, port)
         addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
         if not addresses:
             raise TargetRefused(f"{host} resolves to no address")

@@ -5,7 +5,10 @@ the SSRF guard checked, and the response is read with a size cap and an overall 
 """
 
 import base64
+import contextlib
 import re
+import socket
+import threading
 import time
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit
@@ -136,29 +139,67 @@ def basic_auth_header(username: str, password: str) -> str:
 
 
 def _retry_after(value: str | None) -> float | None:
-    """RFC 9110 §10.2.3: delay-seconds or an HTTP-date."""
+    """RFC 9110 §10.2.3: delay-seconds (ASCII digits only) or an HTTP-date; anything else is
+    ignored, never an error: a receiver's malformed header must not turn its 2xx into a failed
+    attempt (and a resend)."""
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if value.isascii() and value.isdigit():
+        # Capped before conversion (int() refuses thousands of digits): a 400-digit value
+        # means "as long as allowed".
+        cap = settings.WEBHOOK_RETRY_AFTER_MAX_SECONDS
+        digits = value.lstrip("0") or "0"
+        return float(cap if len(digits) > 12 else min(int(digits), cap))
     from email.utils import parsedate_to_datetime
 
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        return max(0.0, when.timestamp() - time.time()) if when else None
+    except (TypeError, ValueError, OverflowError, IndexError, AttributeError):
         return None
-    return max(0.0, when.timestamp() - time.time()) if when else None
 
 
-def _pool(url: ParsedUrl, target: Target):
+class _Deadline:
+    """Cuts an attempt's sockets at its overall deadline. The connect and read timeouts bound
+    each wait; a receiver sending one byte now and then (headers or body) never hits them and
+    would hold a worker until the task's hard time limit kills it, unrecorded and retried
+    forever. Shutting the socket down from a timer unblocks whatever read is in progress."""
+
+    def __init__(self, seconds: float) -> None:
+        self.sockets: list[socket.socket] = []
+        self.expired = False
+        self.seconds = seconds
+        self.lock = threading.Lock()
+        self.timer = threading.Timer(seconds, self._expire)
+        self.timer.daemon = True
+
+    def track(self, sock: socket.socket) -> None:
+        with self.lock:
+            self.sockets.append(sock)
+            if self.expired:
+                self._shutdown(sock)
+
+    def _expire(self) -> None:
+        with self.lock:
+            self.expired = True
+            for sock in self.sockets:
+                self._shutdown(sock)
+
+    @staticmethod
+    def _shutdown(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+def _pool(url: ParsedUrl, target: Target, deadline: _Deadline):
     timeout = urllib3.Timeout(
         connect=settings.WEBHOOK_CONNECT_TIMEOUT, read=settings.WEBHOOK_READ_TIMEOUT
     )
     address = str(target.address)
     if url.scheme == "https":
         # Connect to the checked address; TLS still verifies the certificate for the host name.
-        return urllib3.HTTPSConnectionPool(
+        pool = urllib3.HTTPSConnectionPool(
             address,
             url.port,
             timeout=timeout,
@@ -167,7 +208,17 @@ def _pool(url: ParsedUrl, target: Target):
             assert_hostname=url.host,
             cert_reqs="CERT_REQUIRED",
         )
-    return urllib3.HTTPConnectionPool(address, url.port, timeout=timeout, retries=False)
+    else:
+        pool = urllib3.HTTPConnectionPool(address, url.port, timeout=timeout, retries=False)
+
+    class Watched(pool.ConnectionCls):
+        def _new_conn(self):
+            sock = super()._new_conn()
+            deadline.track(sock)
+            return sock
+
+    pool.ConnectionCls = Watched
+    return pool
 
 
 def post(
@@ -192,7 +243,9 @@ def post(
     headers = {**headers, "Host": url.netloc}
     if sigv4 is not None:
         headers = sigv4_sign(url=url, headers=headers, body=body, creds=sigv4)
-    pool = _pool(url, target)
+    deadline = _Deadline(settings.WEBHOOK_CONNECT_TIMEOUT + settings.WEBHOOK_READ_TIMEOUT)
+    pool = _pool(url, target, deadline)
+    deadline.timer.start()
     try:
         response = pool.urlopen(
             "POST",
@@ -208,11 +261,16 @@ def post(
             content = _read_capped(response, started)
         finally:
             response.release_conn()
+        if deadline.expired:
+            raise TimeoutError("cut short")
         return done(response.status, content, _retry_after(response.headers.get("Retry-After")))
     except (urllib3.exceptions.HTTPError, OSError, ValueError) as error:
         # Network trouble, a malformed answer, an unencodable header: a failed attempt.
+        if deadline.expired:
+            return done(error=f"no complete answer within the {deadline.seconds:g}s deadline")
         return done(error=f"{type(error).__name__}: {error}")
     finally:
+        deadline.timer.cancel()
         pool.close()
 
 

@@ -1,5 +1,10 @@
-import pytest
+import json
+from urllib.parse import urlsplit
 
+import pytest
+from django.test import Client
+
+from builds.models import StatusCheck
 from builds.services import build_finish
 from tokens.models import AuditEvent
 from tokens.scopes import Scope
@@ -79,6 +84,13 @@ def test_status_key_of_one_build_cannot_report_on_another(api, build, other_buil
         ({"context": "x" * 256}, "context"),
         ({"description": "x" * 1001}, "description"),
         ({"description": "nul\u0000"}, "description"),
+        # Shown in terminals, logs and pages: no escape sequences, no bidi spoofing.
+        ({"description": "\x1b[2J\x1b[31mall green"}, "description"),
+        ({"description": "ok\rFAILED"}, "description"),
+        ({"description": "ok \u202egnilia\u202c"}, "description"),
+        ({"context": "ci/\u202etset"}, "context"),
+        ({"context": "ci/\u200btests"}, "context"),
+        ({"context": "ci/\x85tests"}, "context"),
         ({"target_url": "javascript:alert(1)"}, "target_url"),
         ({"target_url": "ftp://ci.example/x"}, "target_url"),
         ({"target_url": "data:text/html,<script>"}, "target_url"),
@@ -116,3 +128,48 @@ def test_admin_shows_the_latest_status_per_context_escaped(api, build, status_to
     report(api, status_token, build, context="ci", state="success", description="<b>ok</b>")
     page = admin_client.get(f"/admin/builds/build/{build.build.pk}/change/").content.decode()
     assert "ci: <strong>success</strong> &lt;b&gt;ok&lt;/b&gt;" in page
+
+
+def test_reports_in_one_context_keep_a_bounded_history(api, build, status_token, settings):
+    # One context re-reported forever cannot grow the build's rows (and its admin page) forever.
+    settings.STATUS_HISTORY_PER_CONTEXT = 3
+    for i in range(6):
+        assert report(api, status_token, build, description=f"run {i}").status_code == 201
+    assert report(api, status_token, build, context="other").status_code == 201
+    kept = StatusCheck.objects.filter(build=build.build)
+    assert sorted(kept.values_list("description", flat=True)) == ["", "run 3", "run 4", "run 5"]
+    listing = api.as_key(build.token).get(statuses_url(build)).json()
+    assert [(s["context"], s["description"]) for s in listing["results"]] == [
+        ("downstream/tests", "run 5"),
+        ("other", ""),
+    ]
+
+
+def test_the_share_page_shows_every_context_however_busy_the_others_are(api, build, status_token):
+    # A downstream reporting a lot in its own contexts cannot push another one's failure off the
+    # share page: it shows the latest report of every context, not of the latest N reports.
+    build_finish(build=build.build, state="succeeded")
+    assert report(api, status_token, build, context="ci/security", state="failure").status_code
+    StatusCheck.objects.bulk_create(
+        StatusCheck(build=build.build, context=f"noise/{i % 25}", state="success")
+        for i in range(500)  # 25 contexts x 20 reports: what the caps allow
+    )
+    shared = api.as_key(build.token).post(
+        f"/api/v1/builds/{build.build.pk}/share", {"expires_in": 60}, format="json"
+    )
+    assert shared.status_code == 201, shared.content
+    parts = urlsplit(shared.json()["url"])
+    page = Client().get(f"{parts.path}?{parts.query}", HTTP_ACCEPT="text/html")
+    text = b"".join(page.streaming_content) if page.streaming else page.content
+    assert '<code>ci/security</code></td><td class="state-failure">' in text.decode()
+
+
+@pytest.mark.parametrize("field", ["context", "description"])
+def test_a_lone_surrogate_is_400(api, build, status_token, field):
+    body = {"context": "ci", "state": "pending", field: "lone \\ud800 surrogate"}
+    raw = json.dumps(body).replace("\\\\ud800", "\\ud800")  # the JSON escape, unpaired
+    response = api.as_key(status_token).post(
+        statuses_url(build), raw, content_type="application/json"
+    )
+    assert response.status_code == 400, response.content
+    assert not build.build.statuses.exists()

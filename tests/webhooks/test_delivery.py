@@ -3,6 +3,9 @@ disabling, idempotency. Attempts run in the test process (what the worker's task
 real HTTP receivers on 127.0.0.1."""
 
 import json
+import socket
+import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -294,3 +297,81 @@ def test_deleting_a_subscription_during_an_attempt_is_harmless(api, manager_toke
             )
             is None
         )
+
+
+@pytest.mark.parametrize("retry_after", ["\u00b2", "\u00b9\u00b2", "-5", "1e9", "soon", "9" * 5000])
+def test_a_garbage_retry_after_on_a_success_is_still_a_success(api, manager_token, retry_after):
+    # A header the receiver got wrong cannot turn its 200 into a failed attempt (and a resend).
+    with Receiver(Answer(200, headers={"Retry-After": retry_after})) as receiver:
+        _, delivery = ping(api, manager_token, receiver.url)
+        assert attempt_all() == 1
+    delivery.refresh_from_db()
+    assert delivery.state == Delivery.State.DELIVERED, delivery.last_error
+    assert len(receiver.received) == 1
+
+
+@pytest.mark.parametrize("retry_after", ["\u00b2", "-5", "soon", "9" * 400])
+def test_a_garbage_retry_after_on_a_failure_keeps_the_schedule(api, manager_token, retry_after):
+    with Receiver(Answer(503, headers={"Retry-After": retry_after})) as receiver:
+        _, delivery = ping(api, manager_token, receiver.url)
+        attempt_all(limit=1)
+    delivery.refresh_from_db()
+    (attempt,) = delivery.attempts.all()
+    assert attempt.status_code == 503 and attempt.error == "HTTP 503"
+
+
+class Trickler:
+    """A receiver that answers 200, one byte at a time (headers or body), each byte within the
+    read timeout: it would hold a worker for as long as it likes. Stops by itself."""
+
+    def __init__(self, *, slow_headers: bool, count: int = 60, every: float = 0.1) -> None:
+        self.slow_headers, self.count, self.every = slow_headers, count, every
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listener.getsockname()[1]}/hook"
+
+    def _serve(self) -> None:
+        connection, _ = self.listener.accept()
+        with connection:
+            connection.settimeout(10)
+            connection.recv(65536)
+            slow = b"a" * self.count
+            if self.slow_headers:
+                head = b"HTTP/1.1 200 OK\r\nX-Slow: "
+                trickled = slow + b"\r\nContent-Length: 2\r\n\r\nok"
+            else:
+                head, trickled = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(slow), slow
+            try:
+                connection.sendall(head)
+                for i in range(len(trickled)):
+                    connection.sendall(trickled[i : i + 1])
+                    time.sleep(self.every)
+            except OSError:
+                pass  # the sender gave up: what the test wants
+
+    def __enter__(self) -> "Trickler":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.thread.join(30)
+        self.listener.close()
+
+
+@pytest.mark.parametrize("slow_headers", [True, False], ids=["headers", "body"])
+def test_a_receiver_trickling_its_answer_is_cut_off_at_the_overall_deadline(
+    api, manager_token, settings, slow_headers
+):
+    # Each byte comes within the read timeout, so only an overall deadline stops the attempt;
+    # without it the worker is held until the task's hard time limit kills it, the attempt is
+    # never recorded and the delivery is retried (and killed) forever.
+    settings.WEBHOOK_CONNECT_TIMEOUT = 0.5
+    settings.WEBHOOK_READ_TIMEOUT = 0.5
+    with Trickler(slow_headers=slow_headers) as receiver:
+        _, delivery = ping(api, manager_token, receiver.url)
+        attempt = delivery_attempt(delivery_id=delivery.pk)
+    assert attempt is not None and not attempt.succeeded
+    assert "deadline" in attempt.error

@@ -2,6 +2,7 @@
 through a resolver the test controls, and refused targets are never contacted."""
 
 import socket
+import threading
 
 import pytest
 
@@ -112,3 +113,26 @@ def test_a_refused_target_is_a_failed_attempt_without_any_connection(settings):
     )
     assert calls == ["metadata.example"]  # resolved once
     assert outcome.status_code is None and outcome.error.startswith("refused:")
+
+
+def test_a_resolver_slower_than_the_connect_timeout_is_a_failed_attempt(settings):
+    # Name resolution counts toward the attempt's time: a domain whose name server answers
+    # slowly would otherwise hold the worker past the task's time limit (killed, unrecorded).
+    settings.WEBHOOK_CONNECT_TIMEOUT = 0.2
+    release = threading.Event()
+
+    def slow(host, port, **kwargs):
+        release.wait(5)
+        return resolver("127.0.0.1")(host, port)
+
+    try:
+        outcome = transport.post(
+            url=transport.url_parse("https://slow-dns.example/hook"),
+            headers={},
+            body=b"{}",
+            resolve=slow,
+        )
+    finally:
+        release.set()
+    assert outcome.status_code is None
+    assert outcome.error.startswith("refused: cannot resolve slow-dns.example within")
