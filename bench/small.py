@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import ROOT, median, table
-from bench.transfer import start_nginx
+from bench.transfer import nginx_binary, start_nginx
 from devtools.servers import start_gunicorn, stop
 
 SIZE = 4096
@@ -125,7 +125,7 @@ def run(args, work: Path, procs: list) -> None:
         options = ["-c", str(ROOT / "gunicorn.conf.py"), *options]
     app, app_port = start_gunicorn(env, *options)
     procs.append(app)
-    nginx, nginx_port = start_nginx(work, Path(settings.ARTIFACT_ROOT))
+    nginx, nginx_port = start_nginx(nginx_binary(), work, Path(settings.ARTIFACT_ROOT))
     procs.append(nginx)
     app_url, nginx_url = f"http://127.0.0.1:{app_port}", f"http://127.0.0.1:{nginx_port}"
     project = make_project(slug="small")
