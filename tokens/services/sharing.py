@@ -138,19 +138,6 @@ class LinkKeyDead(Exception):
         self.message = message
 
 
-class _KeyByIdLookup(_DigestLookup):
-    """The key with this id, its build, its project and how many of its ancestors are dead, in
-    one round trip: the digest lookup's prepared statement keyed by id instead (a signed link
-    names its key by id; this runs on every link request)."""
-
-    def __init__(self, connection) -> None:
-        super().__init__(connection)
-        q = connection.ops.quote_name
-        digest, pk = q(ApiKey._meta.get_field("digest").column), q(ApiKey._meta.pk.column)
-        assert self.sql.count(f"{digest} = %s") == 2, "the digest lookup changed shape"
-        self.sql = self.sql.replace(f"{digest} = %s", f"{pk} = %s")
-
-
 class _DeployAncestorLookup:
     """Is a deploy token among these ancestor ids? One prepared statement per chain length."""
 
@@ -178,7 +165,8 @@ def link_key_check(*, kid: int) -> ApiKey:
     ``artifacts:read`` now (a deploy token's shares stop when the project opts out). Raises
     LinkKeyDead with the reason otherwise. Two prepared queries at most."""
     connection = connections[ApiKey.objects.db]
-    lookup = _KeyByIdLookup.for_connection(connection.alias, connection.vendor)
+    # The authentication lookup's statement, found by id: a signed link names its key.
+    lookup = _DigestLookup.for_connection(connection.alias, connection.vendor, "id")
     key = lookup.fetch(connection, kid)
     if key is None:
         raise LinkKeyDead("key_unknown", "The key this link was signed under no longer exists.")
