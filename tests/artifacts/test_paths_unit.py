@@ -71,3 +71,25 @@ def test_listing_prefixes_with_control_characters_are_refused(prefix):
         artifact_prefix_clean(prefix)
     assert refused.value.get_codes() == "invalid_prefix"
     assert "control character" in str(refused.value.detail)
+
+
+def test_a_path_or_prefix_of_exactly_the_maximum_length_is_accepted(settings):
+    settings.ARTIFACT_PATH_MAX_LENGTH = 12
+    assert artifact_path_clean("a" * 12) == "a" * 12
+    assert artifact_prefix_clean("a" * 12) == "a" * 12
+
+
+def test_a_path_over_the_maximum_length_says_so(settings):
+    settings.ARTIFACT_PATH_MAX_LENGTH = 12
+    with pytest.raises(InvalidArtifactPath) as refused:
+        artifact_path_clean("a" * 13)
+    assert str(refused.value.detail) == "The artifact path is longer than 12 characters."
+    assert refused.value.get_codes() == "invalid_path"
+
+
+def test_a_prefix_over_the_maximum_length_says_so(settings):
+    settings.ARTIFACT_PATH_MAX_LENGTH = 12
+    with pytest.raises(InvalidArtifactPath) as refused:
+        artifact_prefix_clean("a" * 13)
+    assert str(refused.value.detail) == "The prefix is longer than 12 characters."
+    assert refused.value.get_codes() == "invalid_prefix"

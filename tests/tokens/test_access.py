@@ -47,8 +47,13 @@ def test_usable_ref_globs_are_accepted(pattern):
 
 @pytest.mark.parametrize("pattern", ["", "refs/[a-z]*", "refs/(x)", "a" * 256, "é", "a b", "^a$"])
 def test_ref_globs_outside_the_alphabet_are_refused(pattern):
-    with pytest.raises(ValueError, match="ref glob"):
+    with pytest.raises(ValueError) as refused:
         access.ref_pattern_validate(pattern)
+    # What the API answers (400 detail): what is allowed, with an example.
+    assert str(refused.value) == (
+        "Use a ref glob of letters, digits and . _ / @ + -, with * and ? as wildcards "
+        "(at most 255 characters), e.g. refs/tags/*."
+    )
 
 
 @pytest.mark.parametrize(("prefix", "expected"), [("dist", "dist/"), ("dist/", "dist/")])
@@ -58,8 +63,20 @@ def test_a_path_prefix_is_a_directory(prefix, expected):
 
 @pytest.mark.parametrize("prefix", ["/etc", "../x", "a/../b", "a\\b", "a\x00b"])
 def test_escaping_path_prefixes_are_refused(prefix):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError) as refused:
         access.path_prefix_validate(prefix)
+    # The reason is the path policy's, in a sentence about the prefix.
+    assert str(refused.value).startswith("A path prefix ") and len(str(refused.value)) > 20
+
+
+def test_a_path_prefix_has_at_most_512_characters():
+    segments = "/".join(["a" * 100] * 5)  # 504 characters
+    longest = segments + "/abcdef/"  # 512
+    assert access.path_prefix_validate(longest) == longest
+    assert access.path_prefix_validate(longest[:-1]) == longest  # the "/" it gains counts
+    with pytest.raises(ValueError) as refused:
+        access.path_prefix_validate(segments + "/abcdefg")
+    assert str(refused.value) == "A path prefix has at most 512 characters."
 
 
 @pytest.mark.parametrize(
@@ -198,7 +215,28 @@ def test_only_tokens_manage_reaches_the_projects_deploy_tokens(project, build):
     other_manager, _ = key_mint_project(
         project=make_project(slug="other"), scopes=["builds:create", "tokens:manage"]
     )
-    assert deploy in set(access.revocable_keys(ApiKey.objects.all(), manager))
-    assert build.key not in set(access.revocable_keys(ApiKey.objects.all(), manager))
+    from_build, _ = key_derive(parent=build.key, scopes=["artifacts:read"])
+    reach = set(access.revocable_keys(ApiKey.objects.all(), manager))
+    assert deploy in reach
+    assert manager in reach  # still itself, besides the deploy tokens
+    assert build.key not in reach
+    assert from_build not in reach  # derived, but bound to a build: not the project's
+    assert creator not in reach  # another project key, bound to no build either
     assert deploy not in set(access.revocable_keys(ApiKey.objects.all(), creator))
     assert deploy not in set(access.revocable_keys(ApiKey.objects.all(), other_manager))
+
+
+def test_unknown_scopes_are_named_in_the_refusal():
+    from tokens.scopes import Scope, parse_scopes
+
+    assert parse_scopes(["artifacts:read"]) == frozenset({Scope.ARTIFACTS_READ})
+    with pytest.raises(ValueError) as refused:
+        parse_scopes(["nope", "artifacts:read", "bogus"])
+    assert str(refused.value) == "unknown scope(s): bogus, nope"
+
+
+def test_the_build_filter_on_builds_themselves(world):
+    # visible_build answers a build-bound key without it; the filter still holds on its own.
+    one, _, builds = world
+    k = key(project_id=one.pk, build_id=builds["tag"].pk)
+    assert list(Build.objects.filter(access._build_filter(k, ""))) == [builds["tag"]]
