@@ -20,7 +20,9 @@ from .client import (
     Config,
     CourierError,
     UsageError,
+    log_line,
     printable,
+    redact,
 )
 from .output import human_size, reporter
 
@@ -303,11 +305,15 @@ def require_build(args) -> str:
 
 
 def emit_json(data) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    """One JSON document. Characters a terminal or a log would act on (escapes, bidi
+    overrides, U+2028...) only ever sit inside strings: written as \\u escapes there."""
+    text = redact(json.dumps(data, indent=2, ensure_ascii=False))
+    safe = "".join(ch if ch.isprintable() or ch in " \n" else json.dumps(ch)[1:-1] for ch in text)
+    sys.stdout.write(safe + "\n")
 
 
 def say(text: str = "") -> None:
-    sys.stdout.write(printable(text) + "\n")
+    sys.stdout.write(log_line(text) + "\n")
 
 
 def secret_value(value: object) -> str:

@@ -1,0 +1,181 @@
+"""An outsider's attacks on `courier`: a hostile or broken server (or whoever sits on a plain
+http link), a hostile local tree, concurrent runs, what ends up in a CI log."""
+
+import socket
+import threading
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from .conftest import courier
+from .stub import file_route, json_body, sha256, stub_server
+from .test_hostile_server import CONTENT, listing, serve_listing
+
+TOKEN = "acb_" + "t" * 40
+
+
+@contextmanager
+def raw_server(handle):
+    """A loopback server whose GET handler is ``handle(handler)``: it writes what it likes."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            handle(self)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def one_listing(base: str, path: str, data: bytes, size: int | None = None) -> bytes:
+    return json_body(
+        {
+            "artifacts": [
+                {"path": path, "size": size if size is not None else len(data),
+                 "sha256": sha256(data), "url": f"{base}/f"}
+            ]
+        }
+    )  # fmt: skip
+
+
+# -- the target directory -----------------------------------------------------------------
+
+
+# -- the service's answers ----------------------------------------------------------------
+
+
+def test_a_next_cursor_pointing_to_itself_does_not_loop_forever(tmp_path):
+    def page(h):
+        path = "/api/v1/builds/7/artifacts/?cursor=same"
+        return 200, {}, json_body({"next": f"http://{h.headers['Host']}{path}", "results": []})
+
+    routes = {("GET", "/api/v1/builds/7/artifacts/"): page}
+    with stub_server(routes) as (base, seen):
+        result = courier(
+            "download", "--build", "7", "-o", str(tmp_path),
+            env={"COURIER_URL": base, "COURIER_TOKEN": TOKEN}, timeout=60,
+        )  # fmt: skip
+    assert result.code == 1
+    assert "loop" in result.stderr
+    assert len(seen) < 10
+
+
+def test_a_body_cut_short_is_one_line_not_a_traceback():
+    def handle(h):
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", "1000")
+        h.end_headers()
+        h.wfile.write(b'{"id": 1, ')
+        h.wfile.flush()
+        h.close_connection = True
+
+    with raw_server(handle) as base:
+        result = courier("whoami", env={"COURIER_URL": base, "COURIER_TOKEN": TOKEN})
+    assert result.code == 1
+    assert "Traceback" not in result.output
+    assert result.stderr.startswith("courier: error:")
+
+
+def test_a_redirect_loop_is_one_line_not_a_traceback(tmp_path):
+    def handle(h):
+        h.send_response(302)
+        h.send_header("Location", "/x?sig=SECRETSIG")
+        h.send_header("Content-Length", "0")
+        h.end_headers()
+
+    with raw_server(handle) as base:
+        result = courier("download", f"{base}/x?sig=SECRETSIG", "-o", str(tmp_path))
+    assert result.code == 1
+    assert "Traceback" not in result.output
+    assert "SECRETSIG" not in result.output
+
+
+def test_a_tls_error_exits_1_without_the_signature(tmp_path):
+    with serve_listing(["a.txt"]) as (base, _):
+        link = base.replace("http://", "https://") + "/listing?sig=SECRETSIG"
+        result = courier("download", link, "-o", str(tmp_path), "--retries", "0")
+    assert result.code == 1
+    assert "cannot reach" in result.stderr
+    assert "SECRETSIG" not in result.output
+
+
+def test_the_token_echoed_back_by_a_server_is_not_printed():
+    routes = {
+        ("GET", "/api/v1/keys/self"): lambda h: (
+            401,
+            {},
+            json_body({"detail": f"bad key {h.headers['Authorization']}", "code": "x"}),
+        )
+    }
+    with stub_server(routes) as (base, _):
+        result = courier("whoami", env={"COURIER_URL": base, "COURIER_TOKEN": TOKEN})
+    assert result.code == 3
+    assert "bad key" in result.stderr  # courier() checks the token is not in it
+
+
+def test_the_token_does_not_follow_a_redirect_to_another_origin(tmp_path):
+    with stub_server({("GET", "/f"): file_route(CONTENT)}) as (other, other_seen):
+        items = listing(other, ["a.txt"])["artifacts"]
+        routes = {
+            ("GET", "/api/v1/builds/7/artifacts/"): lambda h: (
+                200, {}, json_body({"next": None, "results": items}),
+            ),
+            ("GET", "/api/v1/builds/7/artifacts/a.txt"): lambda h: (
+                302, {"Location": f"{other}/f", "X-Checksum-Sha256": sha256(CONTENT)}, b"",
+            ),
+        }  # fmt: skip
+        with stub_server(routes) as (base, _):
+            result = courier(
+                "download", "--build", "7", "-o", str(tmp_path),
+                env={"COURIER_URL": base, "COURIER_TOKEN": TOKEN},
+            )  # fmt: skip
+    assert result.code == 0, result.output
+    assert (tmp_path / "a.txt").read_bytes() == CONTENT
+    assert [h.get("Authorization") for _, _, h in other_seen] == [None]
+
+
+@pytest.mark.parametrize("text", ["\u202eevil", "line\u2028break", "nel\x85x"])
+def test_json_output_holds_no_invisible_or_line_breaking_characters(text):
+    routes = {("GET", "/api/v1/keys/self"): lambda h: (200, {}, json_body({"name": text}))}
+    with stub_server(routes) as (base, _):
+        result = courier("whoami", "--json", env={"COURIER_URL": base, "COURIER_TOKEN": TOKEN})
+    assert result.code == 0  # courier() checks for control characters
+
+
+@pytest.mark.parametrize("path", ["::add-mask::x", "  ::stop-commands::x", "##[set-env name=A;]1"])
+def test_a_server_string_cannot_start_a_workflow_command_line(path):
+    share = {"url": "u", "expires_at": "e", "key_id": 1, "artifacts": [{"path": path, "url": "u"}]}
+    routes = {("POST", "/api/v1/builds/7/share"): lambda h: (201, {}, json_body(share))}
+    with stub_server(routes) as (base, _):
+        result = courier("share", "--build", "7", env={"COURIER_URL": base, "COURIER_TOKEN": TOKEN})
+    assert result.code == 0, result.output
+    for line in result.output.splitlines():
+        assert not line.lstrip().startswith(("::", "##[")), line
+
+
+# -- the local tree -----------------------------------------------------------------------
+
+
+def test_a_connection_refused_mid_run_is_exit_1_not_a_hang():
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    result = courier(
+        "whoami", "--retries", "0",
+        env={"COURIER_URL": f"http://127.0.0.1:{port}", "COURIER_TOKEN": TOKEN},
+    )  # fmt: skip
+    assert result.code == 1
+    assert "connection refused" in result.stderr
