@@ -1,16 +1,19 @@
 """An outsider's attacks on `courier`: a hostile or broken server (or whoever sits on a plain
 http link), a hostile local tree, concurrent runs, what ends up in a CI log."""
 
+import os
 import socket
+import subprocess
 import threading
+import unicodedata
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from .conftest import courier
+from .conftest import COURIER, courier
 from .stub import file_route, json_body, sha256, stub_server
-from .test_hostile_server import CONTENT, listing, serve_listing
+from .test_hostile_server import CONTENT, files_under, listing, serve_listing
 
 TOKEN = "acb_" + "t" * 40
 
@@ -50,6 +53,127 @@ def one_listing(base: str, path: str, data: bytes, size: int | None = None) -> b
 
 
 # -- the target directory -----------------------------------------------------------------
+
+
+def test_a_partial_file_name_that_is_a_symlink_is_not_written_through(tmp_path):
+    """A symlink already sitting where courier keeps its partial file must not make it write
+    (or resume) outside the target, nor end up as the downloaded file."""
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"precious")
+    target = tmp_path / "t"
+    target.mkdir()
+    (target / ".a.txt.courier-part").symlink_to(outside)
+    with serve_listing(["a.txt"]) as (base, _):
+        result = courier("download", f"{base}/listing", "-o", str(target))
+    assert outside.read_bytes() == b"precious"
+    assert not (target / "a.txt").is_symlink()
+    assert result.code == 1, result.output
+    assert "refusing" in result.stderr
+
+
+def test_two_runs_into_one_directory_do_not_trip_over_each_other(tmp_path):
+    """Two jobs downloading the same file into one directory at once (a shared cache): both
+    succeed and the file is whole, whoever finishes first."""
+    data = os.urandom(256 * 1024)
+    first_waiting, second_done = threading.Event(), threading.Event()
+    calls = {"n": 0}
+    lock = threading.Lock()
+
+    def handle(h):
+        if h.path == "/listing":
+            body = one_listing(base, "big.bin", data)
+            h.send_response(200)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", str(len(body)))
+            h.end_headers()
+            h.wfile.write(body)
+            return
+        with lock:
+            calls["n"] += 1
+            first = calls["n"] == 1
+        h.send_response(200)  # Range or not: the whole file
+        h.send_header("Content-Length", str(len(data)))
+        h.send_header("X-Checksum-Sha256", sha256(data))
+        h.end_headers()
+        if first:
+            h.wfile.write(data[: len(data) // 2])
+            h.wfile.flush()
+            first_waiting.set()
+            second_done.wait(60)
+            h.wfile.write(data[len(data) // 2 :])
+        else:
+            h.wfile.write(data)
+
+    with raw_server(handle) as base:
+        env = {"PATH": os.environ["PATH"], "COURIER_RETRIES": "0"}
+        args = [str(COURIER), "download", f"{base}/listing", "-o", str(tmp_path)]
+        first = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert first_waiting.wait(60)
+        second = courier("download", f"{base}/listing", "-o", str(tmp_path))
+        second_done.set()
+        out, err = first.communicate(timeout=120)
+    assert second.code == 0, second.output
+    assert first.returncode == 0, (out + err).decode()
+    assert b"Traceback" not in err
+    assert (tmp_path / "big.bin").read_bytes() == data
+    assert files_under(tmp_path) == ["big.bin"]
+
+
+def test_a_body_longer_than_the_listed_size_is_cut_off(tmp_path):
+    """A server that never stops sending must not fill the disk: the listing said 8 bytes."""
+    sent = {"n": 0}
+
+    def handle(h):
+        if h.path == "/listing":
+            body = one_listing(base, "a.txt", CONTENT)
+            h.send_response(200)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", str(len(body)))
+            h.end_headers()
+            h.wfile.write(body)
+            return
+        h.send_response(200)
+        h.send_header("X-Checksum-Sha256", sha256(CONTENT))
+        h.send_header("Connection", "close")
+        h.end_headers()
+        chunk = b"x" * 65536
+        try:
+            while sent["n"] < 256 * 1024 * 1024:
+                h.wfile.write(chunk)
+                sent["n"] += len(chunk)
+        except OSError:
+            pass
+
+    with raw_server(handle) as base:
+        result = courier("download", f"{base}/listing", "-o", str(tmp_path / "t"))
+    assert result.code == 1
+    assert "more bytes than" in result.stderr
+    assert files_under(tmp_path / "t") == []
+    assert sent["n"] < 128 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        ["README.md", "readme.md"],  # one file on macOS and Windows
+        [unicodedata.normalize("NFC", "é.txt"), unicodedata.normalize("NFD", "é.txt")],
+        ["Docs/a.txt", "docs"],  # a folder and a file, once case is folded
+    ],
+)
+def test_names_that_collide_once_normalised_are_refused(tmp_path, names):
+    with serve_listing(names) as (base, seen):
+        result = courier("download", f"{base}/listing", "-o", str(tmp_path / "t"))
+    assert result.code == 1, result.output
+    assert "twice" in result.stderr or "file and folder" in result.stderr
+    assert [p for _, p, _ in seen if p == "/f"] == []
+
+
+def test_a_name_too_long_for_the_file_system_is_one_line(tmp_path):
+    with serve_listing(["a" * 250, "d" * 300 + "/x"]) as (base, _):
+        result = courier("download", f"{base}/listing", "-o", str(tmp_path / "t"))
+    assert result.code == 1
+    assert "Traceback" not in result.output
+    assert result.stderr.count("\n") <= 3
 
 
 # -- the service's answers ----------------------------------------------------------------
@@ -99,6 +223,16 @@ def test_a_redirect_loop_is_one_line_not_a_traceback(tmp_path):
         result = courier("download", f"{base}/x?sig=SECRETSIG", "-o", str(tmp_path))
     assert result.code == 1
     assert "Traceback" not in result.output
+    assert "SECRETSIG" not in result.output
+
+
+@pytest.mark.parametrize(
+    "link",
+    ["http://127.0.0.1:70000/x?sig=SECRETSIG", "http://[::1/x?sig=SECRETSIG"],
+)
+def test_a_malformed_link_is_a_usage_error_that_does_not_echo_its_signature(tmp_path, link):
+    result = courier("download", link, "-o", str(tmp_path))
+    assert result.code == 2, result.output
     assert "SECRETSIG" not in result.output
 
 
