@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from .client import ApiError, Client, CourierError, UsageError
+from .client import ApiError, Client, CourierError, UsageError, printable
 from .output import Reporter, human_size
 
 READ_SIZE = 1024 * 1024
@@ -87,11 +87,18 @@ def collect(paths: list[str], prefix: str) -> list[LocalFile]:
                     dirs.sort()
                     for name in sorted(files):
                         full = Path(root) / name
+                        if not full.is_file():
+                            # A FIFO would block the first read forever; a socket or a
+                            # device has no content to send; a dangling symlink none.
+                            raise UsageError(
+                                f"not a regular file: {printable(full)} (leave it out of the"
+                                " upload, or upload the files around it by name or glob)"
+                            )
                         found.append((full, full.relative_to(path).as_posix()))
             elif path.is_file():
                 found.append((path, path.name))
             else:
-                raise UsageError(f"not a regular file or directory: {match}")
+                raise UsageError(f"not a regular file or directory: {printable(match)}")
     files, seen = [], {}
     for path, rel in found:
         name = prefix + rel
@@ -158,6 +165,10 @@ class ProgressReader:
             return b""
         n = remaining if n is None or n < 0 else min(max(n, 64 * 1024), remaining)
         data = self.file.read(n)
+        if not data:
+            # A body shorter than its Content-Length would leave the service waiting for
+            # the rest until a timeout, and each retry the same.
+            raise CourierError(f"{printable(self.file.name)} shrank while it was being sent")
         self.sent += len(data)
         self.progress(len(data))
         return data

@@ -302,6 +302,42 @@ def test_a_server_string_cannot_start_a_workflow_command_line(path):
 # -- the local tree -----------------------------------------------------------------------
 
 
+def test_a_fifo_in_an_uploaded_directory_does_not_hang(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_bytes(b"a")
+    os.mkfifo(tmp_path / "d" / "pipe")
+    routes = {("GET", "/api/v1/builds/7/artifacts/"): lambda h: (200, {}, json_body([]))}
+    with stub_server(routes) as (base, seen):
+        result = courier(
+            "upload", str(tmp_path / "d"), timeout=60,
+            env={"COURIER_URL": base, "COURIER_TOKEN": TOKEN, "COURIER_BUILD": "7"},
+        )  # fmt: skip
+    assert result.code == 2
+    assert "pipe" in result.stderr
+    assert [m for m, _, _ in seen if m != "GET"] == []
+
+
+def test_a_symlink_loop_in_an_uploaded_directory_ends(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_bytes(b"a")
+    (tmp_path / "d" / "loop").symlink_to(tmp_path / "d")
+
+    def put(h):
+        digest = h.headers["X-Checksum-Sha256"]
+        return 201, {}, json_body({"path": "a.txt", "size": 1, "sha256": digest})
+
+    routes = {
+        ("GET", "/api/v1/builds/7/artifacts/"): lambda h: (200, {}, json_body([])),
+        ("PUT", "/api/v1/builds/7/artifacts/a.txt"): put,
+    }
+    with stub_server(routes) as (base, _):
+        result = courier(
+            "upload", str(tmp_path / "d"), timeout=60,
+            env={"COURIER_URL": base, "COURIER_TOKEN": TOKEN, "COURIER_BUILD": "7"},
+        )  # fmt: skip
+    assert result.code == 0, result.output
+
+
 def test_a_connection_refused_mid_run_is_exit_1_not_a_hang():
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
