@@ -87,6 +87,13 @@ def collect(paths: list[str], prefix: str) -> list[LocalFile]:
                     dirs.sort()
                     for name in sorted(files):
                         full = Path(root) / name
+                        if full.is_symlink() and not _inside(full, path):
+                            # A checked-out tree (a pull request's) linking to the runner's
+                            # own files (`leak -> ~/.ssh/id_rsa`) must not ship them.
+                            raise UsageError(
+                                f"refusing a symlink that leaves {printable(path)}:"
+                                f" {printable(full)} (name its target explicitly to upload it)"
+                            )
                         if not full.is_file():
                             # A FIFO would block the first read forever; a socket or a
                             # device has no content to send; a dangling symlink none.
@@ -109,6 +116,10 @@ def collect(paths: list[str], prefix: str) -> list[LocalFile]:
         seen[name] = path.resolve()
         files.append(LocalFile(path=path, name=name, size=path.stat().st_size))
     return files
+
+
+def _inside(link: Path, tree: Path) -> bool:
+    return link.resolve().is_relative_to(tree.resolve())
 
 
 def file_sha256(path: Path) -> str:

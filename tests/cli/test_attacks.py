@@ -349,3 +349,22 @@ def test_a_connection_refused_mid_run_is_exit_1_not_a_hang():
     )  # fmt: skip
     assert result.code == 1
     assert "connection refused" in result.stderr
+
+
+def test_a_symlink_out_of_an_uploaded_directory_is_refused(tmp_path):
+    """A checked-out tree (a pull request's) with `docs/leak -> ~/.ssh/id_rsa` must not ship
+    the runner's files to the build; a link inside the tree is fine."""
+    (tmp_path / "secret").write_bytes(b"runner's key")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_bytes(b"a")
+    (tmp_path / "d" / "inside").symlink_to(tmp_path / "d" / "a.txt")
+    (tmp_path / "d" / "leak").symlink_to(tmp_path / "secret")
+    routes = {("GET", "/api/v1/builds/7/artifacts/"): lambda h: (200, {}, json_body([]))}
+    with stub_server(routes) as (base, seen):
+        result = courier(
+            "upload", str(tmp_path / "d"),
+            env={"COURIER_URL": base, "COURIER_TOKEN": TOKEN, "COURIER_BUILD": "7"},
+        )  # fmt: skip
+    assert result.code == 2, result.output
+    assert "leak" in result.stderr
+    assert [m for m, _, _ in seen if m != "GET"] == []
