@@ -368,3 +368,25 @@ def test_a_symlink_out_of_an_uploaded_directory_is_refused(tmp_path):
     assert result.code == 2, result.output
     assert "leak" in result.stderr
     assert [m for m, _, _ in seen if m != "GET"] == []
+
+
+def test_share_links_signatures_are_masked_on_github_actions():
+    sig = "s1gnature-" + "x" * 30
+    share = {
+        "url": f"http://h/dl/builds/7/?exp=1&kid=2&sig={sig}",
+        "expires_at": "e",
+        "key_id": 2,
+        "artifacts": [{"path": "a", "url": f"http://h/dl/builds/7/a?exp=1&kid=2&sig={sig}b"}],
+    }
+    routes = {("POST", "/api/v1/builds/7/share"): lambda h: (201, {}, json_body(share))}
+    with stub_server(routes) as (base, _):
+        env = {"COURIER_URL": base, "COURIER_TOKEN": TOKEN, "GITHUB_ACTIONS": "true"}
+        result = courier("share", "--build", "7", env=env)
+        hostile = {**share, "url": "http://h/?sig=x%0A::set-output%20name=a::b"}
+        routes[("POST", "/api/v1/builds/7/share")] = lambda h: (201, {}, json_body(hostile))
+        injected = courier("share", "--build", "7", env=env)
+    assert result.code == 0, result.output
+    assert f"::add-mask::{sig}\n" in result.stderr
+    assert f"::add-mask::{sig}b\n" in result.stderr
+    assert injected.code == 0, injected.output
+    assert not [line for line in injected.output.splitlines() if "::set-output" in line[:20]]
