@@ -37,6 +37,10 @@ from .output import Reporter, human_size
 CHUNK = 1024 * 1024
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 PART_SUFFIX = ".courier-part"
+# The process's umask, read once (setting it is the only way to read it): a partial file
+# is created 0600 and gets the mode an ordinary new file would before it is used.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 @dataclass
@@ -284,7 +288,10 @@ def _claim(parked: Path, target: Path) -> Path:
     if info is not None and not stat.S_ISREG(info.st_mode):
         raise CourierError(f"refusing a partial file that is not a regular file: {parked.name}")
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=PART_SUFFIX, dir=target.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
+    finally:
+        os.close(fd)
     part = Path(name)
     if info is not None:
         with contextlib.suppress(FileNotFoundError):

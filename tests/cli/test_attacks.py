@@ -390,3 +390,16 @@ def test_share_links_signatures_are_masked_on_github_actions():
     assert f"::add-mask::{sig}b\n" in result.stderr
     assert injected.code == 0, injected.output
     assert not [line for line in injected.output.splitlines() if "::set-output" in line[:20]]
+
+
+def test_a_downloaded_file_gets_the_usual_permissions(tmp_path):
+    """The run's own partial file (created 0600) becomes the artifact: it gets the mode a
+    file created the ordinary way gets (0666 less the umask)."""
+    previous = os.umask(0o022)  # the run inherits it
+    try:
+        with serve_listing(["a.txt"]) as (base, _):
+            result = courier("download", f"{base}/listing", "-o", str(tmp_path))
+    finally:
+        os.umask(previous)
+    assert result.code == 0, result.output
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
