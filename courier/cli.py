@@ -9,7 +9,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, urlsplit
 
 from . import __version__
 from .client import (
@@ -20,7 +20,9 @@ from .client import (
     Config,
     CourierError,
     UsageError,
+    log_line,
     printable,
+    redact,
 )
 from .output import human_size, reporter
 
@@ -42,7 +44,7 @@ exit codes:
 `courier COMMAND --help` describes each command. Docs: docs/ci.md.
 """
 
-TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_.~+/=-]{8,512}$")
+TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_.~+/=-]{8,512}\Z")
 
 
 def _jobs(value: str) -> int:
@@ -303,11 +305,15 @@ def require_build(args) -> str:
 
 
 def emit_json(data) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    """One JSON document. Characters a terminal or a log would act on (escapes, bidi
+    overrides, U+2028...) only ever sit inside strings: written as \\u escapes there."""
+    text = redact(json.dumps(data, indent=2, ensure_ascii=False))
+    safe = "".join(ch if ch.isprintable() or ch in " \n" else json.dumps(ch)[1:-1] for ch in text)
+    sys.stdout.write(safe + "\n")
 
 
 def say(text: str = "") -> None:
-    sys.stdout.write(printable(text) + "\n")
+    sys.stdout.write(log_line(text) + "\n")
 
 
 def secret_value(value: object) -> str:
@@ -326,6 +332,19 @@ def mask(*secrets: str) -> None:
         for secret in secrets:
             sys.stderr.write(f"::add-mask::{secret}\n")
         sys.stderr.flush()
+
+
+def link_signatures(links: list) -> list[str]:
+    """The `sig` of each pre-signed link (its credential: masked in a GitHub Actions log, the
+    link's other parts stay readable). Only values of a token's shape: a `sig` holding a
+    newline would write workflow commands of its own."""
+    sigs = []
+    for link in links:
+        if isinstance(link, str):
+            for value in parse_qs(urlsplit(link).query).get("sig", []):
+                if TOKEN_SHAPE.match(value) and value not in sigs:
+                    sigs.append(value)
+    return sigs
 
 
 def env_line(name: str, value: object) -> str:
@@ -500,6 +519,8 @@ def cmd_share(args) -> int:
     if args.prefix:
         payload["prefix"] = args.prefix
     share = make_client(args).post_json(f"api/v1/builds/{build_id}/share", payload)
+    links = [share.get("url")] + [a.get("url") for a in share.get("artifacts") or []]
+    mask(*link_signatures(links))
     if args.json:
         emit_json(share)
         return EXIT_OK

@@ -3,7 +3,9 @@ API error becomes an exit code. Talks to the service over HTTP only."""
 
 from __future__ import annotations
 
+import json
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +27,10 @@ EXIT_NOT_FOUND = 4
 # Worth another try: throttled, or the service (or a proxy in front) failing for now. Not 501
 # (never gets better) nor 507 (a full store stays full within a run).
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# A JSON answer larger than this is not the service's (a page holds at most 1000 artifacts).
+MAX_JSON = 64 * 1024 * 1024
+# Pages of one listing followed at most (1000 artifacts each).
+MAX_PAGES = 10_000
 
 
 class CourierError(Exception):
@@ -61,8 +67,16 @@ def api_error(response: requests.Response) -> ApiError:
     """The service's `{"detail", "code"}` error body, or the bare status for anything else
     (a proxy's HTML page, a truncated body)."""
     detail, code = response.reason or "error", ""
+    raw = b""
+    try:  # an error body is short: no more than 64 KiB of it is read
+        for chunk in response.iter_content(65536):
+            raw += chunk
+            if len(raw) > 65536:
+                break
+    except requests.RequestException:
+        pass
     try:
-        body = response.json()
+        body = json.loads(raw)
     except ValueError:
         body = None
     if isinstance(body, dict) and isinstance(body.get("detail"), str):
@@ -70,16 +84,64 @@ def api_error(response: requests.Response) -> ApiError:
     return ApiError(response.status_code, printable(detail)[:500], printable(code)[:100])
 
 
+# The secrets this process was given (the configured token): never shown, whoever echoes
+# them back (a server's error detail, an exception's text).
+_SECRETS: set[str] = set()
+REDACTED = "[redacted]"
+
+
+def keep_secret(secret: str | None) -> None:
+    if secret and len(secret) >= 8:
+        _SECRETS.add(secret)
+
+
+def redact(text: str) -> str:
+    for secret in _SECRETS:
+        text = text.replace(secret, REDACTED)
+    return text
+
+
 def printable(text: str) -> str:
     """Text from a file system or a server, safe for a terminal or a CI log: control
-    characters (ANSI escapes, newlines that would forge log lines) shown escaped."""
+    characters (ANSI escapes, newlines that would forge log lines) shown escaped, the
+    token this process holds redacted."""
     out = []
-    for ch in str(text):
+    for ch in redact(str(text)):
         if ch.isprintable() or ch == " ":
             out.append(ch)
         else:
             out.append(ch.encode("unicode_escape").decode("ascii"))
     return "".join(out)
+
+
+# Lines a CI runner reads as commands: GitHub Actions' `::command::` and its older `##[...]`
+# form, after optional blanks. Only courier itself writes them (`::add-mask::`).
+_WORKFLOW_COMMAND = re.compile(r"^(\s*)(::|##\[)")
+
+
+def log_line(text: str) -> str:
+    """One line for a terminal or a CI log: printable, and not a workflow command however
+    it starts (a path from the server could be `::stop-commands::...`): the command's first
+    character is shown escaped."""
+    line = printable(text)
+    match = _WORKFLOW_COMMAND.match(line)
+    if match:
+        at = match.end(1)
+        line = f"{line[:at]}\\x{ord(line[at]):02x}{line[at + 1 :]}"
+    return line
+
+
+def check_url(url: str, what: str) -> str:
+    """``url`` if it is an http(s) URL that parses, a UsageError naming ``what`` otherwise;
+    the URL itself is never repeated (a link's query is its credential)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises on a port out of range)
+    except ValueError:
+        raise UsageError(f"{what} is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"{what} must be an http(s) URL")
+    return url
 
 
 def same_origin(a: str, b: str) -> bool:
@@ -101,7 +163,10 @@ class Client:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        if config.url:
+            check_url(config.url, "the service URL")
         self.base = config.url.rstrip("/") + "/" if config.url else ""
+        keep_secret(config.token)
         self._local = threading.local()
 
     def session(self) -> requests.Session:
@@ -148,7 +213,7 @@ class Client:
                     exit_code=EXIT_AUTH,
                 )
             if not same_origin(url, self.base):
-                raise CourierError(f"refusing to send the token to another origin: {url}")
+                raise CourierError(f"refusing to send the token to another origin: {_origin(url)}")
             all_headers["Authorization"] = f"Bearer {self.config.token}"
         attempt = 0
         while True:
@@ -176,6 +241,22 @@ class Client:
                     time.sleep(backoff(attempt))
                     continue
                 raise CourierError(f"{_origin(url)} did not answer in time") from None
+            except requests.TooManyRedirects:
+                raise CourierError(f"{_origin(url)} redirects in a loop") from None
+            except (
+                requests.exceptions.InvalidURL,
+                requests.exceptions.InvalidSchema,
+                requests.exceptions.MissingSchema,
+                ValueError,
+            ):
+                # A link we were given is checked beforehand: this is a redirect's Location.
+                raise CourierError(f"{_origin(url)} redirected to an invalid URL") from None
+            except requests.RequestException as exc:
+                # A body cut short, an undecodable encoding...: one line, no URL (its query
+                # may be a signature), no traceback.
+                raise CourierError(
+                    f"{_origin(url)} sent a broken answer ({type(exc).__name__})"
+                ) from None
             retryable = idempotent or response.status_code in (429, 503)
             status = response.status_code
             if status in RETRY_STATUSES and retryable and attempt < self.config.retries:
@@ -191,11 +272,11 @@ class Client:
             return response
 
     def get_json(self, path: str, **kwargs) -> Any:
-        response = self.request("GET", path, **kwargs)
+        response = self.request("GET", path, stream=True, **kwargs)
         return _json(response)
 
     def post_json(self, path: str, payload: Any, **kwargs) -> Any:
-        response = self.request("POST", path, json=payload, **kwargs)
+        response = self.request("POST", path, json=payload, stream=True, **kwargs)
         return _json(response)
 
     def paginate(self, path: str, params: dict | None = None, **kwargs) -> Iterator[dict]:
@@ -203,7 +284,11 @@ class Client:
         pagination alike) as long as they stay on the service's origin."""
         url: str | None = self.absolute(path)
         first = True
+        seen: set[str] = set()
         while url:
+            if url in seen or len(seen) >= MAX_PAGES:
+                raise CourierError("the service's listing pages loop (a next link seen before)")
+            seen.add(url)
             page = self.get_json(url, params=params if first else None, **kwargs)
             first = False
             if isinstance(page, list):
@@ -213,15 +298,32 @@ class Client:
                 raise CourierError("the service answered a listing in an unexpected shape")
             yield from page["results"]
             url = page.get("next")
-            if url and not same_origin(self.absolute(url), self.base):
-                raise CourierError("the service's next page points to another origin")
+            if url is not None and not isinstance(url, str):
+                raise CourierError("the service answered a listing in an unexpected shape")
+            if url:
+                url = self.absolute(url)
+                if not same_origin(url, self.base):
+                    raise CourierError("the service's next page points to another origin")
 
 
 def _json(response: requests.Response) -> Any:
-    if response.status_code == 204 or not response.content:
+    """The answer's JSON document, read up to MAX_JSON bytes (a hostile server's endless
+    listing must not exhaust memory)."""
+    with response:
+        body = bytearray()
+        try:
+            for chunk in response.iter_content(1024 * 1024):
+                body += chunk
+                if len(body) > MAX_JSON:
+                    raise CourierError(f"{_origin(response.url)} answered more JSON than expected")
+        except requests.RequestException as exc:
+            raise CourierError(
+                f"{_origin(response.url)} sent a broken answer ({type(exc).__name__})"
+            ) from None
+    if response.status_code == 204 or not body:
         return None
     try:
-        return response.json()
+        return json.loads(body)
     except ValueError:
         raise CourierError(f"expected JSON from {_origin(response.url)}") from None
 

@@ -8,10 +8,14 @@ If-Range so that a changed file is sent whole)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+import stat
+import tempfile
 import time
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -19,12 +23,24 @@ from urllib.parse import quote, unquote, urlsplit
 
 import requests
 
-from .client import ApiError, Client, CourierError, backoff, printable, same_origin
+from .client import (
+    ApiError,
+    Client,
+    CourierError,
+    backoff,
+    check_url,
+    printable,
+    same_origin,
+)
 from .output import Reporter, human_size
 
 CHUNK = 1024 * 1024
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 PART_SUFFIX = ".courier-part"
+# The process's umask, read once (setting it is the only way to read it): a partial file
+# is created 0600 and gets the mode an ordinary new file would before it is used.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 @dataclass
@@ -125,34 +141,46 @@ class Downloader:
     def fetch(self, remote: Remote) -> Outcome:
         try:
             return self._fetch(remote)
-        except CourierError as exc:
-            self.reporter.line(f"FAILED {remote.path}: {exc}")
-            return Outcome(remote.path, "failed", error=str(exc))
+        except (CourierError, OSError) as exc:
+            error = str(exc) if isinstance(exc, CourierError) else _os_error(exc)
+            self.reporter.line(f"FAILED {remote.path}: {error}")
+            return Outcome(remote.path, "failed", error=error)
 
     def _fetch(self, remote: Remote) -> Outcome:
         target = target_for(self.root, remote.path)
         if remote.sha256 and target.is_file() and _matches(target, remote):
             self.reporter.line(f"unchanged {remote.path} (already here, same digest)")
             return Outcome(remote.path, "unchanged", target.stat().st_size, remote.sha256)
-        part = target.with_name(f".{target.name}{PART_SUFFIX}")
+        # The partial file a cut run left (`.NAME.courier-part`) is claimed by renaming it to
+        # a name of this run's own: two runs into one directory never write the same file,
+        # and what this run renames into place is what it verified.
+        parked = target.with_name(f".{target.name}{PART_SUFFIX}")
+        part = _claim(parked, target)
         handle = self.reporter.start(remote.path, remote.size)
         resumed_from = 0
         attempt = 0
-        while True:
-            try:
-                digest, size, offset = self._transfer(remote, part, handle)
-                resumed_from = max(resumed_from, offset)
-                break
-            except _Retry as exc:
-                if attempt >= self.client.config.retries:
-                    self.reporter.finish(handle, f"FAILED {remote.path}: {exc}")
-                    raise CourierError(str(exc)) from None
-                attempt += 1
-                time.sleep(backoff(attempt))
-            except CourierError as exc:
-                self.reporter.finish(handle, f"FAILED {remote.path}: {exc}")
-                raise
-        os.replace(part, target)
+        done = False
+        try:
+            while True:
+                try:
+                    digest, size, offset = self._transfer(remote, part, handle)
+                    resumed_from = max(resumed_from, offset)
+                    break
+                except _Retry as exc:
+                    if attempt >= self.client.config.retries:
+                        self.reporter.finish(handle, f"FAILED {remote.path}: {exc}")
+                        raise CourierError(str(exc)) from None
+                    attempt += 1
+                    time.sleep(backoff(attempt))
+                except (CourierError, OSError) as exc:
+                    error = str(exc) if isinstance(exc, CourierError) else _os_error(exc)
+                    self.reporter.finish(handle, f"FAILED {remote.path}: {error}")
+                    raise
+            os.replace(part, target)
+            done = True
+        finally:
+            if not done:
+                _park(part, parked)
         note = f", resumed at {resumed_from} bytes" if resumed_from else ""
         self.reporter.finish(
             handle, f"downloaded {remote.path} ({human_size(size)}, sha256 verified{note})"
@@ -162,7 +190,7 @@ class Downloader:
     def _transfer(self, remote: Remote, part: Path, handle: object) -> tuple[str, int, int]:
         """One GET; returns the digest, the size and where the server resumed (0: from the
         start). Raises _Retry for a transfer worth resuming, CourierError for a verdict."""
-        offset = part.stat().st_size if part.exists() else 0
+        offset = part.lstat().st_size
         headers = {"Accept": "*/*", "Accept-Encoding": "identity"}
         if offset:
             headers["Range"] = f"bytes={offset}-"
@@ -188,7 +216,6 @@ class Downloader:
                 raise CourierError("the server sent no SHA-256 to verify the file against")
             if response.status_code == 416:
                 # The part already holds at least the whole file: check it as it is.
-                part.touch()
                 mode = None
             elif response.status_code == 206:
                 start = _content_range_start(response.headers.get("Content-Range", ""))
@@ -201,30 +228,37 @@ class Downloader:
             self.reporter.reset(handle, offset)
             digest = hashlib.sha256()
             if offset and mode == "ab":
-                with part.open("rb") as f:
+                with _open_part(part, "rb") as f:
                     while chunk := f.read(CHUNK):
                         digest.update(chunk)
             size = offset
             if mode is not None:
-                with part.open(mode) as out:
+                with _open_part(part, mode) as out:
                     try:
                         for chunk in response.iter_content(CHUNK):
+                            if remote.size is not None and size + len(chunk) > remote.size:
+                                # Never more than announced on disk: an endless body stops.
+                                part.unlink(missing_ok=True)
+                                raise CourierError(
+                                    f"the server sent more bytes than the {remote.size}"
+                                    " the listing announced; the file was not kept"
+                                )
                             out.write(chunk)
                             digest.update(chunk)
                             size += len(chunk)
                             self.reporter.advance(handle, len(chunk))
-                    except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError):
-                        raise _Retry("the connection broke during the transfer") from None
                     except requests.Timeout:
                         raise _Retry("the transfer stalled") from None
+                    except requests.RequestException:
+                        raise _Retry("the connection broke during the transfer") from None
                 length = response.headers.get("Content-Length")
                 if length and length.isdigit() and size - offset < int(length):
                     raise _Retry("the connection closed before the end of the file")
             else:
-                with part.open("rb") as f:
+                with _open_part(part, "rb") as f:
                     while chunk := f.read(CHUNK):
                         digest.update(chunk)
-                size = part.stat().st_size
+                size = os.fstat(f.fileno()).st_size
         actual = digest.hexdigest()
         if actual != expected:
             part.unlink(missing_ok=True)
@@ -236,6 +270,58 @@ class Downloader:
 
 class _Retry(Exception):
     pass
+
+
+def _os_error(exc: OSError) -> str:
+    """An OSError in one sentence, without the paths it names (they can be long and come
+    from the server; the line already names the artifact)."""
+    return f"cannot write the file: {exc.strerror or type(exc).__name__}"
+
+
+def _claim(parked: Path, target: Path) -> Path:
+    """A fresh partial file of this run's own (created exclusively: never an existing file
+    or symlink), holding the bytes a previous run parked, if any."""
+    try:
+        info = parked.lstat()
+    except FileNotFoundError:
+        info = None
+    if info is not None and not stat.S_ISREG(info.st_mode):
+        raise CourierError(f"refusing a partial file that is not a regular file: {parked.name}")
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=PART_SUFFIX, dir=target.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
+    finally:
+        os.close(fd)
+    part = Path(name)
+    if info is not None:
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(parked, part)  # atomic: of two runs, one gets it
+        if not stat.S_ISREG(part.lstat().st_mode):
+            part.unlink()
+            raise CourierError(f"refusing a partial file that is not a regular file: {parked.name}")
+    return part
+
+
+def _park(part: Path, parked: Path) -> None:
+    """Leave what was fetched for the next run to resume from (nothing if empty)."""
+    try:
+        if part.lstat().st_size and stat.S_ISREG(part.lstat().st_mode):
+            os.replace(part, parked)
+        else:
+            part.unlink()
+    except OSError:
+        pass
+
+
+def _open_part(part: Path, mode: str):
+    """The partial file, never through a symlink."""
+    flags = {
+        "rb": os.O_RDONLY,
+        "ab": os.O_WRONLY | os.O_APPEND,
+        "wb": os.O_WRONLY | os.O_TRUNC,
+    }[mode]
+    fd = os.open(part, flags | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0))
+    return os.fdopen(fd, mode)
 
 
 def _matches(target: Path, remote: Remote) -> bool:
@@ -253,7 +339,7 @@ def remotes_from_listing(artifacts: object, *, make_url) -> list[Remote]:
     """Validate a listing (from the API or a share link) before anything is written."""
     if not isinstance(artifacts, list):
         raise CourierError("the server answered a listing in an unexpected shape")
-    remotes, seen = [], set()
+    remotes, seen = [], {}
     for item in artifacts:
         if not isinstance(item, dict):
             raise CourierError("the server answered a listing in an unexpected shape")
@@ -261,22 +347,36 @@ def remotes_from_listing(artifacts: object, *, make_url) -> list[Remote]:
         sha = item.get("sha256")
         if not isinstance(sha, str) or not SHA256_HEX.match(sha):
             raise CourierError(f"the listing has no valid SHA-256 for {printable(path)}")
-        if path in seen:
-            raise CourierError(f"the listing names {printable(path)} twice")
-        seen.add(path)
+        key = _fold(path)
+        if key in seen:
+            raise CourierError(
+                f"the listing names {printable(path)} twice"
+                + ("" if seen[key] == path else f" (as {printable(seen[key])})")
+            )
+        seen[key] = path
         size = item.get("size")
         url = make_url(item)
         remotes.append(
             Remote(path, url, sha, size if isinstance(size, int) and size >= 0 else None)
         )
     # A file and a directory of the same name cannot both be written.
-    for path in seen:
-        parent = path.rsplit("/", 1)[0] if "/" in path else None
+    for key in seen:
+        parent = key.rsplit("/", 1)[0] if "/" in key else None
         while parent:
             if parent in seen:
-                raise CourierError(f"the listing names {printable(parent)} as file and folder")
+                raise CourierError(
+                    f"the listing names {printable(seen[parent])} as file and folder"
+                )
             parent = parent.rsplit("/", 1)[0] if "/" in parent else None
     return remotes
+
+
+def _fold(path: str) -> str:
+    """The name a path has on the file systems CI runs on, where names differing only in
+    case (macOS, Windows), Unicode normalisation (NFC/NFD on macOS) or trailing dots and
+    blanks (Windows) are one file: two such paths in a listing would overwrite each other."""
+    folded = unicodedata.normalize("NFC", unicodedata.normalize("NFC", path).casefold())
+    return "/".join(part.rstrip(". ") or part for part in folded.split("/"))
 
 
 def build_remotes(client: Client, build: str, prefix: str | None) -> list[Remote]:
@@ -295,9 +395,7 @@ def build_remotes(client: Client, build: str, prefix: str | None) -> list[Remote
 def link_remotes(client: Client, link: str) -> list[Remote]:
     """A pre-signed link: a share listing (JSON with its artifacts, each with its own link)
     or a single file. No token is sent; the link is the credential."""
-    parts = urlsplit(link)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise CourierError("a link must be an http(s) URL")
+    parts = urlsplit(check_url(link, "the link"))
     response = client.request(
         "GET", link, auth=False, stream=True, headers={"Accept": "application/json"}
     )
@@ -330,9 +428,13 @@ def link_remotes(client: Client, link: str) -> list[Remote]:
 def download(
     *, client: Client, remotes: list[Remote], root: Path, jobs: int, reporter: Reporter
 ) -> list[Outcome]:
-    root.mkdir(parents=True, exist_ok=True)
-    for remote in remotes:  # every path checked before the first byte is written
-        target_for(root, remote.path)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for remote in remotes:  # every path checked before the first byte is written
+            target_for(root, remote.path)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise CourierError(f"cannot create the files under {printable(root)}: {reason}") from None
     reporter.begin(len(remotes), sum(r.size or 0 for r in remotes))
     downloader = Downloader(client, root, reporter)
     with ThreadPoolExecutor(max_workers=jobs) as pool:

@@ -7,7 +7,7 @@ import sys
 import threading
 from typing import TextIO
 
-from .client import printable
+from .client import log_line, printable
 
 
 def human_size(n: int) -> str:
@@ -52,7 +52,7 @@ class Reporter:
         if self.quiet:
             return
         with self.lock:
-            self.stream.write(printable(text) + "\n")
+            self.stream.write(log_line(text) + "\n")
             self.stream.flush()
 
 
@@ -111,7 +111,7 @@ class RichReporter(Reporter):
 
     def finish(self, handle: object, line: str) -> None:
         self.progress.remove_task(handle)
-        self.progress.console.print(printable(line), markup=False, highlight=False)
+        self.progress.console.print(log_line(line), markup=False, highlight=False)
 
 
 def _short(name: str, width: int = 40) -> str:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from .client import ApiError, Client, CourierError, UsageError
+from .client import ApiError, Client, CourierError, UsageError, printable
 from .output import Reporter, human_size
 
 READ_SIZE = 1024 * 1024
@@ -87,11 +87,25 @@ def collect(paths: list[str], prefix: str) -> list[LocalFile]:
                     dirs.sort()
                     for name in sorted(files):
                         full = Path(root) / name
+                        if full.is_symlink() and not _inside(full, path):
+                            # A checked-out tree (a pull request's) linking to the runner's
+                            # own files (`leak -> ~/.ssh/id_rsa`) must not ship them.
+                            raise UsageError(
+                                f"refusing a symlink that leaves {printable(path)}:"
+                                f" {printable(full)} (name its target explicitly to upload it)"
+                            )
+                        if not full.is_file():
+                            # A FIFO would block the first read forever; a socket or a
+                            # device has no content to send; a dangling symlink none.
+                            raise UsageError(
+                                f"not a regular file: {printable(full)} (leave it out of the"
+                                " upload, or upload the files around it by name or glob)"
+                            )
                         found.append((full, full.relative_to(path).as_posix()))
             elif path.is_file():
                 found.append((path, path.name))
             else:
-                raise UsageError(f"not a regular file or directory: {match}")
+                raise UsageError(f"not a regular file or directory: {printable(match)}")
     files, seen = [], {}
     for path, rel in found:
         name = prefix + rel
@@ -102,6 +116,10 @@ def collect(paths: list[str], prefix: str) -> list[LocalFile]:
         seen[name] = path.resolve()
         files.append(LocalFile(path=path, name=name, size=path.stat().st_size))
     return files
+
+
+def _inside(link: Path, tree: Path) -> bool:
+    return link.resolve().is_relative_to(tree.resolve())
 
 
 def file_sha256(path: Path) -> str:
@@ -158,6 +176,10 @@ class ProgressReader:
             return b""
         n = remaining if n is None or n < 0 else min(max(n, 64 * 1024), remaining)
         data = self.file.read(n)
+        if not data:
+            # A body shorter than its Content-Length would leave the service waiting for
+            # the rest until a timeout, and each retry the same.
+            raise CourierError(f"{printable(self.file.name)} shrank while it was being sent")
         self.sent += len(data)
         self.progress(len(data))
         return data

@@ -7,7 +7,9 @@ Runs as an AWS Lambda function behind a function URL (`lambda_handler`), or loca
    `webhook-signature`, with `WEBHOOK_SECRET` = the subscription's `whsec_...` secret), or,
    when the function URL uses IAM auth and the subscription is `https+sigv4://...`, relies on
    AWS having checked the SigV4 signature before invoking us (`RECEIVER_AUTH=iam`). With
-   neither configured it refuses every delivery (fail closed);
+   neither configured, or without `COURIER_URL` (the service's origin: the status URL and
+   every artifact link must be on it), it refuses every delivery (fail closed); a delivery
+   id accepted before (a replay) is not acted on again;
 2. reports `pending` on the build with the delivery's `status_token` (build:status only);
 3. fetches the artifacts through the payload's pre-signed links, each verified against its
    SHA-256, into a fresh directory (paths that would leave it are refused);
@@ -33,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -47,6 +50,12 @@ log = logging.getLogger("receiver")
 EVENTS = ("build.succeeded", "build.failed")
 CONTEXT = os.environ.get("RECEIVER_CONTEXT", "downstream/receiver")
 MAX_BODY = 1024 * 1024
+# Standard Webhooks refuses timestamps more than 5 minutes away: a delivery id seen within
+# twice that is a replay (the service's retries of a delivery we refused are not: an id is
+# only remembered once accepted).
+REPLAY_WINDOW = 600
+_accepted: dict[str, float] = {}
+_accepted_lock = threading.Lock()
 
 
 @dataclass
@@ -85,6 +94,10 @@ def verify(headers: dict[str, str], body: bytes) -> dict:
             raise Rejected(400, "not JSON") from None
     else:
         raise Rejected(503, "receiver not configured: set WEBHOOK_SECRET or RECEIVER_AUTH=iam")
+    if not os.environ.get("COURIER_URL"):
+        # The payload names where to send the status token and what to fetch: without the
+        # service's origin to hold it to, any verified caller could point them anywhere.
+        raise Rejected(503, "receiver not configured: set COURIER_URL")
     if not isinstance(payload, dict):
         raise Rejected(400, "unexpected payload")
     return payload
@@ -103,12 +116,12 @@ def parse(payload: dict) -> Delivery | None:
         raise Rejected(400, "payload without build, status_url or status_token") from None
     if not isinstance(status_url, str) or urlsplit(status_url).scheme not in ("http", "https"):
         raise Rejected(400, "status_url is not an http(s) URL")
-    pinned = os.environ.get("COURIER_URL")
-    if pinned and not same_origin(status_url, pinned):
+    pinned = os.environ.get("COURIER_URL", "")
+    if not same_origin(status_url, pinned):
         # Even a signed payload only gets our status token sent to the service we know.
         raise Rejected(400, "status_url is not on COURIER_URL")
     links = [a.get("url") for a in artifacts if isinstance(a, dict)]
-    if pinned and not all(isinstance(u, str) and same_origin(u, pinned) for u in links):
+    if not all(isinstance(u, str) and same_origin(u, pinned) for u in links):
         # ... and makes us fetch nothing but the service's own links.
         raise Rejected(400, "an artifact link is not on COURIER_URL")
     return Delivery(build_id, status_url, str(status_token), artifacts, payload)
@@ -155,6 +168,25 @@ def work(delivery: Delivery) -> None:
             log.exception("could not report the error")
 
 
+def _claim_delivery(msg_id: str) -> bool:
+    """False if this delivery id was accepted within the replay window (per process: on
+    Lambda, per warm instance; the status token is bound to one build either way)."""
+    now = time.monotonic()
+    with _accepted_lock:
+        for seen, at in list(_accepted.items()):
+            if now - at > REPLAY_WINDOW:
+                del _accepted[seen]
+        if msg_id in _accepted:
+            return False
+        _accepted[msg_id] = now
+        return True
+
+
+def _release_delivery(msg_id: str) -> None:
+    with _accepted_lock:
+        _accepted.pop(msg_id, None)
+
+
 def handle(headers: dict[str, str], body: bytes, *, start) -> tuple[int, dict]:
     """One delivery: verify, report pending, hand the work to ``start``; (status, body)."""
     try:
@@ -163,10 +195,15 @@ def handle(headers: dict[str, str], body: bytes, *, start) -> tuple[int, dict]:
         return exc.status, {"error": str(exc)}
     if delivery is None:
         return 200, {"ignored": True}
+    lowered = {k.lower(): v for k, v in headers.items()}
+    msg_id = lowered.get("webhook-id") or ""
+    if msg_id and not _claim_delivery(msg_id):
+        return 200, {"duplicate": True}
     try:
         report(delivery, "pending", "artifacts received, job starting")
     except CourierError as exc:
         # 502: the service will retry the delivery; nothing has started yet.
+        _release_delivery(msg_id)
         return 502, {"error": f"could not report pending: {exc}"}
     start(delivery)
     return 202, {"build": delivery.build_id, "state": "pending"}
@@ -209,8 +246,15 @@ def serve(port: int, host: str = "127.0.0.1") -> None:
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
+            declared = self.headers.get("Content-Length") or "0"
+            if not declared.isdigit() or not declared.isascii():
+                # "-1" would read until the caller hangs up: as much as it cares to send.
+                self.close_connection = True
+                self.send_error(400)
+                return
+            length = int(declared)
             if length > MAX_BODY:
+                self.close_connection = True
                 self.send_error(413)
                 return
             body = self.rfile.read(length)

@@ -108,7 +108,9 @@ def wait_for(predicate, timeout=30):
 def test_a_signed_delivery_is_fetched_verified_and_reported():
     with (
         downstream_world() as (base, artifacts, statuses, _),
-        receiver(WEBHOOK_SECRET=SECRET, RECEIVER_COMMAND="cat dist/app.txt") as url,
+        receiver(
+            WEBHOOK_SECRET=SECRET, COURIER_URL=base, RECEIVER_COMMAND="cat dist/app.txt"
+        ) as url,
     ):
         body, headers = signed(payload(base, artifacts))
         answer = requests.post(url, data=body, headers=headers, timeout=30)
@@ -126,7 +128,7 @@ def test_a_signed_delivery_is_fetched_verified_and_reported():
 def test_a_delivery_that_fails_verification_does_nothing(tamper):
     with (
         downstream_world() as (base, artifacts, statuses, seen),
-        receiver(WEBHOOK_SECRET=SECRET) as url,
+        receiver(WEBHOOK_SECRET=SECRET, COURIER_URL=base) as url,
     ):
         body, headers = signed(payload(base, artifacts))
         if tamper == "body":
@@ -161,7 +163,7 @@ def test_an_unconfigured_receiver_refuses_every_delivery():
 def test_an_artifact_whose_bytes_do_not_match_reports_failure():
     with (
         downstream_world(digest=sha256(b"other")) as (base, artifacts, statuses, _),
-        receiver(WEBHOOK_SECRET=SECRET) as url,
+        receiver(WEBHOOK_SECRET=SECRET, COURIER_URL=base) as url,
     ):
         body, headers = signed(payload(base, artifacts))
         assert requests.post(url, data=body, headers=headers, timeout=30).status_code == 202
@@ -206,3 +208,49 @@ def test_an_artifact_link_off_the_pinned_service_is_not_fetched():
         answer = requests.post(url, data=body, headers=headers, timeout=30)
     assert answer.status_code == 400
     assert statuses == [] and seen == []
+
+
+def test_a_receiver_without_courier_url_refuses_every_delivery():
+    """Without the service's origin pinned, a delivery (signed, or merely allowed through IAM)
+    could point the status token and the downloads anywhere: fail closed."""
+    with (
+        downstream_world() as (base, artifacts, statuses, seen),
+        receiver(WEBHOOK_SECRET=SECRET) as url,
+    ):
+        body, headers = signed(payload(base, artifacts))
+        answer = requests.post(url, data=body, headers=headers, timeout=30)
+        time.sleep(0.5)
+    assert answer.status_code == 503
+    assert "COURIER_URL" in answer.text
+    assert statuses == [] and seen == []
+
+
+def test_a_replayed_delivery_is_not_acted_on_twice():
+    with (
+        downstream_world() as (base, artifacts, statuses, seen),
+        receiver(WEBHOOK_SECRET=SECRET, COURIER_URL=base) as url,
+    ):
+        body, headers = signed(payload(base, artifacts))
+        first = requests.post(url, data=body, headers=headers, timeout=30)
+        assert wait_for(lambda: len(statuses) >= 2)
+        again = requests.post(url, data=body, headers=headers, timeout=30)
+        time.sleep(0.5)
+    assert first.status_code == 202
+    assert again.status_code == 200 and again.json() == {"duplicate": True}
+    assert [s["state"] for _, s in statuses] == ["pending", "success"]
+    assert [path for _, path, _ in seen if path == "/f"] == ["/f"]
+
+
+@pytest.mark.parametrize("length", ["-1", "abc", "1e9"])
+def test_a_bad_content_length_is_refused_without_reading_the_body(length):
+    import socket
+
+    with receiver(WEBHOOK_SECRET=SECRET, COURIER_URL="http://127.0.0.1:1") as url:
+        port = int(url.rstrip("/").rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(
+                f"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n".encode()
+                + b"x" * 4096  # and the connection stays open: an endless body
+            )
+            answer = sock.recv(4096)
+    assert answer.startswith((b"HTTP/1.0 400", b"HTTP/1.1 400")), answer
