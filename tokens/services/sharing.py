@@ -175,34 +175,60 @@ class _LinkLookup:
         ]
         table, pk = q(meta.db_table), q(meta.pk.column)
         parent_id = q(meta.get_field("parent").column)
-        dead = (
-            f"CASE WHEN a.{q(meta.get_field('revoked_at').column)} IS NOT NULL OR "
-            f"a.{q(meta.get_field('expires_at').column)} <= %s THEN 1 ELSE 0 END"
-        )
-        deploy = f"CASE WHEN a.{q(meta.get_field('kind').column)} = %s THEN 1 ELSE 0 END"
+        revoked = q(meta.get_field("revoked_at").column)
+        expires = q(meta.get_field("expires_at").column)
+        kind = q(meta.get_field("kind").column)
         artifact = Artifact._meta
-        # The ancestors come from a recursive walk up ``parent`` (primary-key lookups, at most
-        # KEY_DERIVE_MAX_DEPTH steps; empty for a root key), as in tokens.models._DigestLookup.
-        self.sql = (
-            f"WITH RECURSIVE chain(id, parent, dead, deploy) AS ("  # noqa: S608
-            f"SELECT a.{pk}, a.{parent_id}, {dead}, {deploy} FROM {table} a WHERE a.{pk} = "
-            f"(SELECT {parent_id} FROM {table} WHERE {pk} = %s) "
-            f"UNION ALL SELECT a.{pk}, a.{parent_id}, {dead}, {deploy} FROM {table} a "
-            f"INNER JOIN chain c ON a.{pk} = c.parent) "
-            f"SELECT {', '.join(columns)}, "
-            f"(SELECT COUNT(*) FROM chain WHERE chain.dead = 1), "
-            f"(SELECT COUNT(*) FROM chain WHERE chain.deploy = 1) "
-            f"FROM {table} k "
+        joins = (
             f"INNER JOIN {q(Project._meta.db_table)} p ON p.{q(Project._meta.pk.column)} = "
             f"k.{q(meta.get_field('project').column)} "
             f"LEFT JOIN {q(Build._meta.db_table)} b ON b.{q(Build._meta.pk.column)} = "
             f"k.{q(meta.get_field('build').column)} "
+        )
+        artifact_joins = (
             f"LEFT JOIN {q(artifact.db_table)} f ON f.{q(artifact.get_field('build').column)} = %s "
             f"AND f.{q(artifact.get_field('path').column)} = %s "
             f"LEFT JOIN {q(Blob._meta.db_table)} bl ON bl.{q(Blob._meta.pk.column)} = "
             f"f.{q(artifact.get_field('blob').column)} "
             f"WHERE k.{pk} = %s"
         )
+        if connection.vendor == "postgresql":
+            # As tokens.models._DigestLookup on PostgreSQL: the ancestors are the ids listed in
+            # ``lineage`` ('/3/17/'), probed by primary key; a root key skips the probe.
+            lineage = q(meta.get_field("lineage").column)
+            self.sql = (
+                f"SELECT {', '.join(columns)}, chain.dead, chain.deploy "  # noqa: S608
+                f"FROM {table} k {joins}"
+                f"LEFT JOIN LATERAL (SELECT "
+                f"COUNT(*) FILTER (WHERE a.{revoked} IS NOT NULL OR a.{expires} <= %s) AS dead, "
+                f"COUNT(*) FILTER (WHERE a.{kind} = %s) AS deploy FROM {table} a "
+                f"WHERE k.{parent_id} IS NOT NULL AND a.{pk} = ANY(string_to_array("
+                f"trim(both '/' from k.{lineage}), '/')::bigint[])) chain ON TRUE "
+                f"{artifact_joins}"
+            )
+            self.params = lambda now, deploy, kid, build_id, path: [
+                *(now, deploy, build_id, path, kid)
+            ]
+        else:
+            # SQLite has no array to split ``lineage`` into: a recursive walk up ``parent``
+            # (primary-key lookups, at most KEY_DERIVE_MAX_DEPTH steps; empty for a root key).
+            dead = f"CASE WHEN a.{revoked} IS NOT NULL OR a.{expires} <= %s THEN 1 ELSE 0 END"
+            deploy = f"CASE WHEN a.{kind} = %s THEN 1 ELSE 0 END"
+            self.sql = (
+                f"WITH RECURSIVE chain(id, parent, dead, deploy) AS ("  # noqa: S608
+                f"SELECT a.{pk}, a.{parent_id}, {dead}, {deploy} FROM {table} a WHERE a.{pk} = "
+                f"(SELECT {parent_id} FROM {table} WHERE {pk} = %s) "
+                f"UNION ALL SELECT a.{pk}, a.{parent_id}, {dead}, {deploy} FROM {table} a "
+                f"INNER JOIN chain c ON a.{pk} = c.parent) "
+                f"SELECT {', '.join(columns)}, "
+                f"(SELECT COUNT(*) FROM chain WHERE chain.dead = 1), "
+                f"(SELECT COUNT(*) FROM chain WHERE chain.deploy = 1) "
+                f"FROM {table} k {joins}{artifact_joins}"
+            )
+            self.params = lambda now, deploy, kid, build_id, path: [
+                *(now, deploy, kid),
+                *(now, deploy, build_id, path, kid),
+            ]
         self.converters = []
         for i, field in enumerate(f for fields in self.fields for f in fields):
             expression = field.get_col(field.model._meta.db_table)
@@ -218,7 +244,7 @@ class _LinkLookup:
         now = connection.ops.adapt_datetimefield_value(timezone.now())
         deploy = ApiKey.Kind.DEPLOY.value
         with _hot_cursor(connection) as cursor:
-            cursor.execute(self.sql, [now, deploy, kid, now, deploy, build_id, path, kid])
+            cursor.execute(self.sql, self.params(now, deploy, kid, build_id, path))
             row = cursor.fetchone()
         if row is None:
             return None
