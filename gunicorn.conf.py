@@ -36,6 +36,8 @@ keepalive = 5
 
 accesslog = "-"
 # Path only (%(U)s, no query string): signed links carry their signature in the query string.
+# Only these atoms are built per request (RedactingLogger); a format naming others (a header,
+# %(r)s) gets gunicorn's full set.
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
 # Every access and error line is escaped (no forged lines, no terminal escapes) and redacted
 # (tokens, bearer credentials, sig= values) by the one redaction the Django logs use too.

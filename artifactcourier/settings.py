@@ -107,6 +107,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: sends LEAN_PATH_PREFIXES through LEAN_MIDDLEWARE only (artifactcourier/pipeline.py).
+    "artifactcourier.pipeline.LeanPaths",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "artifactcourier.middleware.TransferCodings",
@@ -117,6 +119,24 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+# Signed links (/dl/) carry their credential in the URL and use none of the admin's sessions,
+# CSRF, users or messages, nor static files: they skip those middleware. Every middleware that
+# sets a response header (security headers, X-Frame-Options, Content-Length) stays.
+LEAN_PATH_PREFIXES = ["/dl/"]
+LEAN_MIDDLEWARE = [
+    path
+    for path in MIDDLEWARE
+    if path
+    not in {
+        "artifactcourier.pipeline.LeanPaths",
+        "whitenoise.middleware.WhiteNoiseMiddleware",
+        "django.contrib.sessions.middleware.SessionMiddleware",
+        "artifactcourier.middleware.PrivateApiResponses",
+        "django.middleware.csrf.CsrfViewMiddleware",
+        "django.contrib.auth.middleware.AuthenticationMiddleware",
+        "django.contrib.messages.middleware.MessageMiddleware",
+    }
 ]
 
 ROOT_URLCONF = "artifactcourier.urls"
@@ -145,6 +165,11 @@ if EMBEDDED and not DATABASE_URL:
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": DATA_DIR / "db.sqlite3",
+            # Each server thread keeps its connection between requests, as on PostgreSQL:
+            # opening one (the file, the PRAGMAs below, Django's SQL functions) costs more than
+            # a signed link's whole query. Requests run in autocommit, so no transaction (and
+            # no WAL snapshot) outlives a request.
+            "CONN_MAX_AGE": 60,
             # WAL lets the web process read while the worker writes; IMMEDIATE avoids
             # "database is locked" on lock upgrade inside transactions.
             "OPTIONS": {

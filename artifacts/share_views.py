@@ -28,7 +28,7 @@ from builds.statuses import statuses_latest
 from tokens.access import visible_build
 from tokens.authentication import client_ip
 from tokens.scopes import Scope
-from tokens.services import LinkKeyDead, link_key_check
+from tokens.services import LinkKeyDead, link_check
 
 from . import sharing, signing
 from .downloads import signed_artifact_response
@@ -171,6 +171,14 @@ def _build_for(key, build_id: int) -> Build | None:
     return visible_build(Build.objects.select_related("project"), key, build_id).first()
 
 
+def _path_or_none(rest: str) -> str | None:
+    """The artifact path a link names, cleaned; None if no artifact could have that path."""
+    try:
+        return artifact_path_clean(rest)
+    except InvalidArtifactPath:
+        return None
+
+
 @method_decorator(csrf_exempt, name="dispatch")
 class SignedLinkView(View):
     """A signed link: a listing (path ends with ``/``) or one artifact. Anything that does not
@@ -189,14 +197,20 @@ class SignedLinkView(View):
                 query={name: request.GET.get(name) for name in ("exp", "kid", "sig")},
                 now=time.time(),
             )
-            key = link_key_check(kid=params.kid)
+            listing = rest == "" or rest.endswith("/")
+            path = None if listing else _path_or_none(rest)
+            # One query: the key, its ancestors' state, and the artifact at the path.
+            access = link_check(kid=params.kid, build_id=int(build_id), path=path)
+            key = access.key
             build = _build_for(key, int(build_id))
             if build is None:
                 raise _Refusal("build_gone", "This build no longer exists or is out of reach.")
-            if rest == "" or rest.endswith("/"):
+            if listing:
                 return self._listing(request, key=key, build=build, prefix=rest, exp=params.exp)
             # The signature binds the path: only paths the share named were ever signed.
-            return self._artifact(request, key=key, build=build, path=rest)
+            if access.artifact is None:
+                raise _Refusal("artifact_gone", "This artifact no longer exists.")
+            return signed_artifact_response(request, access.artifact)
         except signing.LinkInvalid as invalid:
             return _refused(str(invalid.code), invalid.message)
         except LinkKeyDead as dead:
@@ -208,17 +222,6 @@ class SignedLinkView(View):
             response["Retry-After"] = str(settings.DEPENDENCY_RETRY_AFTER_SECONDS)
             response["Cache-Control"] = "no-store"
             return response
-
-    def _artifact(self, request, *, key, build, path):
-        gone = _Refusal("artifact_gone", "This artifact no longer exists.")
-        try:
-            path = artifact_path_clean(path)
-        except InvalidArtifactPath:
-            raise gone from None
-        artifact = sharing.shared_artifact(key=key, build=build, path=path)
-        if artifact is None:
-            raise gone
-        return signed_artifact_response(request, artifact)
 
     def _listing(self, request, *, key, build, prefix, exp):
         share = Share.objects.filter(key=key).only("paths").first()

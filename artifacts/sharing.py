@@ -14,7 +14,7 @@ from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
 from tokens import services as token_services
-from tokens.access import path_allowed, visible_artifacts
+from tokens.access import visible_artifacts
 from tokens.models import ApiKey, AuditEvent
 
 from . import signing
@@ -49,14 +49,6 @@ def shared_artifacts(*, key: ApiKey, build, paths=None, prefix: str = ""):
     if paths:
         queryset = queryset.filter(path__in=list(paths))
     return queryset.order_by("path")
-
-
-def shared_artifact(*, key: ApiKey, build, path: str) -> Artifact | None:
-    """The artifact at ``path`` if a link under ``key`` reaches it (``build`` is one the key
-    reaches: see tokens.access.visible_build). A plain indexed lookup, then the key's prefix."""
-    if not path_allowed(key, path):
-        return None
-    return Artifact.objects.select_related("blob").filter(build_id=build.pk, path=path).first()
 
 
 def sign_artifacts(*, artifacts, build_id: int, exp: int, kid: int, base_url: str) -> list[dict]:

@@ -15,6 +15,7 @@ import sys
 import threading
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from django.db import connection
@@ -267,6 +268,33 @@ def test_database_connections_dropped_by_the_server_are_replaced_not_reported(li
     ]
     statuses += [live_fs.build_create() and 201 for _ in range(10)]
     assert set(statuses) <= {200, 201}, statuses
+
+
+def test_signed_links_survive_database_connections_dropped_by_the_server(live_fs):
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL (pg_terminate_backend)")
+    build = live_fs.build_create()
+    token = build["key"]["token"]
+    assert live_fs.request("PUT", artifact_path(build["id"], "one.bin"), token, b"x")[0] == 201
+    status, shared = live_fs.request(
+        "POST", f"/api/v1/builds/{build['id']}/share", token, {"expires_in": 600}
+    )
+    assert status == 201, shared
+    parts = urlsplit(shared["artifacts"][0]["url"])
+    link = f"{parts.path}?{parts.query}"
+    # Every worker thread opens its persistent connection; the link lookup is a prepared
+    # statement on it.
+    for _ in range(8):
+        assert live_fs.request("GET", link, "")[0] == 200
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        assert cursor.fetchone()[0] >= 1
+    answers = [live_fs.request("GET", link, "") for _ in range(12)]
+    assert {status for status, _ in answers} == {200}, answers
+    assert {body for _, body in answers} == {b"x"}
 
 
 # --- 4. Revocation stops an upload in flight -----------------------------------------------

@@ -19,14 +19,17 @@ from .expiry import ExpiryWarning, key_expiry_warn
 from .minting import audit, key_mint_for_build, key_mint_project
 from .revocation import key_revoke, key_revoke_by
 from .sharing import (
+    LinkAccess,
     LinkKeyDead,
     key_mint_share,
+    link_check,
     link_key_check,
     share_allowed,
 )
 
 __all__ = [
     "ExpiryWarning",
+    "LinkAccess",
     "LinkKeyDead",
     "RotatedDeployToken",
     "audit",
@@ -49,6 +52,7 @@ __all__ = [
     "key_revoke_by",
     "key_token",
     "keys_derive_for_downstream",
+    "link_check",
     "link_key_check",
     "share_allowed",
 ]

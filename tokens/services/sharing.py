@@ -7,17 +7,19 @@ builds, deploy tokens): the share key is strictly narrower than the sharer (``ar
 only, one build, inside the sharer's path prefix, never outliving it), so nothing is gained.
 """
 
+from dataclasses import dataclass
 from datetime import timedelta
 from functools import cache
 
+from django.apps import apps
 from django.conf import settings
 from django.db import connections
 from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
-from ..access import path_prefix_validate, visible_build
+from ..access import path_allowed, path_prefix_validate, visible_build
 from ..errors import InvalidCredential, KeyForbidden
-from ..models import ApiKey, AuditEvent, _DigestLookup
+from ..models import ApiKey, AuditEvent, _hot_cursor
 from ..scopes import Scope
 from .denials import audit_refusal
 from .minting import _create
@@ -138,38 +140,157 @@ class LinkKeyDead(Exception):
         self.message = message
 
 
-class _DeployAncestorLookup:
-    """Is a deploy token among these ancestor ids? One prepared statement per chain length."""
+class _LinkLookup:
+    """Everything a signed-link request needs to decide, in one round trip: the key with this
+    id, its build and project, how many of its ancestors are dead (revoked or expired now) and
+    how many are deploy tokens, and the artifact (with its blob) at the link's path in the
+    link's build, if there is one.
+
+    Composed once per connection from the models' metadata (columns stay in step with the
+    models) and run through ``_hot_cursor`` (a prepared statement on PostgreSQL): compiling the
+    equivalent ORM queries costs several times running them. The artifact is joined on the
+    link's own build id and path, not through the key: whether the key may reach it is decided
+    by ``link_check`` after the row is read.
+    """
 
     @classmethod
     @cache
-    def for_connection(cls, alias: str, vendor: str, count: int) -> "_DeployAncestorLookup":
-        return cls(connections[alias], count)
+    def for_connection(cls, alias: str, vendor: str) -> "_LinkLookup":
+        return cls(connections[alias])
 
-    def __init__(self, connection, count: int) -> None:
+    def __init__(self, connection) -> None:
         q = connection.ops.quote_name
         meta = ApiKey._meta
-        self.sql = (
-            f"SELECT 1 FROM {q(meta.db_table)} WHERE {q(meta.pk.column)} IN "  # noqa: S608
-            f"({', '.join(['%s'] * count)}) AND {q(meta.get_field('kind').column)} = %s LIMIT 1"
+        Build = meta.get_field("build").related_model
+        Project = meta.get_field("project").related_model
+        Artifact = apps.get_model("artifacts", "Artifact")
+        Blob = Artifact._meta.get_field("blob").related_model
+        self.models = [ApiKey, Build, Project, Artifact, Blob]
+        self.fields = [m._meta.concrete_fields for m in self.models]
+        aliases = ["k", "b", "p", "f", "bl"]
+        columns = [
+            f"{alias}.{q(field.column)}"
+            for alias, fields in zip(aliases, self.fields, strict=True)
+            for field in fields
+        ]
+        table, pk = q(meta.db_table), q(meta.pk.column)
+        parent_id = q(meta.get_field("parent").column)
+        revoked = q(meta.get_field("revoked_at").column)
+        expires = q(meta.get_field("expires_at").column)
+        kind = q(meta.get_field("kind").column)
+        artifact = Artifact._meta
+        joins = (
+            f"INNER JOIN {q(Project._meta.db_table)} p ON p.{q(Project._meta.pk.column)} = "
+            f"k.{q(meta.get_field('project').column)} "
+            f"LEFT JOIN {q(Build._meta.db_table)} b ON b.{q(Build._meta.pk.column)} = "
+            f"k.{q(meta.get_field('build').column)} "
         )
+        artifact_joins = (
+            f"LEFT JOIN {q(artifact.db_table)} f ON f.{q(artifact.get_field('build').column)} = %s "
+            f"AND f.{q(artifact.get_field('path').column)} = %s "
+            f"LEFT JOIN {q(Blob._meta.db_table)} bl ON bl.{q(Blob._meta.pk.column)} = "
+            f"f.{q(artifact.get_field('blob').column)} "
+            f"WHERE k.{pk} = %s"
+        )
+        if connection.vendor == "postgresql":
+            # As tokens.models._DigestLookup on PostgreSQL: the ancestors are the ids listed in
+            # ``lineage`` ('/3/17/'), probed by primary key; a root key skips the probe.
+            lineage = q(meta.get_field("lineage").column)
+            self.sql = (
+                f"SELECT {', '.join(columns)}, chain.dead, chain.deploy "  # noqa: S608
+                f"FROM {table} k {joins}"
+                f"LEFT JOIN LATERAL (SELECT "
+                f"COUNT(*) FILTER (WHERE a.{revoked} IS NOT NULL OR a.{expires} <= %s) AS dead, "
+                f"COUNT(*) FILTER (WHERE a.{kind} = %s) AS deploy FROM {table} a "
+                f"WHERE k.{parent_id} IS NOT NULL AND a.{pk} = ANY(string_to_array("
+                f"trim(both '/' from k.{lineage}), '/')::bigint[])) chain ON TRUE "
+                f"{artifact_joins}"
+            )
+            self.params = lambda now, deploy, kid, build_id, path: [
+                *(now, deploy, build_id, path, kid)
+            ]
+        else:
+            # SQLite has no array to split ``lineage`` into: a recursive walk up ``parent``
+            # (primary-key lookups, at most KEY_DERIVE_MAX_DEPTH steps; empty for a root key).
+            dead = f"CASE WHEN a.{revoked} IS NOT NULL OR a.{expires} <= %s THEN 1 ELSE 0 END"
+            deploy = f"CASE WHEN a.{kind} = %s THEN 1 ELSE 0 END"
+            self.sql = (
+                f"WITH RECURSIVE chain(id, parent, dead, deploy) AS ("  # noqa: S608
+                f"SELECT a.{pk}, a.{parent_id}, {dead}, {deploy} FROM {table} a WHERE a.{pk} = "
+                f"(SELECT {parent_id} FROM {table} WHERE {pk} = %s) "
+                f"UNION ALL SELECT a.{pk}, a.{parent_id}, {dead}, {deploy} FROM {table} a "
+                f"INNER JOIN chain c ON a.{pk} = c.parent) "
+                f"SELECT {', '.join(columns)}, "
+                f"(SELECT COUNT(*) FROM chain WHERE chain.dead = 1), "
+                f"(SELECT COUNT(*) FROM chain WHERE chain.deploy = 1) "
+                f"FROM {table} k {joins}{artifact_joins}"
+            )
+            self.params = lambda now, deploy, kid, build_id, path: [
+                *(now, deploy, kid),
+                *(now, deploy, build_id, path, kid),
+            ]
+        self.converters = []
+        for i, field in enumerate(f for fields in self.fields for f in fields):
+            expression = field.get_col(field.model._meta.db_table)
+            found = connection.ops.get_db_converters(expression)
+            found += expression.get_db_converters(connection)
+            if found:
+                self.converters.append((i, found, expression))
+        self.attnames = [[f.attname for f in fields] for fields in self.fields]
 
-    def any(self, connection, ids: list[int]) -> bool:
-        with connection.cursor() as cursor:
-            cursor.execute(self.sql, [*ids, ApiKey.Kind.DEPLOY.value])
-            return cursor.fetchone() is not None
+    def fetch(self, connection, *, kid: int, build_id: int, path: str | None):
+        """(key, artifact or None), or None when no key has this id. The key carries its
+        project, its build (if bound), ``dead_ancestors`` and ``deploy_ancestors``."""
+        now = connection.ops.adapt_datetimefield_value(timezone.now())
+        deploy = ApiKey.Kind.DEPLOY.value
+        with _hot_cursor(connection) as cursor:
+            cursor.execute(self.sql, self.params(now, deploy, kid, build_id, path))
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        values = list(row[:-2])
+        for i, converters, expression in self.converters:
+            for converter in converters:
+                values[i] = converter(values[i], expression, connection)
+        parts, start = [], 0
+        for model, attnames in zip(self.models, self.attnames, strict=True):
+            chunk = values[start : start + len(attnames)]
+            start += len(attnames)
+            present = chunk[0] is not None  # the primary key: NULL when a LEFT JOIN missed
+            parts.append(model.from_db(connection.alias, attnames, chunk) if present else None)
+        key, build, project, artifact, blob = parts
+        key.project = project
+        if key.build_id is not None:
+            key.build = build
+            build.project = project
+        key.dead_ancestors, key.deploy_ancestors = row[-2], row[-1]
+        if artifact is not None:
+            artifact.blob = blob
+        return key, artifact
 
 
-def link_key_check(*, kid: int) -> ApiKey:
+@dataclass(frozen=True)
+class LinkAccess:
+    """What a signed link reaches: its key, and the artifact at its path (None if the link
+    names a listing, or no artifact the key may read is there)."""
+
+    key: ApiKey
+    artifact: object | None
+
+
+def link_check(*, kid: int, build_id: int, path: str | None = None) -> LinkAccess:
     """The key a signed link names, if it may still read: alive, every ancestor alive, holding
-    ``artifacts:read`` now (a deploy token's shares stop when the project opts out). Raises
-    LinkKeyDead with the reason otherwise. Two prepared queries at most."""
+    ``artifacts:read`` now (a deploy token's shares stop when the project opts out); and the
+    artifact at ``path`` (a cleaned artifact path) of build ``build_id`` if the key reaches it.
+    Raises LinkKeyDead with the reason otherwise. One query (a prepared statement on
+    PostgreSQL); whether the build is in reach is the caller's to ask (``key.build_id``, or
+    tokens.access.visible_build for a key not bound to one build)."""
     connection = connections[ApiKey.objects.db]
-    # The authentication lookup's statement, found by id: a signed link names its key.
-    lookup = _DigestLookup.for_connection(connection.alias, connection.vendor, "id")
-    key = lookup.fetch(connection, kid)
-    if key is None:
+    lookup = _LinkLookup.for_connection(connection.alias, connection.vendor)
+    found = lookup.fetch(connection, kid=kid, build_id=build_id, path=path)
+    if found is None:
         raise LinkKeyDead("key_unknown", "The key this link was signed under no longer exists.")
+    key, artifact = found
     if key.is_revoked():
         raise LinkKeyDead("key_revoked", "This link was withdrawn: its key has been revoked.")
     if key.is_expired():
@@ -179,21 +300,18 @@ def link_key_check(*, kid: int) -> ApiKey:
             "ancestor_revoked",
             "This link was withdrawn: the key it was shared from is revoked or expired.",
         )
-    if key.parent_id is not None and not key.project.deploy_tokens_enabled:
-        _deploy_ancestor_check(key)
-    if Scope.ARTIFACTS_READ not in key.effective_scopes:
-        raise LinkKeyDead("missing_scope", "This link's key may no longer read artifacts.")
-    return key
-
-
-def _deploy_ancestor_check(key: ApiKey) -> None:
-    """While a project has switched deploy tokens off, links shared by one (or by a key
-    derived from one) stop too."""
-    connection = connections[ApiKey.objects.db]
-    ids = key.ancestor_ids
-    lookup = _DeployAncestorLookup.for_connection(connection.alias, connection.vendor, len(ids))
-    if lookup.any(connection, ids):
+    if key.parent_id is not None and not key.project.deploy_tokens_enabled and key.deploy_ancestors:
         raise LinkKeyDead(
             "deploy_tokens_disabled",
             "This link was shared by a deploy token, and the project has switched those off.",
         )
+    if Scope.ARTIFACTS_READ not in key.effective_scopes:
+        raise LinkKeyDead("missing_scope", "This link's key may no longer read artifacts.")
+    if artifact is not None and (path is None or not path_allowed(key, path)):
+        artifact = None
+    return LinkAccess(key=key, artifact=artifact)
+
+
+def link_key_check(*, kid: int) -> ApiKey:
+    """The key a signed link names, if it may still read (``link_check`` without a path)."""
+    return link_check(kid=kid, build_id=0, path=None).key
