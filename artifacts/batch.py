@@ -61,18 +61,20 @@ _CHUNK = 1024 * 1024
 ENCODINGS = ("identity", "gzip", "zstd")
 
 
-@dataclass(frozen=True)
-class BatchResult:
-    artifacts: list[Artifact]
-    created: int
-
-
 @dataclass
-class _Member:
+class StoredMember:
     path: str
     size: int
     sha256: str
     name: str | None  # the object published for it (None: the manifest, kept in memory)
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    # Every file's path, size and digest, in archive order: what the answer lists. No model
+    # instances: building thousands of them was a tenth of a batch's time.
+    artifacts: list[StoredMember]
+    created: int
 
 
 class _Body(io.RawIOBase):
@@ -285,7 +287,7 @@ def artifacts_store_batch(
         raise BuildNotWritable()
     if encoding not in ENCODINGS:
         raise InvalidArchive(f"Content-Encoding must be one of {', '.join(ENCODINGS)}.")
-    members: list[_Member] = []
+    members: list[StoredMember] = []
     try:
         with body_idle_timeout(stream):
             manifest = _receive(
@@ -316,6 +318,7 @@ def _receive(
     expanded = _Expanded(_decompressed(body, encoding), body, ratio)
     room, reason = usage.usage_room(build=build, files=0)
     files_left = settings.BUILD_ARTIFACTS_MAX_FILES - build.used_files
+    max_size = settings.ARTIFACT_MAX_SIZE  # read once: a lazy settings lookup per member adds up
     seen: set[str] = set()
     manifest = None
     total = 0
@@ -352,10 +355,9 @@ def _receive(
                 manifest = _manifest_parse(_read_all(archive, member))
                 continue
             path_check(path)
-            if member.size > settings.ARTIFACT_MAX_SIZE:
+            if member.size > max_size:
                 raise QuotaExceeded(
-                    f"Member {member.name!r} is larger than an artifact may be "
-                    f"({settings.ARTIFACT_MAX_SIZE} bytes)."
+                    f"Member {member.name!r} is larger than an artifact may be ({max_size} bytes)."
                 )
             if len(members) + 1 > files_left:
                 raise QuotaExceeded(usage.files_sentence())
@@ -378,7 +380,7 @@ def _read_all(archive: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
     return data
 
 
-def _store_member(archive: tarfile.TarFile, member: tarfile.TarInfo, path: str) -> _Member:
+def _store_member(archive: tarfile.TarFile, member: tarfile.TarInfo, path: str) -> StoredMember:
     source = archive.extractfile(member)
     digest = hashlib.sha256()
     writer = storage.blob_writer_open()
@@ -404,7 +406,7 @@ def _store_member(archive: tarfile.TarFile, member: tarfile.TarInfo, path: str) 
         except Exception:
             logger.exception("could not discard a staged member")
         raise
-    return _Member(path=path, size=member.size, sha256=sha256, name=name)
+    return StoredMember(path=path, size=member.size, sha256=sha256, name=name)
 
 
 def _drain(body: _Body) -> None:
@@ -414,7 +416,7 @@ def _drain(body: _Body) -> None:
         pass
 
 
-def _manifest_check(manifest: dict[str, str], members: list[_Member], prefix: str) -> None:
+def _manifest_check(manifest: dict[str, str], members: list[StoredMember], prefix: str) -> None:
     stored = {m.path.removeprefix(prefix): m.sha256 for m in members}
     for name, digest in manifest.items():
         if name not in stored:
@@ -437,10 +439,10 @@ def _objects_delete(names: list[str]) -> None:
 _ROWS_PER_STATEMENT = 500
 
 
-def _link(*, build: Build, key: ApiKey | None, members: list[_Member]) -> BatchResult:
+def _link(*, build: Build, key: ApiKey | None, members: list[StoredMember]) -> BatchResult:
     # Blob rows first (no lock held across it): one upsert per 500 distinct digests. A digest
     # twice in the batch, or already stored: the extra objects are deleted at once.
-    first: dict[str, _Member] = {}
+    first: dict[str, StoredMember] = {}
     duplicates = []
     for m in members:
         if m.sha256 in first:
@@ -455,20 +457,17 @@ def _link(*, build: Build, key: ApiKey | None, members: list[_Member]) -> BatchR
         chunk = unique[i : i + _ROWS_PER_STATEMENT]
         holders.update(Blob.objects.publish([(m.sha256, m.size, m.name) for m in chunk], now=now))
     _objects_delete([m.name for m in unique if holders[m.sha256] != m.name])
-    created_blobs = [
-        Blob(sha256=m.sha256, size=m.size, storage_name=m.name, referenced_at=now)
-        for m in unique
-        if holders[m.sha256] == m.name
-    ]
     try:
         return _link_rows(build=build, key=key, members=members)
     except BaseException:
-        for blob in created_blobs:
-            blob_discard_unlinked(blob=blob)
+        for m in unique:
+            if holders[m.sha256] == m.name:  # this batch created the blob
+                blob = Blob(sha256=m.sha256, size=m.size, storage_name=m.name, referenced_at=now)
+                blob_discard_unlinked(blob=blob)
         raise
 
 
-def _link_rows(*, build: Build, key: ApiKey | None, members: list[_Member]) -> BatchResult:
+def _link_rows(*, build: Build, key: ApiKey | None, members: list[StoredMember]) -> BatchResult:
     if key is not None and not token_services.key_alive(key=key):
         raise InvalidCredential(
             "This API token was revoked during the upload; nothing was stored.", code="revoked"
@@ -519,18 +518,7 @@ def _link_rows(*, build: Build, key: ApiKey | None, members: list[_Member]) -> B
                 raise ArtifactConflict("Some paths were uploaded concurrently; retry the batch.")
     except IntegrityError as exc:  # a blob's row went (retention): the bytes must come again
         raise BlobVanished() from exc
-    artifacts = []
-    for m in members:
-        artifact = Artifact(
-            pk=ids.get(m.path),
-            build=build,
-            path=m.path,
-            blob=Blob(sha256=m.sha256, size=m.size),
-            content_type="application/octet-stream",
-            created_at=now,
-        )
-        artifacts.append(artifact)
-    return BatchResult(artifacts=artifacts, created=len(ids))
+    return BatchResult(artifacts=members, created=len(ids))
 
 
 def _quota_refusal(build: Build, project: Project, *, size: int, files: int):
