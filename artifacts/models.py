@@ -24,10 +24,15 @@ def _returning_insert(model, fields: list[str], rows: list[tuple], conflict: str
         for name in fields
         if model._meta.get_field(name).get_internal_type() == "DateTimeField"
     }
+    adapted = {}  # rows of a batch share their timestamps: each is adapted once
     values = []
     for row in rows:
         for name, value in zip(fields, row, strict=True):
-            values.append(adapt[name](value) if name in adapt else value)
+            if name in adapt:
+                if value not in adapted:
+                    adapted[value] = adapt[name](value)
+                value = adapted[value]
+            values.append(value)
     placeholders = ", ".join(["(" + ", ".join(["%s"] * len(fields)) + ")"] * len(rows))
     sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES {placeholders} {conflict}"  # noqa: S608
     with connection.cursor() as cursor:

@@ -220,8 +220,7 @@ class ArtifactBatchView(ArtifactView):
         )
         body = {
             "artifacts": [
-                {"path": a.path, "size": a.blob.size, "sha256": a.blob.sha256}
-                for a in result.artifacts
+                {"path": a.path, "size": a.size, "sha256": a.sha256} for a in result.artifacts
             ]
         }
         return Response(

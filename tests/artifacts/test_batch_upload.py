@@ -10,7 +10,9 @@ import tarfile
 import pytest
 import zstandard
 
+from artifacts import batch, storage
 from artifacts.models import Artifact
+from devtools.factories import make_build, make_project
 from tokens import services as token_services
 from tokens.scopes import Scope
 
@@ -334,3 +336,70 @@ def test_directory_members_do_not_accumulate_in_memory(api, build, store):
     per_entry = (large - small) / 30_000
     # Remembering a TarInfo costs hundreds of bytes; a constant footprint costs ~0.
     assert per_entry < 50, f"{per_entry:.0f} bytes more per extra directory entry"
+
+
+def _writes(monkeypatch) -> list[int]:
+    """Counts the objects the batch opens for writing."""
+    opened = []
+    open_writer = storage.blob_writer_open
+
+    def counting():
+        opened.append(1)
+        return open_writer()
+
+    monkeypatch.setattr(storage, "blob_writer_open", counting)
+    return opened
+
+
+def test_files_the_project_already_holds_are_linked_without_being_written_again(
+    api, project, build, store, monkeypatch
+):
+    kept, changed = os.urandom(2000), os.urandom(2000)
+    assert post(api, build, files(("a", kept), ("b", b"old"))).status_code == 201
+    before = set(store.objects())
+    rebuild = make_build(project)
+    opened = _writes(monkeypatch)
+
+    body = files(("a", kept), ("b", changed), ("copy-of-a", kept), ("copy-of-b", changed))
+    response = post(api, rebuild, body)
+
+    assert response.status_code == 201, response.content
+    assert [a["sha256"] for a in response.json()["artifacts"]] == [
+        sha256(kept),
+        sha256(changed),
+        sha256(kept),
+        sha256(changed),
+    ]
+    assert len(opened) == 1  # only the new bytes, once
+    assert len(set(store.objects()) - before) == 1
+    for path, data in [("a", kept), ("copy-of-a", kept), ("b", changed), ("copy-of-b", changed)]:
+        assert download(api, rebuild.token, rebuild.build.pk, path).body == data
+
+
+def test_bytes_only_another_project_holds_are_received_as_new_and_stored_once(
+    api, build, store, monkeypatch
+):
+    data = os.urandom(2000)
+    elsewhere = make_build(make_project(slug="elsewhere"))
+    assert post(api, elsewhere, files(("a", data))).status_code == 201
+    before = store.objects()
+    opened = _writes(monkeypatch)
+
+    response = post(api, build, files(("a", data)))
+
+    assert response.status_code == 201
+    assert len(opened) == 1  # written, as if nobody held them (nothing else is observable)
+    assert store.objects() == before  # then found stored, and the copy dropped
+    assert download(api, build.token, build.build.pk, "a").body == data
+
+
+def test_more_small_files_than_one_group_are_all_stored(api, build, store, monkeypatch):
+    monkeypatch.setattr(batch, "_ROWS_PER_STATEMENT", 3)
+    pairs = [(f"f{i}", os.urandom(100)) for i in range(10)] + [("again", b"same"), ("a2", b"same")]
+
+    response = post(api, build, files(*pairs))
+
+    assert response.status_code == 201, response.content
+    assert len(store.objects()) == 11
+    for path, data in pairs:
+        assert download(api, build.token, build.build.pk, path).body == data
