@@ -4,8 +4,10 @@ of the same files, and how upload and listing times grow with the project's size
 - single PUTs: N files of 4 KiB, PUT one by one over keep-alive, on 1 and on 8 connections,
   to the app (gunicorn as `make run` serves it: gunicorn.conf.py when present, else 2 sync
   workers) and to nginx's WebDAV module (writes the body to disk, no hash, no database);
-- batch: the same N files as one tar stream to POST …/artifacts/batch, in files per second
-  against nginx's best per-file rate;
+- batch: N files as one tar stream to POST …/artifacts/batch, in files per second against
+  nginx's best per-file rate: new random bytes every round (the goal's figure), and the very
+  files the PUT rounds stored (what a CI re-run sends: members whose bytes the project already
+  holds are linked without being written again);
 - growth: the per-upload time and the time of a listing page (first and a late one) in a
   project (and build) of 10^3 and of 10^5 artifacts, rows seeded in bulk.
 
@@ -148,7 +150,29 @@ def run(args, work: Path, procs: list) -> None:
 
         return variant
 
-    def app_batch() -> float:
+    def fresh_batch() -> Path:
+        """A tar of args.files new random 4 KiB files: bytes no project holds yet (the batch
+        skips writing members whose bytes the project already stores)."""
+        path = work / f"fresh-{next(counter)}.tar"
+        with tarfile.open(path, "w") as tar:
+            for name in names:
+                info = tarfile.TarInfo(f"out/{name}")
+                info.size = SIZE
+                tar.addfile(info, io.BytesIO(os.urandom(SIZE)))
+        return path
+
+    def app_batch(fresh: bool):
+        def variant() -> float:
+            body = fresh_batch() if fresh else batch
+            try:
+                return post_batch(body)
+            finally:
+                if fresh:
+                    body.unlink()
+
+        return variant
+
+    def post_batch(body: Path) -> float:
         created = make_build(project)
         url = f"{app_url}/api/v1/builds/{created.build.pk}/artifacts/batch?prefix=out"
         start = time.perf_counter()
@@ -156,7 +180,7 @@ def run(args, work: Path, procs: list) -> None:
             "-X",
             "POST",
             "--data-binary",
-            f"@{batch}",
+            f"@{body}",
             "-H",
             f"Authorization: Bearer {created.token}",
             "-H",
@@ -174,7 +198,8 @@ def run(args, work: Path, procs: list) -> None:
         "nginx PUT, 1 connection": nginx_puts(1),
         "app PUT, 8 connections": app_puts(8),
         "nginx PUT, 8 connections": nginx_puts(8),
-        "app batch (one tar)": app_batch,
+        "app batch, new bytes (one tar)": app_batch(fresh=True),
+        "app batch, bytes the project holds": app_batch(fresh=False),
     }
     times = interleaved(variants, args.rounds)
     rates = {name: args.files / median(samples) for name, samples in times.items()}
@@ -182,11 +207,14 @@ def run(args, work: Path, procs: list) -> None:
     baseline = {
         "app PUT, 1 connection": rates["nginx PUT, 1 connection"],
         "app PUT, 8 connections": rates["nginx PUT, 8 connections"],
-        "app batch (one tar)": nginx_best,
+        "app batch, new bytes (one tar)": nginx_best,
+        "app batch, bytes the project holds": nginx_best,
     }
     table(
         f"{args.files} x 4 KiB on loopback, median of {args.rounds} interleaved rounds "
-        "(goals: 8 connections >= 0.1x nginx, batch >= 0.5x nginx's best per-file rate)",
+        "(goals: 8 connections >= 0.1x nginx, batch of new bytes >= 0.5x nginx's best per-file "
+        "rate; the batch of bytes the project already holds, as a CI re-run sends, is shown "
+        "for information)",
         ["variant", "files/s (median)", "vs nginx"],
         [
             [name, f"{rate:.0f}", f"{rate / baseline[name]:.3f}x" if name in baseline else ""]
