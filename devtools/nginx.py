@@ -91,6 +91,14 @@ def nginx_conf(
           default_type application/octet-stream;
           sendfile on;
           tcp_nopush on;
+          # Connections to the app are kept and reused: a new TCP connection per request cost
+          # gunicorn an accept and a hand-off to a thread on every signed link. Closed by nginx
+          # before gunicorn's keepalive (5 s, gunicorn.conf.py) would close them itself.
+          upstream artifactcourier {{
+            server 127.0.0.1:{upstream_port};
+            keepalive 16;
+            keepalive_timeout 4s;
+          }}
           server {{
             listen 127.0.0.1:{port};
             client_max_body_size 0;
@@ -102,17 +110,19 @@ def nginx_conf(
             f"""\
             location /dl/ {{
               error_log {prefix}/error.log crit;
-              proxy_pass http://127.0.0.1:{upstream_port};
+              proxy_pass http://artifactcourier;
               proxy_set_header Host $http_host;
               proxy_set_header X-Forwarded-For $remote_addr;
               proxy_http_version 1.1;
+              proxy_set_header Connection "";
             }}
             location / {{
-              proxy_pass http://127.0.0.1:{upstream_port};
+              proxy_pass http://artifactcourier;
               proxy_set_header Host $http_host;
               proxy_set_header X-Forwarded-For $remote_addr;
               proxy_request_buffering off;
               proxy_http_version 1.1;
+              proxy_set_header Connection "";
             }}
           }}
         }}
