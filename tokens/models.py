@@ -53,6 +53,70 @@ def _digest_lookup(connection) -> "_DigestLookup":
     return _DigestLookup.for_connection(connection.alias, connection.vendor)
 
 
+def key_dead_sql(q, alias: str) -> str:
+    """SQL: the key row ``alias`` is dead (revoked, or expired at the first ``%s``, now). The
+    one condition every ancestor check in SQL uses."""
+    revoked = q(ApiKey._meta.get_field("revoked_at").column)
+    expires = q(ApiKey._meta.get_field("expires_at").column)
+    return f"({alias}.{revoked} IS NOT NULL OR {alias}.{expires} <= %s)"
+
+
+def key_ancestor_ids_sql(q, alias: str) -> str:
+    """PostgreSQL: the ids listed in key row ``alias``'s ``lineage`` ('/3/17/', written once
+    when it was derived), as a bigint array; empty for a root key."""
+    lineage = q(ApiKey._meta.get_field("lineage").column)
+    return f"string_to_array(trim(both '/' from {alias}.{lineage}), '/')::bigint[]"
+
+
+class RowModels:
+    """Several models' columns selected side by side in one row (``sql``, each model under its
+    table alias), and such a row turned back into instances with the database converters the
+    ORM would apply, looked up once. A model whose primary key is NULL (a LEFT JOIN that found
+    nothing) comes back as None."""
+
+    def __init__(self, connection, parts) -> None:
+        """``parts``: ``[(model, alias), ...]`` in select order."""
+        q = connection.ops.quote_name
+        self.models = [model for model, _ in parts]
+        fields = [model._meta.concrete_fields for model in self.models]
+        self.sql = ", ".join(
+            f"{alias}.{q(field.column)}"
+            for (_, alias), model_fields in zip(parts, fields, strict=True)
+            for field in model_fields
+        )
+        self.attnames = [[f.attname for f in model_fields] for model_fields in fields]
+        self.width = sum(len(names) for names in self.attnames)
+        self.converters = []
+        for i, field in enumerate(f for model_fields in fields for f in model_fields):
+            expression = field.get_col(field.model._meta.db_table)
+            found = connection.ops.get_db_converters(expression)
+            found += expression.get_db_converters(connection)
+            if found:
+                self.converters.append((i, found, expression))
+
+    def decode(self, connection, row) -> list:
+        values = list(row[: self.width])
+        for i, converters, expression in self.converters:
+            for converter in converters:
+                values[i] = converter(values[i], expression, connection)
+        instances, start = [], 0
+        for model, attnames in zip(self.models, self.attnames, strict=True):
+            chunk = values[start : start + len(attnames)]
+            start += len(attnames)
+            present = chunk[0] is not None  # the primary key comes first
+            instances.append(model.from_db(connection.alias, attnames, chunk) if present else None)
+        return instances
+
+
+def key_attach(key: "ApiKey", build, project) -> "ApiKey":
+    """Give ``key`` the build and project loaded with it, so nothing fetches them again."""
+    key.project = project
+    if key.build_id is not None:
+        key.build = build
+        build.project = project
+    return key
+
+
 class _DigestLookup:
     """SQL and row decoding for "the key with this digest, its build and its project", prepared
     once.
@@ -65,97 +129,63 @@ class _DigestLookup:
 
     @classmethod
     @cache
-    def for_connection(cls, alias: str, vendor: str, by: str = "digest") -> "_DigestLookup":
-        return cls(connections[alias], by)
+    def for_connection(cls, alias: str, vendor: str) -> "_DigestLookup":
+        return cls(connections[alias])
 
-    def __init__(self, connection, by: str = "digest") -> None:
-        """``by``: the unique column the key is found by (``digest`` to authenticate, ``id``
-        for a signed link, which names its key)."""
+    def __init__(self, connection) -> None:
         q = connection.ops.quote_name
         meta = ApiKey._meta
         Build = meta.get_field("build").related_model
         Project = meta.get_field("project").related_model
-        self.key_fields = meta.concrete_fields
-        self.build_fields = Build._meta.concrete_fields
-        self.project_fields = Project._meta.concrete_fields
-        self.build_model, self.project_model = Build, Project
-        columns = [f"k.{q(f.column)}" for f in self.key_fields]
-        columns += [f"b.{q(f.column)}" for f in self.build_fields]
-        columns += [f"p.{q(f.column)}" for f in self.project_fields]
+        self.columns = RowModels(connection, [(ApiKey, "k"), (Build, "b"), (Project, "p")])
         build_id = q(meta.get_field("build").column)
         project_id = q(meta.get_field("project").column)
         table, pk = q(meta.db_table), q(meta.pk.column)
-        parent_id, by = q(meta.get_field("parent").column), q(meta.get_field(by).column)
-        revoked = q(meta.get_field("revoked_at").column)
-        expires = q(meta.get_field("expires_at").column)
+        parent_id, digest = q(meta.get_field("parent").column), q(meta.get_field("digest").column)
         joins = (
             f"FROM {table} k "
             f"INNER JOIN {q(Project._meta.db_table)} p ON p.{q(Project._meta.pk.column)} = "
             f"k.{project_id} "
             f"LEFT JOIN {q(Build._meta.db_table)} b ON b.{q(Build._meta.pk.column)} = k.{build_id} "
-            f"WHERE k.{by} = %s"
+            f"WHERE k.{digest} = %s"
         )
         if connection.vendor == "postgresql":
-            # The ancestors are the ids in ``lineage`` ('/3/17/', written once at derivation):
-            # one primary-key probe per ancestor, planned with the rest. Measured on the server,
-            # this executes in a fifth of the time of the recursive walk below (which evaluates
-            # the key lookup twice), and a root key skips it (one-time filter).
+            # The ancestors are the ids in ``lineage``: one primary-key probe per ancestor,
+            # planned with the rest. Measured on the server, this executes in a fifth of the
+            # time of the recursive walk below (which evaluates the key lookup twice), and a
+            # root key skips it (one-time filter).
             ancestors = (
                 f"SELECT COUNT(*) FROM {table} a WHERE k.{parent_id} IS NOT NULL "  # noqa: S608
-                f"AND a.{pk} = ANY(string_to_array(trim(both '/' from "
-                f"k.{q(meta.get_field('lineage').column)}), '/')::bigint[]) "
-                f"AND (a.{revoked} IS NOT NULL OR a.{expires} <= %s)"
+                f"AND a.{pk} = ANY({key_ancestor_ids_sql(q, 'k')}) AND {key_dead_sql(q, 'a')}"
             )
-            self.sql = f"SELECT {', '.join(columns)}, ({ancestors}) {joins}"
-            self.params = lambda now, value: [now, value]
+            self.sql = f"SELECT {self.columns.sql}, ({ancestors}) {joins}"
+            self.params = lambda now, digest: [now, digest]
         else:
             # The ancestors' state comes with the key in the same round trip: a recursive walk
             # up ``parent`` (primary-key lookups, at most KEY_DERIVE_MAX_DEPTH steps; empty for
             # a root key). SQLite has no array to split ``lineage`` into.
-            dead = f"CASE WHEN a.{revoked} IS NOT NULL OR a.{expires} <= %s THEN 1 ELSE 0 END"
+            dead = f"CASE WHEN {key_dead_sql(q, 'a')} THEN 1 ELSE 0 END"
             self.sql = (
                 f"WITH RECURSIVE chain(id, parent, dead) AS ("  # noqa: S608
                 f"SELECT a.{pk}, a.{parent_id}, {dead} FROM {table} a WHERE a.{pk} = "
-                f"(SELECT {parent_id} FROM {table} WHERE {by} = %s) "
+                f"(SELECT {parent_id} FROM {table} WHERE {digest} = %s) "
                 f"UNION ALL SELECT a.{pk}, a.{parent_id}, {dead} FROM {table} a "
                 f"INNER JOIN chain c ON a.{pk} = c.parent) "
-                f"SELECT {', '.join(columns)}, "
+                f"SELECT {self.columns.sql}, "
                 f"(SELECT COUNT(*) FROM chain WHERE chain.dead = 1) {joins}"
             )
-            self.params = lambda now, value: [now, value, now, value]
-        self.key_attnames = [f.attname for f in self.key_fields]
-        self.build_attnames = [f.attname for f in self.build_fields]
-        self.project_attnames = [f.attname for f in self.project_fields]
-        self.converters = []
-        fields = [*self.key_fields, *self.build_fields, *self.project_fields]
-        for i, field in enumerate(fields):
-            expression = field.get_col(field.model._meta.db_table)
-            found = connection.ops.get_db_converters(expression)
-            found += expression.get_db_converters(connection)
-            if found:
-                self.converters.append((i, found, expression))
+            self.params = lambda now, digest: [now, digest, now, digest]
 
-    def fetch(self, connection, value) -> "ApiKey | None":
+    def fetch(self, connection, digest: str) -> "ApiKey | None":
         """The key (``dead_ancestors`` set: how many of its ancestors are revoked or expired
         now), or None."""
         now = connection.ops.adapt_datetimefield_value(timezone.now())
         with _hot_cursor(connection) as cursor:
-            cursor.execute(self.sql, self.params(now, value))
+            cursor.execute(self.sql, self.params(now, digest))
             row = cursor.fetchone()
         if row is None:
             return None
-        values = list(row[:-1])
-        for i, converters, expression in self.converters:
-            for converter in converters:
-                values[i] = converter(values[i], expression, connection)
-        k, b = len(self.key_fields), len(self.key_fields) + len(self.build_fields)
-        key = ApiKey.from_db(connection.alias, self.key_attnames, values[:k])
-        key.project = self.project_model.from_db(
-            connection.alias, self.project_attnames, values[b:]
-        )
-        if key.build_id is not None:
-            key.build = self.build_model.from_db(connection.alias, self.build_attnames, values[k:b])
-            key.build.project = key.project
+        key = key_attach(*self.columns.decode(connection, row))
         key.dead_ancestors = row[-1]
         return key
 
@@ -175,12 +205,10 @@ class _DeadAncestorLookup:
     def __init__(self, connection, count: int) -> None:
         q = connection.ops.quote_name
         meta = ApiKey._meta
-        revoked = q(meta.get_field("revoked_at").column)
-        expires = q(meta.get_field("expires_at").column)
+        table = q(meta.db_table)
         self.sql = (
-            f"SELECT 1 FROM {q(meta.db_table)} WHERE {q(meta.pk.column)} IN "  # noqa: S608
-            f"({', '.join(['%s'] * count)}) AND ({revoked} IS NOT NULL OR {expires} <= %s) "
-            "LIMIT 1"
+            f"SELECT 1 FROM {table} WHERE {table}.{q(meta.pk.column)} IN "  # noqa: S608
+            f"({', '.join(['%s'] * count)}) AND {key_dead_sql(q, table)} LIMIT 1"
         )
 
     def any(self, connection, ids: list[int], now) -> bool:

@@ -19,7 +19,15 @@ from rest_framework.exceptions import ValidationError
 
 from ..access import path_allowed, path_prefix_validate, visible_build
 from ..errors import InvalidCredential, KeyForbidden
-from ..models import ApiKey, AuditEvent, _hot_cursor
+from ..models import (
+    ApiKey,
+    AuditEvent,
+    RowModels,
+    _hot_cursor,
+    key_ancestor_ids_sql,
+    key_attach,
+    key_dead_sql,
+)
 from ..scopes import Scope
 from .denials import audit_refusal
 from .minting import _create
@@ -165,18 +173,12 @@ class _LinkLookup:
         Project = meta.get_field("project").related_model
         Artifact = apps.get_model("artifacts", "Artifact")
         Blob = Artifact._meta.get_field("blob").related_model
-        self.models = [ApiKey, Build, Project, Artifact, Blob]
-        self.fields = [m._meta.concrete_fields for m in self.models]
-        aliases = ["k", "b", "p", "f", "bl"]
-        columns = [
-            f"{alias}.{q(field.column)}"
-            for alias, fields in zip(aliases, self.fields, strict=True)
-            for field in fields
-        ]
+        self.columns = RowModels(
+            connection, [(ApiKey, "k"), (Build, "b"), (Project, "p"), (Artifact, "f"), (Blob, "bl")]
+        )
+        columns = self.columns.sql
         table, pk = q(meta.db_table), q(meta.pk.column)
         parent_id = q(meta.get_field("parent").column)
-        revoked = q(meta.get_field("revoked_at").column)
-        expires = q(meta.get_field("expires_at").column)
         kind = q(meta.get_field("kind").column)
         artifact = Artifact._meta
         joins = (
@@ -194,17 +196,15 @@ class _LinkLookup:
         )
         if connection.vendor == "postgresql":
             # As tokens.models._DigestLookup on PostgreSQL: the ancestors are the ids listed in
-            # ``lineage`` ('/3/17/'), probed by primary key; a root key skips the probe.
-            lineage = q(meta.get_field("lineage").column)
+            # ``lineage``, probed by primary key; a root key skips the probe.
             self.sql = (
-                f"SELECT {', '.join(columns)}, chain.dead, chain.deploy "  # noqa: S608
+                f"SELECT {columns}, chain.dead, chain.deploy "  # noqa: S608
                 f"FROM {table} k {joins}"
                 f"LEFT JOIN LATERAL (SELECT "
-                f"COUNT(*) FILTER (WHERE a.{revoked} IS NOT NULL OR a.{expires} <= %s) AS dead, "
+                f"COUNT(*) FILTER (WHERE {key_dead_sql(q, 'a')}) AS dead, "
                 f"COUNT(*) FILTER (WHERE a.{kind} = %s) AS deploy FROM {table} a "
-                f"WHERE k.{parent_id} IS NOT NULL AND a.{pk} = ANY(string_to_array("
-                f"trim(both '/' from k.{lineage}), '/')::bigint[])) chain ON TRUE "
-                f"{artifact_joins}"
+                f"WHERE k.{parent_id} IS NOT NULL AND a.{pk} = ANY({key_ancestor_ids_sql(q, 'k')})"
+                f") chain ON TRUE {artifact_joins}"
             )
             self.params = lambda now, deploy, kid, build_id, path: [
                 *(now, deploy, build_id, path, kid)
@@ -212,7 +212,7 @@ class _LinkLookup:
         else:
             # SQLite has no array to split ``lineage`` into: a recursive walk up ``parent``
             # (primary-key lookups, at most KEY_DERIVE_MAX_DEPTH steps; empty for a root key).
-            dead = f"CASE WHEN a.{revoked} IS NOT NULL OR a.{expires} <= %s THEN 1 ELSE 0 END"
+            dead = f"CASE WHEN {key_dead_sql(q, 'a')} THEN 1 ELSE 0 END"
             deploy = f"CASE WHEN a.{kind} = %s THEN 1 ELSE 0 END"
             self.sql = (
                 f"WITH RECURSIVE chain(id, parent, dead, deploy) AS ("  # noqa: S608
@@ -220,7 +220,7 @@ class _LinkLookup:
                 f"(SELECT {parent_id} FROM {table} WHERE {pk} = %s) "
                 f"UNION ALL SELECT a.{pk}, a.{parent_id}, {dead}, {deploy} FROM {table} a "
                 f"INNER JOIN chain c ON a.{pk} = c.parent) "
-                f"SELECT {', '.join(columns)}, "
+                f"SELECT {columns}, "
                 f"(SELECT COUNT(*) FROM chain WHERE chain.dead = 1), "
                 f"(SELECT COUNT(*) FROM chain WHERE chain.deploy = 1) "
                 f"FROM {table} k {joins}{artifact_joins}"
@@ -229,14 +229,6 @@ class _LinkLookup:
                 *(now, deploy, kid),
                 *(now, deploy, build_id, path, kid),
             ]
-        self.converters = []
-        for i, field in enumerate(f for fields in self.fields for f in fields):
-            expression = field.get_col(field.model._meta.db_table)
-            found = connection.ops.get_db_converters(expression)
-            found += expression.get_db_converters(connection)
-            if found:
-                self.converters.append((i, found, expression))
-        self.attnames = [[f.attname for f in fields] for fields in self.fields]
 
     def fetch(self, connection, *, kid: int, build_id: int, path: str | None):
         """(key, artifact or None), or None when no key has this id. The key carries its
@@ -248,21 +240,8 @@ class _LinkLookup:
             row = cursor.fetchone()
         if row is None:
             return None
-        values = list(row[:-2])
-        for i, converters, expression in self.converters:
-            for converter in converters:
-                values[i] = converter(values[i], expression, connection)
-        parts, start = [], 0
-        for model, attnames in zip(self.models, self.attnames, strict=True):
-            chunk = values[start : start + len(attnames)]
-            start += len(attnames)
-            present = chunk[0] is not None  # the primary key: NULL when a LEFT JOIN missed
-            parts.append(model.from_db(connection.alias, attnames, chunk) if present else None)
-        key, build, project, artifact, blob = parts
-        key.project = project
-        if key.build_id is not None:
-            key.build = build
-            build.project = project
+        key, build, project, artifact, blob = self.columns.decode(connection, row)
+        key_attach(key, build, project)
         key.dead_ancestors, key.deploy_ancestors = row[-2], row[-1]
         if artifact is not None:
             artifact.blob = blob
