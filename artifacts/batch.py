@@ -18,6 +18,7 @@ import logging
 import tarfile
 import zlib
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -41,12 +42,11 @@ from .errors import (
     InvalidArchive,
     InvalidArtifactPath,
     QuotaExceeded,
-    StorageFull,
 )
 from .models import Artifact, Blob
 from .paths import artifact_path_clean
 from .services import blob_discard_unlinked
-from .transfer import _STORAGE_FULL, body_idle_timeout, body_stalled
+from .transfer import blob_write, body_idle_timeout, body_stalled
 
 logger = logging.getLogger(__name__)
 
@@ -435,11 +435,24 @@ def _read_all(archive: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
     return data
 
 
+@contextmanager
+def _staged():
+    """A blob writer, aborted (its staged object removed) if anything fails before commit."""
+    writer = storage.blob_writer_open()
+    try:
+        yield writer
+    except BaseException:
+        try:
+            writer.abort()
+        except Exception:
+            logger.exception("could not discard a staged member")
+        raise
+
+
 def _store_member(archive: tarfile.TarFile, member: tarfile.TarInfo, path: str) -> StoredMember:
     source = archive.extractfile(member)
     digest = hashlib.sha256()
-    writer = storage.blob_writer_open()
-    try:
+    with _staged() as writer:
         remaining = member.size
         while remaining:
             data = source.read(min(_CHUNK, remaining))
@@ -447,39 +460,16 @@ def _store_member(archive: tarfile.TarFile, member: tarfile.TarInfo, path: str) 
                 raise InvalidArchive(f"Member {member.name!r} ends early.")
             remaining -= len(data)
             digest.update(data)
-            try:
-                writer.write(data)
-            except OSError as exc:
-                if exc.errno in _STORAGE_FULL:
-                    raise StorageFull() from exc
-                raise
+            blob_write(writer, data)
         sha256 = digest.hexdigest()
         name = writer.commit(sha256=sha256)
-    except BaseException:
-        try:
-            writer.abort()
-        except Exception:
-            logger.exception("could not discard a staged member")
-        raise
     return StoredMember(path=path, size=member.size, sha256=sha256, name=name)
 
 
 def _store_bytes(data: bytes, sha256: str) -> str:
-    writer = storage.blob_writer_open()
-    try:
-        try:
-            writer.write(data)
-        except OSError as exc:
-            if exc.errno in _STORAGE_FULL:
-                raise StorageFull() from exc
-            raise
+    with _staged() as writer:
+        blob_write(writer, data)
         return writer.commit(sha256=sha256)
-    except BaseException:
-        try:
-            writer.abort()
-        except Exception:
-            logger.exception("could not discard a staged member")
-        raise
 
 
 def _drain(body: _Body) -> None:

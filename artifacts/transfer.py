@@ -143,6 +143,17 @@ def body_stalled(stream, size: int) -> BodyStalled:
     )
 
 
+def blob_write(writer: BlobWriter, data) -> None:
+    """``writer.write(data)``, a full disk or quota raised as StorageFull (507): the server's
+    condition, said as such, not a 500."""
+    try:
+        writer.write(data)
+    except OSError as exc:
+        if exc.errno in _STORAGE_FULL:
+            raise StorageFull() from exc
+        raise
+
+
 def body_receive(
     *, stream, writer: BlobWriter, content_length: int | None, limit: int, limit_reason: str
 ) -> Received:
@@ -183,12 +194,7 @@ def _receive(stream, writer: BlobWriter, content_length, limit, limit_reason) ->
             if size > limit:
                 raise QuotaExceeded(limit_reason)
             digest.update(chunk)
-            try:
-                writer.write(chunk)
-            except OSError as exc:
-                if exc.errno in _STORAGE_FULL:
-                    raise StorageFull() from exc
-                raise
+            blob_write(writer, chunk)
     if content_length is not None and size < content_length:
         raise IncompleteBody(
             f"The request body ended after {size} of {content_length} bytes; nothing was stored."
