@@ -11,6 +11,7 @@ import shlex
 import time
 from datetime import UTC, datetime
 from itertools import groupby
+from urllib.parse import urlsplit, urlunsplit
 
 from django.conf import settings
 from django.http import HttpResponse, JsonResponse
@@ -289,13 +290,20 @@ def _human_size(size: int) -> str:
     return f"{size} B"  # pragma: no cover
 
 
+def _path_absolute(url: str) -> str:
+    """``url`` without its scheme and host: its path and query."""
+    parts = urlsplit(url)
+    return urlunsplit(("", "", parts.path, parts.query, ""))
+
+
 def _page_context(body: dict, build: Build) -> dict:
     files = [
         {
             **item,
             "name": posixpath.basename(item["path"]),
-            # Relative in the page: it works on whatever host the page was opened through.
-            "href": item["url"].removeprefix(settings.PUBLIC_BASE_URL),
+            # Path-absolute in the page: it works on whatever host the page was opened through,
+            # and keeps PUBLIC_BASE_URL's own path (a service mounted under /courier/).
+            "href": _path_absolute(item["url"]),
             "human_size": _human_size(item["size"]),
             "curl": f"curl -fLo {shlex.quote(posixpath.basename(item['path']))} "
             f"{shlex.quote(item['url'])}",

@@ -1,5 +1,7 @@
 """Sharing through the HTTP API and the signed /dl/ links it hands out (in-process client)."""
 
+import html
+import re
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import pytest
@@ -250,6 +252,22 @@ def test_the_share_page_is_html_for_browsers_with_a_tight_policy(api, stocked):
     for item in body["artifacts"]:
         assert item["sha256"] in text
     assert "sha256sum -c" in text and "<script" not in text
+
+
+def test_the_share_pages_links_keep_a_base_url_path(api, stocked, settings):
+    """Served under a path (a proxy maps https://ci.example/courier/ to the app's /): the page's
+    links keep that path, and each works once the proxy has stripped it again."""
+    settings.PUBLIC_BASE_URL = "https://ci.example/courier"
+    body = share(api, stocked.token, stocked.build.pk, expires_in=60).json()
+    assert body["url"].startswith("https://ci.example/courier/dl/builds/")
+    page = fetch(body["url"].replace("/courier", "", 1), HTTP_ACCEPT="text/html")
+    assert page.status_code == 200
+    hrefs = re.findall(r'<a href="([^"]+)"', page.body.decode())
+    expected = [urlsplit(a["url"]) for a in body["artifacts"]]
+    assert [html.unescape(h) for h in hrefs] == [f"{u.path}?{u.query}" for u in expected]
+    for href, item in zip(hrefs, body["artifacts"], strict=True):
+        got = fetch(html.unescape(href).removeprefix("/courier"))
+        assert got.status_code == 200 and got.body == FILES[item["path"]]
 
 
 def test_other_methods_are_refused(api, stocked):
