@@ -204,10 +204,14 @@ class FileSystemBlobWriter(BlobWriter):
 
 
 class S3BlobWriter(BlobWriter):
-    """A multipart upload; parts are buffered to ``ARTIFACT_S3_PART_SIZE`` (S3 needs >= 5 MiB).
+    """An object written in one PutObject if it is smaller than ``ARTIFACT_S3_PART_SIZE``, else
+    as a multipart upload of parts of that size (S3 needs >= 5 MiB per part but the last).
+    Most artifacts are small: one request each instead of three (create, part, complete), and
+    nothing to abort when an upload fails before its first part.
 
-    The object key is final from the start (S3 cannot rename), but an object only exists once
-    the multipart upload is completed; an aborted one leaves nothing.
+    The object key is final from the start (S3 cannot rename), but the object only exists once
+    the PutObject, or the multipart upload's completion, has succeeded; an aborted one leaves
+    nothing.
     """
 
     def __init__(self, storage) -> None:
@@ -220,14 +224,16 @@ class S3BlobWriter(BlobWriter):
         self.buffer = bytearray()
         self.parts: list[dict] = []
         self.upload_id = None
-        with s3_errors(self.storage):
-            self.upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key)[
-                "UploadId"
-            ]
+        # A store known to be down refuses the upload before its body is read.
+        _breaker(storage).check()
 
     def _flush(self) -> None:
-        number = len(self.parts) + 1
         with s3_errors(self.storage):
+            if self.upload_id is None:
+                self.upload_id = self.client.create_multipart_upload(
+                    Bucket=self.bucket, Key=self.key
+                )["UploadId"]
+            number = len(self.parts) + 1
             response = self.client.upload_part(
                 Bucket=self.bucket,
                 Key=self.key,
@@ -244,7 +250,12 @@ class S3BlobWriter(BlobWriter):
             self._flush()
 
     def commit(self, *, sha256: str) -> str:
-        if self.buffer or not self.parts:
+        if not self.parts:  # smaller than a part: one request
+            with s3_errors(self.storage):
+                self.client.put_object(Bucket=self.bucket, Key=self.key, Body=bytes(self.buffer))
+            self.buffer = bytearray()
+            return self.name
+        if self.buffer:
             self._flush()
         with s3_errors(self.storage):
             self.client.complete_multipart_upload(

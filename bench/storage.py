@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import boto3
 
 from bench.common import table
-from devtools.faults import FaultyS3, is_complete_multipart
+from devtools.faults import FaultyS3, is_object_completion
 from devtools.servers import free_port, stop, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -179,7 +179,7 @@ def probe_while(app: App, busy: threading.Event, *, builds: bool) -> tuple[list,
 
 def scenario_slow_complete(app: App, proxy: FaultyS3, slow: bool) -> list:
     def rule(method: str, path: str):
-        return SLOW_COMPLETE if slow and is_complete_multipart(method, path) else None
+        return SLOW_COMPLETE if slow and is_object_completion(method, path) else None
 
     proxy.rule = rule
     build = app.build_for_scenario()

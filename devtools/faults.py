@@ -18,9 +18,13 @@ from urllib.parse import urlsplit
 Rule = Callable[[str, str], object]
 
 
-def is_complete_multipart(method: str, path: str) -> bool:
-    """CompleteMultipartUpload: ``POST /bucket/key?uploadId=...``."""
-    return method == "POST" and "uploadId=" in path
+def is_object_completion(method: str, path: str) -> bool:
+    """The call that makes an uploaded object exist: CompleteMultipartUpload
+    (``POST /bucket/key?uploadId=...``) for a large one, PutObject (``PUT /bucket/blobs/...``,
+    not a part) for one smaller than a part."""
+    if method == "POST" and "uploadId=" in path:
+        return True
+    return method == "PUT" and "/blobs/" in path and "uploadId=" not in path
 
 
 class FaultyS3:

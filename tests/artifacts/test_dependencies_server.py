@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import pytest
 from django.db import connection
 
-from devtools.faults import FaultyS3, is_complete_multipart
+from devtools.faults import FaultyS3, is_object_completion
 from devtools.servers import manage, start_gunicorn, stop
 
 from .conftest import Store
@@ -213,7 +213,7 @@ def test_while_s3_completes_an_upload_the_project_keeps_being_served(live_s3):
     the same project must not wait for it (they would, were a row lock held across the call)."""
     first = live_s3.build_create()
     data = os.urandom(6 * MiB)
-    live_s3.proxy.rule = hold_first(is_complete_multipart)
+    live_s3.proxy.rule = hold_first(is_object_completion)
     thread, result = in_thread(
         live_s3.request,
         "PUT",
@@ -223,7 +223,7 @@ def test_while_s3_completes_an_upload_the_project_keeps_being_served(live_s3):
         60,
     )
     try:
-        assert live_s3.proxy.held.wait(30), "the upload never reached CompleteMultipartUpload"
+        assert live_s3.proxy.held.wait(30), "the upload never reached its completing call"
         # S3 is still completing the first upload. A bounded wait: a blocked request fails here.
         second = live_s3.build_create(timeout=10)
         status, body = live_s3.request(
@@ -245,6 +245,28 @@ def test_while_s3_completes_an_upload_the_project_keeps_being_served(live_s3):
 
 
 # --- 3. A dropped database connection is reconnected ------------------------------------------
+
+
+def test_a_small_artifact_is_one_request_to_s3_and_a_large_one_a_multipart_upload(live_s3):
+    """Below ARTIFACT_S3_PART_SIZE (5 MiB here) an upload is one PutObject; above it, a
+    multipart upload of parts of at least that size. Both read back whole."""
+    build = live_s3.build_create()
+    token = build["key"]["token"]
+    small, large = os.urandom(100_000), os.urandom(11 * MiB)
+    calls = live_s3.proxy.calls
+    before = len(calls)
+    assert live_s3.request("PUT", artifact_path(build["id"], "small.bin"), token, small)[0] == 201
+    small_calls = [(m, p.split("?", 1)[-1] if "?" in p else "") for m, p in calls[before:]]
+    assert small_calls == [("PUT", "")], small_calls  # PutObject, nothing else
+    before = len(calls)
+    assert live_s3.request("PUT", artifact_path(build["id"], "large.bin"), token, large)[0] == 201
+    made = calls[before:]
+    assert made[0][0] == "POST" and made[0][1].endswith("?uploads"), made  # create
+    assert all(m == "PUT" and "partNumber=" in p for m, p in made[1:-1]) and len(made) >= 4, made
+    assert made[-1][0] == "POST" and "uploadId=" in made[-1][1], made  # complete
+    for path, data in [("small.bin", small), ("large.bin", large)]:
+        status, body = live_s3.request("GET", artifact_path(build["id"], path), token)
+        assert status == 200 and body == data
 
 
 def test_database_connections_dropped_by_the_server_are_replaced_not_reported(live_fs):
@@ -368,7 +390,7 @@ def test_what_a_killed_server_leaves_in_the_bucket_is_removed_by_the_retention_t
 
     # One upload is killed while S3 completes it (the object appears, no row ever names it),
     # another mid-body (its multipart upload stays open).
-    live_s3.proxy.rule = hold_first(is_complete_multipart)
+    live_s3.proxy.rule = hold_first(is_object_completion)
     thread, _ = in_thread(
         live_s3.request, "PUT", artifact_path(build["id"], "a.bin"), token, os.urandom(MiB), 60
     )
