@@ -59,6 +59,11 @@ class _Breaker:
                 # succeeds (closing the breaker) or fails (reopening it).
                 self.open_until = now + settings.AWS_S3_BREAKER_SECONDS
 
+    def refusing(self) -> bool:
+        """Open: calls are refused now. Unlike check(), never takes the half-open probe."""
+        with self.lock:
+            return time.monotonic() < self.open_until
+
     def failed(self) -> None:
         threshold = settings.AWS_S3_BREAKER_FAILURES
         if threshold <= 0:
@@ -224,8 +229,10 @@ class S3BlobWriter(BlobWriter):
         self.buffer = bytearray()
         self.parts: list[dict] = []
         self.upload_id = None
-        # A store known to be down refuses the upload before its body is read.
-        _breaker(storage).check()
+        # A store known to be down refuses the upload before its body is read (without taking
+        # the half-open probe: the upload's first request to the store is that probe).
+        if _breaker(storage).refusing():
+            raise DependencyUnavailable()
 
     def _flush(self) -> None:
         with s3_errors(self.storage):
@@ -296,6 +303,11 @@ def blob_writer_open() -> BlobWriter:
         f"Artifact storage {type(storage).__name__} is not supported: use FileSystemStorage or "
         "django-storages' S3Storage."
     )
+
+
+def blob_storage_local() -> bool:
+    """Blobs are files on this machine's disk (not objects in a remote store)."""
+    return isinstance(blob_storage(), FileSystemStorage)
 
 
 def blob_local_path(name: str) -> str | None:

@@ -5,6 +5,7 @@ answers the calls a test picks (devtools/faults.py)."""
 
 import os
 import re
+import time
 from datetime import timedelta
 
 import pytest
@@ -85,6 +86,28 @@ def test_after_repeated_failures_a_dead_store_is_not_called_until_the_breaker_co
     assert_unavailable(download(api, build.token, build.build.pk, "kept.bin"))
     assert_unavailable(upload(api, build.token, build.build.pk, "new.bin", b"new"))
     assert len(faulty_s3.calls) == calls
+
+
+def test_once_the_breaker_has_cooled_down_an_upload_probes_the_store_and_closes_it(
+    api, build, faulty_s3, settings
+):
+    """Half-open: the first call after the cool-down goes to the store; an upload of a small
+    file is that call (its one PutObject), and its success closes the breaker."""
+    settings.AWS_S3_BREAKER_FAILURES = 2
+    settings.AWS_S3_BREAKER_SECONDS = 1
+    assert upload(api, build.token, build.build.pk, "kept.bin", b"kept").status_code == 201
+    faulty_s3.rule = lambda method, path: "drop"
+    for _ in range(2):
+        assert_unavailable(download(api, build.token, build.build.pk, "kept.bin"))
+    faulty_s3.rule = lambda method, path: None  # the store is back, the breaker does not know
+    calls = len(faulty_s3.calls)
+    assert_unavailable(upload(api, build.token, build.build.pk, "early.bin", b"early"))
+    assert len(faulty_s3.calls) == calls  # refused before the body was stored anywhere
+    time.sleep(1.1)
+    assert upload(api, build.token, build.build.pk, "probe.bin", b"probe").status_code == 201
+    assert len(faulty_s3.calls) == calls + 1
+    assert download(api, build.token, build.build.pk, "kept.bin").body == b"kept"
+    assert download(api, build.token, build.build.pk, "probe.bin").body == b"probe"
 
 
 def test_a_store_refusing_connections_is_a_503_with_retry_after(api, build, settings, s3_server):
