@@ -515,6 +515,9 @@ BUILD_ARTIFACTS_MAX_FILES = env_int("BUILD_ARTIFACTS_MAX_FILES", 100_000)
 # A batch upload (tar stream) may expand to at most this many bytes per byte of request body
 # (compressed archives only): past it, the archive is taken for a decompression bomb (413).
 ARTIFACT_BATCH_MAX_EXPANSION = env_int("ARTIFACT_BATCH_MAX_EXPANSION", 200)
+# S3 only: threads per process writing a batch's small members to the store at once (each a
+# request that waits on the network), shared by every batch the process serves.
+ARTIFACT_BATCH_S3_WRITERS = env_int("ARTIFACT_BATCH_S3_WRITERS", 8)
 # Downstream status reports: distinct contexts one build may hold.
 STATUS_CONTEXTS_PER_BUILD = env_int("STATUS_CONTEXTS_PER_BUILD", 100)
 # Reports kept per context (the latest ones); older ones are dropped as new ones arrive, so a

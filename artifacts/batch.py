@@ -15,9 +15,12 @@ quota), and decompressed bytes are bounded by a ratio to the compressed bytes re
 import hashlib
 import io
 import logging
+import os
 import tarfile
+import threading
 import zlib
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -334,8 +337,7 @@ def _receive(
         archive = tarfile.open(fileobj=reader, mode="r|")  # noqa: SIM115 (closed by `with` below)
     except tarfile.TarError as exc:
         raise InvalidArchive(f"The body is not a tar archive ({exc}).") from exc
-    small = _SmallMembers(project_id=build.project_id)
-    with archive:
+    with _SmallMembers(project_id=build.project_id) as small, archive:
         while True:
             expanded.in_headers, expanded.metadata = True, 0
             try:
@@ -379,11 +381,10 @@ def _receive(
                 small.add(stored, data)
             else:
                 members.append(_store_member(archive, member, path))
-    if expected_sha256 is not None:
-        _drain(body)
-        if body.digest.hexdigest() != expected_sha256:
-            raise ChecksumMismatch("The body's SHA-256 does not match X-Checksum-Sha256.")
-    small.flush()
+        if expected_sha256 is not None:
+            _drain(body)
+            if body.digest.hexdigest() != expected_sha256:
+                raise ChecksumMismatch("The body's SHA-256 does not match X-Checksum-Sha256.")
     return manifest
 
 
@@ -401,6 +402,22 @@ class _SmallMembers:
         self.pending: list[tuple[StoredMember, bytes]] = []
         self.size = 0
         self.stored: set[str] = set()  # digests written, or held by the project
+        self.writing: list[tuple[StoredMember, Future]] = []
+
+    def __enter__(self) -> "_SmallMembers":
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if kind is None:
+            self.flush()
+            self.wait()
+            return
+        # No write may still be running (or unnamed) when the caller deletes what the batch
+        # wrote; the error that stopped the batch is the one reported.
+        try:
+            self.wait()
+        except Exception:
+            logger.exception("a batch member's write failed after the batch had failed")
 
     def add(self, member: StoredMember, data: bytes) -> None:
         self.pending.append((member, data))
@@ -409,8 +426,12 @@ class _SmallMembers:
             self.flush()
 
     def flush(self) -> None:
+        """Store the pending group. On S3 its objects are written by a few threads at once
+        while the archive is read on; the group before it must be written first, so at most
+        two groups' bytes are held at once."""
         if not self.pending:
             return
+        self.wait()
         digests = {m.sha256 for m, _ in self.pending} - self.stored
         held = Artifact.objects.filter(blob_id=OuterRef("pk"), build__project_id=self.project_id)
         if digests:
@@ -419,12 +440,51 @@ class _SmallMembers:
                 .filter(Exists(held))
                 .values_list("sha256", flat=True)
             )
+        writers = None if storage.blob_storage_local() else _writers()
         for member, data in self.pending:
-            if member.sha256 not in self.stored:
+            if member.sha256 in self.stored:
+                continue
+            self.stored.add(member.sha256)
+            if writers is None:
                 member.name = _store_bytes(data, member.sha256)
-                self.stored.add(member.sha256)
+            else:
+                self.writing.append((member, writers.submit(_store_bytes, data, member.sha256)))
         self.pending.clear()
         self.size = 0
+
+    def wait(self) -> None:
+        """Every write sent has finished and its object is named on its member (so a failure
+        deletes it with the rest). The first error is raised once none is left running."""
+        error = None
+        for member, future in self.writing:
+            try:
+                member.name = future.result()
+            except BaseException as exc:
+                error = error or exc
+        self.writing.clear()
+        if error is not None:
+            raise error
+
+
+# A batch's small objects go to S3 from a few threads at once: each is a request that spends
+# its time waiting on the network, with the GIL released. (Local files are written inline:
+# threads made a local batch slower, the GIL handed back and forth for every file.) One pool
+# per process, shared by the batches it serves at once: it also bounds how many requests a
+# process makes to the store at a time.
+_writer_pool: tuple[int, ThreadPoolExecutor] | None = None
+_writer_pool_lock = threading.Lock()
+
+
+def _writers() -> ThreadPoolExecutor:
+    global _writer_pool
+    with _writer_pool_lock:
+        # A pool's threads do not survive a fork: a child process makes its own.
+        if _writer_pool is None or _writer_pool[0] != os.getpid():
+            pool = ThreadPoolExecutor(
+                max_workers=settings.ARTIFACT_BATCH_S3_WRITERS, thread_name_prefix="batch-writer"
+            )
+            _writer_pool = (os.getpid(), pool)
+        return _writer_pool[1]
 
 
 def _read_all(archive: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:

@@ -1,0 +1,104 @@
+"""Batch uploads to S3: small members are written by several threads at once. Every file
+arrives, a store failing midway is a 503 that leaves nothing in the bucket, and no write is
+still running when the batch answers."""
+
+import os
+import threading
+import time
+
+import pytest
+from botocore.config import Config
+
+from artifacts import batch
+from artifacts.models import Artifact
+from devtools.faults import FaultyS3
+
+from .conftest import Store, download, sha256
+from .test_batch_upload import files, post
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def s3_store(s3_server, settings):
+    """A fresh bucket reached through a FaultyS3 proxy; the proxy as ``store.proxy``."""
+    bucket = f"batch-{os.urandom(6).hex()}"
+    store = Store("s3", endpoint=s3_server, bucket=bucket)
+    store.client().create_bucket(Bucket=bucket)
+    with FaultyS3(s3_server, max_wait=10) as proxy:
+        options = Store("s3", endpoint=proxy.url, bucket=bucket).storage_options()
+        options["OPTIONS"]["client_config"] = Config(
+            connect_timeout=1, read_timeout=2, retries={"total_max_attempts": 1, "mode": "standard"}
+        )
+        settings.STORAGES = {**settings.STORAGES, "default": options}
+        settings.AWS_S3_BREAKER_FAILURES = 0  # every call goes to the store
+        store.proxy = proxy
+        yield store
+
+
+def puts(store) -> list[str]:
+    return [path for method, path in store.proxy.calls if method == "PUT"]
+
+
+def test_many_small_files_arrive_whole_each_in_one_request(api, build, s3_store, monkeypatch):
+    monkeypatch.setattr(batch, "_ROWS_PER_STATEMENT", 7)  # several groups in flight in turn
+    pairs = [(f"dir/f{i:02}.bin", os.urandom(1000 + i)) for i in range(40)]
+    pairs += [("dir/same-1", b"same"), ("dir/same-2", b"same")]
+
+    response = post(api, build, files(*pairs))
+
+    assert response.status_code == 201, response.content
+    listed = {a["path"]: a["sha256"] for a in response.json()["artifacts"]}
+    assert listed == {path: sha256(data) for path, data in pairs}
+    assert len(s3_store.objects()) == 41  # the same bytes twice are one object
+    assert len(puts(s3_store)) == 41  # one PutObject each, no multipart upload
+    assert s3_store.pending_uploads() == []
+    for path, data in pairs:
+        assert download(api, build.token, build.build.pk, path).body == data
+
+
+def test_a_store_failing_midway_is_a_503_and_leaves_nothing_in_the_bucket(
+    api, build, s3_store, monkeypatch
+):
+    monkeypatch.setattr(batch, "_ROWS_PER_STATEMENT", 5)
+    seen = 0
+    lock = threading.Lock()
+
+    def slow_eleventh_failing_twelfth(method: str, path: str):
+        nonlocal seen
+        if method != "PUT":
+            return None
+        with lock:
+            seen += 1
+            return {11: 1.0, 12: "drop"}.get(seen)
+
+    s3_store.proxy.rule = slow_eleventh_failing_twelfth
+    pairs = [(f"f{i:02}", os.urandom(500)) for i in range(30)]
+
+    response = post(api, build, files(*pairs))
+
+    assert response.status_code == 503, response.content
+    assert response.json()["code"] == "unavailable"
+    s3_store.proxy.rule = lambda method, path: None
+    assert not Artifact.objects.filter(build=build.build).exists()
+    assert s3_store.objects() == []  # every object written before the failure was deleted
+    time.sleep(1.2)  # a write still running after the answer would show up now
+    assert s3_store.objects() == []
+
+
+def test_a_body_checksum_mismatch_after_objects_were_written_leaves_nothing(
+    api, build, s3_store, monkeypatch
+):
+    monkeypatch.setattr(batch, "_ROWS_PER_STATEMENT", 4)
+    # Slow writes: a group is still being written when the mismatch is found.
+    s3_store.proxy.rule = lambda method, path: 0.3 if method == "PUT" else None
+    body = files(*[(f"f{i}", os.urandom(300)) for i in range(20)])
+
+    response = post(api, build, body, headers={"X-Checksum-Sha256": "0" * 64})
+
+    assert response.status_code == 400, response.content
+    assert len(puts(s3_store)) >= 4  # groups had been written while the archive was read
+    assert s3_store.objects() == []
+    time.sleep(0.6)
+    assert s3_store.objects() == []
+    assert not Artifact.objects.filter(build=build.build).exists()
