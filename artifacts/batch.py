@@ -488,8 +488,14 @@ def _writers() -> ThreadPoolExecutor:
 
 
 def _read_all(archive: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
-    source = archive.extractfile(member)
-    data = source.read(member.size)
+    # A plain member's bytes follow its header in the stream: read them straight from it
+    # (tarfile then skips the padding itself). extractfile() builds a buffered file object per
+    # member, a tenth of a small file's time in a batch.
+    stream = archive.fileobj
+    if not member.issparse() and stream.tell() == member.offset_data:
+        data = stream.read(member.size)
+    else:
+        data = archive.extractfile(member).read(member.size)
     if len(data) != member.size:
         raise InvalidArchive(f"Member {member.name!r} ends early.")
     return data
