@@ -3,7 +3,8 @@ of the same files, and how upload and listing times grow with the project's size
 
 - single PUTs: N files of 4 KiB, PUT one by one over keep-alive, on 1 and on 8 connections,
   to the app (gunicorn as `make run` serves it: gunicorn.conf.py when present, else 2 sync
-  workers) and to nginx's WebDAV module (writes the body to disk, no hash, no database);
+  workers), to nginx's WebDAV module (writes the body to disk, no hash, no database), and to
+  the floor: the same gunicorn serving bench/floor.py, which only reads the body;
 - batch: N files as one tar stream to POST …/artifacts/batch, in files per second against
   nginx's best per-file rate: new random bytes every round (the goal's figure), and the very
   files the PUT rounds stored (what a CI re-run sends: members whose bytes the project already
@@ -127,6 +128,10 @@ def run(args, work: Path, procs: list) -> None:
         options = ["-c", str(ROOT / "gunicorn.conf.py"), *options]
     app, app_port = start_gunicorn(env, *options)
     procs.append(app)
+    # The same server with an app that only reads the body: the floor of any upload here.
+    floor, floor_port = start_gunicorn(env, *options, app="bench.floor:application")
+    procs.append(floor)
+    floor_url = f"http://127.0.0.1:{floor_port}"
     nginx, nginx_port = start_nginx(nginx_binary(), work, Path(settings.ARTIFACT_ROOT))
     procs.append(nginx)
     app_url, nginx_url = f"http://127.0.0.1:{app_port}", f"http://127.0.0.1:{nginx_port}"
@@ -140,6 +145,13 @@ def run(args, work: Path, procs: list) -> None:
             transfers = [(str(files / n), base + n) for n in names]
             auth = [f"Authorization: Bearer {created.token}"]
             return curl_many(transfers, auth, connections)
+
+        return variant
+
+    def floor_puts(connections: int):
+        def variant() -> float:
+            base = f"{floor_url}/r{next(counter)}/"
+            return curl_many([(str(files / n), base + n) for n in names], [], connections)
 
         return variant
 
@@ -196,8 +208,10 @@ def run(args, work: Path, procs: list) -> None:
     variants = {
         "app PUT, 1 connection": app_puts(1),
         "nginx PUT, 1 connection": nginx_puts(1),
+        "floor PUT, 1 connection": floor_puts(1),
         "app PUT, 8 connections": app_puts(8),
         "nginx PUT, 8 connections": nginx_puts(8),
+        "floor PUT, 8 connections": floor_puts(8),
         "app batch, new bytes (one tar)": app_batch(fresh=True),
         "app batch, bytes the project holds": app_batch(fresh=False),
     }
@@ -206,7 +220,9 @@ def run(args, work: Path, procs: list) -> None:
     nginx_best = max(rates["nginx PUT, 1 connection"], rates["nginx PUT, 8 connections"])
     baseline = {
         "app PUT, 1 connection": rates["nginx PUT, 1 connection"],
+        "floor PUT, 1 connection": rates["nginx PUT, 1 connection"],
         "app PUT, 8 connections": rates["nginx PUT, 8 connections"],
+        "floor PUT, 8 connections": rates["nginx PUT, 8 connections"],
         "app batch, new bytes (one tar)": nginx_best,
         "app batch, bytes the project holds": nginx_best,
     }
@@ -214,7 +230,7 @@ def run(args, work: Path, procs: list) -> None:
         f"{args.files} x 4 KiB on loopback, median of {args.rounds} interleaved rounds "
         "(goals: 8 connections >= 0.1x nginx, batch of new bytes >= 0.5x nginx's best per-file "
         "rate; the batch of bytes the project already holds, as a CI re-run sends, is shown "
-        "for information)",
+        "for information; 'floor' is the same gunicorn serving an app that only reads the body)",
         ["variant", "files/s (median)", "vs nginx"],
         [
             [name, f"{rate:.0f}", f"{rate / baseline[name]:.3f}x" if name in baseline else ""]

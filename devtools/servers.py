@@ -51,7 +51,11 @@ def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
 
 
 def start_gunicorn(
-    env: dict, *options: str, quiet: bool = True, preexec_fn=None
+    env: dict,
+    *options: str,
+    quiet: bool = True,
+    preexec_fn=None,
+    app: str = "artifactcourier.wsgi:application",
 ) -> tuple[subprocess.Popen, int]:
     """The app under gunicorn with the repository's configuration (gunicorn.conf.py), in one
     process unless ``options`` say otherwise, on a free loopback port, once it accepts
@@ -64,7 +68,7 @@ def start_gunicorn(
             "gunicorn",
             "--config",
             str(ROOT / "gunicorn.conf.py"),
-            "artifactcourier.wsgi:application",
+            app,
             "--bind",
             f"127.0.0.1:{port}",
             "--workers",
