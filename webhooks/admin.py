@@ -153,10 +153,13 @@ class SubscriptionAdmin(admin.ModelAdmin):
     @admin.action(description="Rotate the signing secret (old one signs too for a grace period)")
     def rotate_secret(self, request, queryset):
         for subscription in queryset:
-            secret = services.subscription_rotate_secret(subscription=subscription)
+            rotated = services.subscription_rotate_secret(subscription=subscription)
+            until = rotated.previous_secret_expires_at
             self.message_user(
                 request,
-                f"New signing secret for #{subscription.pk} (shown once): {secret}",
+                f"New signing secret for #{subscription.pk} (shown once): "
+                f"{rotated.signing_secret} (the one it replaces signs too until "
+                f"{until:%Y-%m-%d %H:%M:%S} UTC)",
                 messages.WARNING,
             )
 
