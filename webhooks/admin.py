@@ -90,6 +90,7 @@ class SubscriptionAdmin(admin.ModelAdmin):
         "disabled_reason",
         "disabled_at",
         "consecutive_failures",
+        "previous_secrets_signing",
         "basic_auth_username",
         "sigv4_access_key_id",
         "sigv4_region",
@@ -114,6 +115,15 @@ class SubscriptionAdmin(admin.ModelAdmin):
     @admin.display(description="state")
     def state(self, obj) -> str:
         return "active" if obj.active else f"disabled: {obj.disabled_reason}"
+
+    @admin.display(description="superseded secrets still signing")
+    def previous_secrets_signing(self, obj) -> str:
+        # Only how many and until when: the secrets themselves are never shown.
+        previous = services._previous_secrets(obj, timezone.now())
+        if not previous:
+            return "none"
+        until = ", ".join(f"{expires_at:%Y-%m-%d %H:%M:%S} UTC" for _, expires_at in previous)
+        return f"{len(previous)}, until {until}"
 
     def save_model(self, request, obj, form, change):
         if change:

@@ -87,3 +87,31 @@ def test_reencrypt_command_moves_superseded_secrets_too(api, manager_token, sett
     assert [e["expires_at"] for e in after] == [e["expires_at"] for e in before]
     assert [crypto.decrypt(e["secret_encrypted"]) for e in after] == secrets[1::-1]
     assert _signing_secrets(subscription, timezone.now()) == secrets[::-1]
+
+
+def test_admin_rotates_and_shows_until_when_old_secrets_sign_never_them(api, manager_token, staff):
+    created = subscribe(api, manager_token, "https://ci.example/h").json()
+    subscription = Subscription.objects.get()
+    change = f"/admin/webhooks/subscription/{subscription.pk}/change/"
+    assert "superseded secrets still signing:" in staff.get(change).content.decode().lower()
+
+    page = act(staff, "subscription", "rotate_secret", [subscription.pk])
+    assert page.status_code == 200
+    (message,) = [str(m) for m in page.context["messages"]]
+    new = Subscription.objects.get()
+    assert crypto.decrypt(new.secret_encrypted) in message
+    assert "signs too until" in message
+    page = act(staff, "subscription", "rotate_secret", [subscription.pk])
+    (message,) = [str(m) for m in page.context["messages"]]
+    newest = crypto.decrypt(Subscription.objects.get().secret_encrypted)
+    assert newest in message
+    # Both superseded secrets (the first one and the admin's first) still sign.
+    signing = _signing_secrets(Subscription.objects.get(), timezone.now())
+    assert signing[0] == newest
+    assert signing[2] == created["signing_secret"]
+
+    shown = staff.get(change).content.decode()
+    assert "2, until" in shown
+    for secret in signing:
+        assert secret not in shown
+        assert secret.removeprefix("whsec_") not in shown
