@@ -486,8 +486,12 @@ WEBHOOK_RETRY_AFTER_MAX_SECONDS = env_int("WEBHOOK_RETRY_AFTER_MAX_SECONDS", 360
 WEBHOOK_DISABLE_AFTER_FAILED_DELIVERIES = env_int("WEBHOOK_DISABLE_AFTER_FAILED_DELIVERIES", 3)
 # Pre-signed links in a payload expire this long after the attempt that carries them.
 WEBHOOK_LINK_EXPIRES_SECONDS = env_int("WEBHOOK_LINK_EXPIRES_SECONDS", 24 * 3600)
-# After rotate-secret, the previous signing secret keeps signing (a second signature) this long.
+# After rotate-secret, the superseded signing secret keeps signing (one more signature) this long,
+# however many rotations follow within that time.
 WEBHOOK_SECRET_ROTATION_GRACE_SECONDS = env_int("WEBHOOK_SECRET_ROTATION_GRACE_SECONDS", 86400)
+# At most this many superseded secrets sign alongside the current one; beyond it the oldest stops
+# signing before its grace ends (bounds the webhook-signature header and the row). 0: none.
+WEBHOOK_SECRET_PREVIOUS_MAX = env_int("WEBHOOK_SECRET_PREVIOUS_MAX", 5)
 # A send task is killed after this (connect + read + minting); an attempt holds its delivery
 # (a lease) a little longer, so a second run of the task never sends alongside the first.
 WEBHOOK_TASK_TIME_LIMIT = int(WEBHOOK_CONNECT_TIMEOUT + WEBHOOK_READ_TIMEOUT + 10)

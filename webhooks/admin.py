@@ -90,6 +90,7 @@ class SubscriptionAdmin(admin.ModelAdmin):
         "disabled_reason",
         "disabled_at",
         "consecutive_failures",
+        "previous_secrets_signing",
         "basic_auth_username",
         "sigv4_access_key_id",
         "sigv4_region",
@@ -114,6 +115,15 @@ class SubscriptionAdmin(admin.ModelAdmin):
     @admin.display(description="state")
     def state(self, obj) -> str:
         return "active" if obj.active else f"disabled: {obj.disabled_reason}"
+
+    @admin.display(description="superseded secrets still signing")
+    def previous_secrets_signing(self, obj) -> str:
+        # Only how many and until when: the secrets themselves are never shown.
+        previous = services._previous_secrets(obj, timezone.now())
+        if not previous:
+            return "none"
+        until = ", ".join(f"{expires_at:%Y-%m-%d %H:%M:%S} UTC" for _, expires_at in previous)
+        return f"{len(previous)}, until {until}"
 
     def save_model(self, request, obj, form, change):
         if change:
@@ -153,10 +163,13 @@ class SubscriptionAdmin(admin.ModelAdmin):
     @admin.action(description="Rotate the signing secret (old one signs too for a grace period)")
     def rotate_secret(self, request, queryset):
         for subscription in queryset:
-            secret = services.subscription_rotate_secret(subscription=subscription)
+            rotated = services.subscription_rotate_secret(subscription=subscription)
+            until = rotated.previous_secret_expires_at
             self.message_user(
                 request,
-                f"New signing secret for #{subscription.pk} (shown once): {secret}",
+                f"New signing secret for #{subscription.pk} (shown once): "
+                f"{rotated.signing_secret} (the one it replaces signs too until "
+                f"{until:%Y-%m-%d %H:%M:%S} UTC)",
                 messages.WARNING,
             )
 

@@ -48,8 +48,14 @@ class Subscription(models.Model):
         default=0, help_text="Deliveries in a row that exhausted their retries."
     )
     secret_encrypted = models.TextField(editable=False)
-    previous_secret_encrypted = models.TextField(blank=True, editable=False)
-    previous_secret_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
+    previous_secrets = models.JSONField(
+        default=list,
+        blank=True,
+        editable=False,
+        help_text="Superseded signing secrets that still sign until their own grace ends, newest "
+        'first: [{"secret_encrypted": ..., "expires_at": ISO 8601}], at most '
+        "WEBHOOK_SECRET_PREVIOUS_MAX (webhooks/services.py).",
+    )
     basic_auth_username = models.CharField(max_length=200, blank=True)
     basic_auth_password_encrypted = models.TextField(blank=True, editable=False)
     sigv4_access_key_id = models.CharField(max_length=128, blank=True)

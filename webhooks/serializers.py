@@ -72,7 +72,9 @@ class SubscriptionCreatedSerializer(SubscriptionSerializer):
 
 class SigningSecretSerializer(serializers.Serializer):
     signing_secret = serializers.CharField()
-    previous_secret_expires_at = serializers.DateTimeField()
+    previous_secret_expires_at = serializers.DateTimeField(
+        help_text="When the secret just superseded stops signing (earlier ones keep their own)."
+    )
 
 
 class DeliveryAttemptSerializer(serializers.ModelSerializer):

@@ -91,25 +91,50 @@ def subscription_create(
     return CreatedSubscription(subscription, secret)
 
 
+@dataclass(frozen=True)
+class RotatedSecret:
+    signing_secret: str  # shown once
+    previous_secret_expires_at: datetime  # when the secret just superseded stops signing
+
+
+def _previous_max() -> int:
+    return max(0, settings.WEBHOOK_SECRET_PREVIOUS_MAX)
+
+
+def _previous_secrets(subscription: Subscription, now: datetime) -> list[tuple[str, datetime]]:
+    """The superseded secrets whose grace has not ended, newest first: (encrypted, expires_at).
+
+    At most WEBHOOK_SECRET_PREVIOUS_MAX, also when the setting was lowered since they were kept."""
+    found = []
+    for entry in subscription.previous_secrets:
+        expires_at = datetime.fromisoformat(entry["expires_at"])
+        if expires_at > now:
+            found.append((entry["secret_encrypted"], expires_at))
+    return found[: _previous_max()]
+
+
 @transaction.atomic
-def subscription_rotate_secret(*, subscription: Subscription) -> str:
+def subscription_rotate_secret(*, subscription: Subscription) -> RotatedSecret:
     """A new signing secret (returned once); the current one keeps signing alongside it for
     WEBHOOK_SECRET_ROTATION_GRACE_SECONDS, so receivers can switch without missing a delivery
-    (Standard Webhooks allows several space-separated signatures)."""
+    (Standard Webhooks allows several space-separated signatures).
+
+    Every superseded secret signs until its own grace ends, however many rotations follow;
+    expired ones are dropped here. At most WEBHOOK_SECRET_PREVIOUS_MAX are kept (the header and
+    the row stay bounded): beyond that the oldest stops signing before its grace ends."""
     subscription = Subscription.objects.select_for_update().get(pk=subscription.pk)
     secret = crypto.signing_secret_generate()
-    grace = timedelta(seconds=settings.WEBHOOK_SECRET_ROTATION_GRACE_SECONDS)
-    subscription.previous_secret_encrypted = subscription.secret_encrypted
-    subscription.previous_secret_expires_at = timezone.now() + grace
+    now = timezone.now()
+    expires_at = now + timedelta(seconds=settings.WEBHOOK_SECRET_ROTATION_GRACE_SECONDS)
+    kept = [(subscription.secret_encrypted, expires_at), *_previous_secrets(subscription, now)]
+    kept = kept[: _previous_max()]
+    subscription.previous_secrets = [
+        {"secret_encrypted": encrypted, "expires_at": _iso(expires)} for encrypted, expires in kept
+    ]
     subscription.secret_encrypted = crypto.encrypt(secret)
-    subscription.save(
-        update_fields=[
-            "previous_secret_encrypted",
-            "previous_secret_expires_at",
-            "secret_encrypted",
-        ]
-    )
-    return secret
+    subscription.save(update_fields=["previous_secrets", "secret_encrypted"])
+    # With WEBHOOK_SECRET_PREVIOUS_MAX = 0 the superseded secret stops signing at once.
+    return RotatedSecret(secret, expires_at if kept else now)
 
 
 def _delivery_keys_revoke(*, subscription: Subscription, reason: str, actor: str) -> None:
@@ -338,11 +363,9 @@ def payload_build(*, delivery: Delivery, now: datetime) -> dict:
 
 
 def _signing_secrets(subscription: Subscription, now: datetime) -> list[str]:
-    found = [crypto.decrypt(subscription.secret_encrypted)]
-    expires = subscription.previous_secret_expires_at
-    if subscription.previous_secret_encrypted and expires and expires > now:
-        found.append(crypto.decrypt(subscription.previous_secret_encrypted))
-    return found
+    """The current secret, then the superseded ones still within their grace, newest first."""
+    current = crypto.decrypt(subscription.secret_encrypted)
+    return [current, *(crypto.decrypt(e) for e, _ in _previous_secrets(subscription, now))]
 
 
 def request_build(*, delivery: Delivery, now: datetime) -> tuple[dict, bytes]:

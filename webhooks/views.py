@@ -83,11 +83,10 @@ class WebhookRotateSecretView(_ManageWebhooks):
     @extend_schema(request=None, responses={201: SigningSecretSerializer})
     def post(self, request, project_slug: str, subscription_id: int):
         subscription = self.subscription(project_slug, subscription_id)
-        secret = services.subscription_rotate_secret(subscription=subscription)
-        subscription.refresh_from_db()
+        rotated = services.subscription_rotate_secret(subscription=subscription)
         body = {
-            "signing_secret": secret,
-            "previous_secret_expires_at": subscription.previous_secret_expires_at,
+            "signing_secret": rotated.signing_secret,
+            "previous_secret_expires_at": rotated.previous_secret_expires_at,
         }
         return Response(SigningSecretSerializer(body).data, status=status.HTTP_201_CREATED)
 

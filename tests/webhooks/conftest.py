@@ -1,9 +1,12 @@
+from datetime import timedelta
+
 import pytest
+from django.utils import timezone
 
 from devtools.factories import make_project_key
 from devtools.receivers import Answer, Receiver
 from tokens.scopes import Scope
-from webhooks.models import Delivery
+from webhooks.models import Delivery, Subscription
 from webhooks.services import delivery_attempt
 
 
@@ -50,3 +53,19 @@ def attempt_all(limit: int = 20) -> int:
         for pk in due:
             made += delivery_attempt(delivery_id=pk) is not None
     return made
+
+
+def rotate(api, token, subscription_id, slug="app") -> dict:
+    response = api.as_key(token).post(
+        f"/api/v1/projects/{slug}/webhooks/{subscription_id}/rotate-secret"
+    )
+    assert response.status_code == 201
+    return response.json()
+
+
+def previous_expire(subscription_id: int, index: int) -> None:
+    """End the grace of the ``index``-th superseded secret (newest first), as if time had passed."""
+    subscription = Subscription.objects.get(pk=subscription_id)
+    ended = timezone.now() - timedelta(seconds=1)
+    subscription.previous_secrets[index]["expires_at"] = ended.isoformat()
+    subscription.save(update_fields=["previous_secrets"])

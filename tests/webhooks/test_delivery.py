@@ -20,7 +20,7 @@ from tokens.models import AuditEvent
 from webhooks.models import Delivery, Subscription
 from webhooks.services import _lease_take, delivery_attempt, ping_send
 
-from .conftest import attempt_all, subscribe
+from .conftest import attempt_all, previous_expire, subscribe
 
 pytestmark = pytest.mark.django_db
 
@@ -68,7 +68,7 @@ def test_during_rotation_both_secrets_verify_and_after_the_grace_only_the_new(
         assert len(request.headers["webhook-signature"].split(" ")) == 2
         verified(created["signing_secret"], request)  # receivers not yet switched
         verified(new, request)  # receivers already switched
-    Subscription.objects.update(previous_secret_expires_at=timezone.now() - timedelta(seconds=1))
+    previous_expire(subscription.pk, 0)
     ping_send(subscription=subscription)
     attempt_all()
     last = receiver.received[-1]

@@ -6,7 +6,6 @@ from webhooks.models import Subscription
 
 ENCRYPTED = [
     "secret_encrypted",
-    "previous_secret_encrypted",
     "basic_auth_password_encrypted",
     "sigv4_secret_encrypted",
 ]
@@ -21,9 +20,16 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         count = 0
         with transaction.atomic():
-            for subscription in Subscription.objects.select_for_update().only("pk", *ENCRYPTED):
+            rows = Subscription.objects.select_for_update().only(
+                "pk", "previous_secrets", *ENCRYPTED
+            )
+            for subscription in rows:
                 for field in ENCRYPTED:
                     setattr(subscription, field, crypto.reencrypt(getattr(subscription, field)))
-                subscription.save(update_fields=ENCRYPTED)
+                subscription.previous_secrets = [
+                    {**entry, "secret_encrypted": crypto.reencrypt(entry["secret_encrypted"])}
+                    for entry in subscription.previous_secrets
+                ]
+                subscription.save(update_fields=["previous_secrets", *ENCRYPTED])
                 count += 1
         self.stdout.write(f"Re-encrypted the secrets of {count} subscription(s).")
