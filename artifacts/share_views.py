@@ -310,9 +310,12 @@ def _page_context(body: dict, build: Build) -> dict:
         }
         for item in body["artifacts"]
     ]
+    # Grouped by directory, not in path order: that puts "dist/sub/b" between "dist/a" and
+    # "dist/z", which would split dist/ in two.
+    by_directory = sorted(files, key=lambda f: (posixpath.dirname(f["path"]), f["path"]))
     directories = [
         {"name": directory or "(top level)", "files": list(group)}
-        for directory, group in groupby(files, key=lambda f: posixpath.dirname(f["path"]))
+        for directory, group in groupby(by_directory, key=lambda f: posixpath.dirname(f["path"]))
     ]
     for directory in directories:
         directory["count"] = len(directory["files"])

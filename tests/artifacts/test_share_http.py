@@ -254,6 +254,23 @@ def test_the_share_page_is_html_for_browsers_with_a_tight_policy(api, stocked):
     assert "sha256sum -c" in text and "<script" not in text
 
 
+def test_the_share_page_lists_each_directory_once(api, build):
+    """Path order puts a subdirectory's files between its parent's ("dist/a", "dist/sub/b",
+    "dist/z"): the page still groups each directory's files under one heading."""
+    paths = ["dist/a.txt", "dist/sub/b.txt", "dist/z.txt", "dist-x/c.txt", "top.txt"]
+    for path in paths:
+        assert upload(api, build.token, build.build.pk, path, path.encode()).status_code == 201
+    body = share(api, build.token, build.build.pk, expires_in=60).json()
+    page = fetch(body["url"], HTTP_ACCEPT="text/html").body.decode()
+    headings = re.findall(r'<tr class="dir"><th colspan="2">([^<]*?)/ <small>', page)
+    assert (
+        sorted(headings) == sorted(set(headings)) == ["(top level)", "dist", "dist-x", "dist/sub"]
+    )
+    for heading, names in [("dist", ["a.txt", "z.txt"]), ("dist/sub", ["b.txt"])]:
+        section = page.split(f'<th colspan="2">{heading}/ <small>', 1)[1].split("</tbody>", 1)[0]
+        assert re.findall(r'rel="noreferrer nofollow">([^<]*)</a>', section) == names
+
+
 def test_the_share_pages_links_keep_a_base_url_path(api, stocked, settings):
     """Served under a path (a proxy maps https://ci.example/courier/ to the app's /): the page's
     links keep that path, and each works once the proxy has stripped it again."""
