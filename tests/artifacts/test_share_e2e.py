@@ -148,6 +148,7 @@ DECIDED = [
     ({"Range": "bytes=abc"}, 200, PAYLOAD),
     ({"Range": "bytes=-"}, 200, PAYLOAD),
     ({"Range": "bytes=1-" + "9" * 30}, 206, PAYLOAD[1:]),
+    ({"If-None-Match": '"another"', "Range": "bytes=0-9"}, 206, PAYLOAD[:10]),
     ({"If-Match": f'"{SHA}"'}, 200, PAYLOAD),
     ({"If-Match": "*"}, 200, PAYLOAD),
     ({"If-Match": f'"{SHA}"', "Range": "bytes=0-9"}, 206, PAYLOAD[:10]),
