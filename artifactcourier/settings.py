@@ -392,6 +392,13 @@ AUDIT_DETAIL_MAX_CHARS = env_int("AUDIT_DETAIL_MAX_CHARS", 512)
 SHARE_SIGNING_SECRETS = env_list("SHARE_SIGNING_SECRETS") or [
     hashlib.sha256(f"share-signing:{SECRET_KEY}".encode()).hexdigest()
 ]
+# Every link is an offline test of a guess (its message is in the URL): a deployment refuses a
+# short secret as it refuses a short SECRET_KEY, still listed or not (any listed one verifies).
+if not EMBEDDED and any(len(secret) < 32 for secret in SHARE_SIGNING_SECRETS):
+    raise ImproperlyConfigured(
+        "SHARE_SIGNING_SECRETS holds a secret too weak for a deployment: use at least 32 random "
+        "characters for each."
+    )
 # A share's links live this long unless the request says otherwise, and at most SHARE_MAX_SECONDS
 # (never beyond the sharer's own expiry).
 SHARE_DEFAULT_SECONDS = env_int("SHARE_DEFAULT_SECONDS", 3600)

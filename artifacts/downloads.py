@@ -58,12 +58,40 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, min(end, size - 1)
 
 
-def _etag_matches(header: str, etag: str) -> bool:
-    """Weak comparison (RFC 9110 §13.1.2): If-None-Match compares opaque tags, ignoring W/."""
+def _etag_matches(header: str, etag: str, *, weak: bool = True) -> bool:
+    """Does an If-None-Match (weak comparison, W/ ignored) or If-Match (strong: a W/ tag never
+    matches) list name ``etag``? RFC 9110 §13.1.1, §13.1.2; ``*`` names any representation."""
     if header.strip() == "*":
         return True
     tags = (tag.strip() for tag in header.split(","))
-    return any(tag.removeprefix("W/") == etag for tag in tags)
+    return any((tag.removeprefix("W/") if weak else tag) == etag for tag in tags)
+
+
+def precondition_status(request, etag: str) -> int | None:
+    """412 or 304 if a precondition decides the answer, else None (RFC 9110 §13.2.2, GET/HEAD).
+
+    If-Match is evaluated (412 unless it names this representation). If-Unmodified-Since and
+    If-Modified-Since are ignored, as §13.1.3-4 require of a resource that has no modification
+    date: artifacts are identified by their ETag (the SHA-256), and no Last-Modified is sent.
+    """
+    if_match = request.headers.get("If-Match")
+    if if_match is not None and not _etag_matches(if_match, etag, weak=False):
+        return 412
+    if_none_match = request.headers.get("If-None-Match")
+    if if_none_match and _etag_matches(if_none_match, etag):
+        return 304
+    return None
+
+
+def requested_range(request, etag: str, size: int) -> tuple[int, int] | None:
+    """The one byte range to answer with (start, end inclusive), or None for the whole
+    representation: Range as ``byte_range`` reads it, unless If-Range names another
+    representation (RFC 9110 §13.1.5: strong comparison; a date never matches, having no
+    Last-Modified). Raises RangeNotSatisfiable."""
+    if_range = request.headers.get("If-Range")
+    if if_range is not None and if_range.strip() != etag:
+        return None
+    return byte_range(request.headers.get("Range"), size)
 
 
 def _representation_headers(response: HttpResponse, artifact: Artifact, etag: str) -> None:
@@ -81,28 +109,36 @@ def _representation_headers(response: HttpResponse, artifact: Artifact, etag: st
     response["Cache-Control"] = "private, no-cache"
 
 
+# Preconditions nginx and S3 would judge against validators of their own (the file's mtime and
+# no ETag; S3's ETag and Last-Modified), not ours: requests with these are answered by the app.
+_JUDGED_ELSEWHERE = ("If-Match", "If-Unmodified-Since")
+
+
+def handed_on(request) -> bool:
+    """May another server (nginx, S3) send the bytes of this request's answer? Only for a GET
+    whose preconditions it would judge as the app does."""
+    return request.method == "GET" and not any(
+        name in request.headers for name in _JUDGED_ELSEWHERE
+    )
+
+
 def artifact_response(request, artifact: Artifact, *, redirect: bool = True) -> HttpResponse:
     blob = artifact.blob
     etag = f'"{blob.sha256}"'
-    if_none_match = request.headers.get("If-None-Match")
-    if if_none_match and _etag_matches(if_none_match, etag):
-        response = HttpResponse(status=304)
+    if decided := precondition_status(request, etag):
+        response = HttpResponse(status=decided)
         _representation_headers(response, artifact, etag)
         return response
 
-    range_header = request.headers.get("Range")
-    if_range = request.headers.get("If-Range")
-    if if_range is not None and if_range.strip() != etag:
-        range_header = None  # the client's copy is stale: send it all (RFC 9110 §13.1.5)
     try:
-        requested = byte_range(range_header, blob.size)
+        requested = requested_range(request, etag, blob.size)
     except RangeNotSatisfiable:
         response = HttpResponse(status=416)
         response["Content-Range"] = f"bytes */{blob.size}"
         _representation_headers(response, artifact, etag)
         return response
 
-    if redirect and settings.ARTIFACT_S3_REDIRECT and request.method == "GET":
+    if redirect and settings.ARTIFACT_S3_REDIRECT and handed_on(request):
         url = storage.blob_presigned_url(
             blob.storage_name,
             filename=posixpath.basename(artifact.path),
@@ -136,25 +172,32 @@ def artifact_response(request, artifact: Artifact, *, redirect: bool = True) -> 
 # --- Signed links (/dl/): one set of headers, three ways to move the bytes --------------------
 #
 # SHARE_SERVE_MODE picks who sends the bytes: the app ("direct"), nginx from disk after an
-# X-Accel-Redirect ("x-accel"), or S3 after a 302 to a pre-signed URL ("s3"). Conditional
-# requests (If-None-Match) and unsatisfiable ranges are answered by the app in every mode, so
-# the answer does not depend on the mode.
+# X-Accel-Redirect ("x-accel"), or S3 after a 302 to a pre-signed URL ("s3"). Preconditions
+# (If-Match, If-None-Match), If-Range and ranges are decided by the app in every mode, so the
+# answer does not depend on the mode: nginx sends the whole file or the one range decided, and
+# what nginx or S3 would judge differently never reaches them (``handed_on``).
 
 # Types a browser may show inline: they cannot run script. Everything else (HTML, SVG, XML,
 # PDF, ...) is a download (Content-Disposition: attachment).
 INLINE_SAFE_TYPES = frozenset({"text/plain", "image/png", "image/jpeg", "image/gif", "image/webp"})
+# A Content-Type shown inline names one type and at most a charset, nothing a browser could read
+# as something else: browsers take a comma-separated list's last type ("text/plain; x=y,
+# text/html" is HTML to them), and the uploader chooses the artifact's Content-Type.
+_INLINE_CONTENT_TYPE = re.compile(
+    r"(?P<type>[a-z]+/[a-z.+-]+)\s*(?:;\s*charset=[a-z0-9._:-]{1,40}\s*)?", re.IGNORECASE
+)
 
 
-def _media_type(content_type: str) -> str:
-    return content_type.split(";", 1)[0].strip().lower()
+def _shown_inline(content_type: str) -> bool:
+    found = _INLINE_CONTENT_TYPE.fullmatch(content_type.strip())
+    return found is not None and found["type"].lower() in INLINE_SAFE_TYPES
 
 
 def signed_headers(response: HttpResponse, artifact: Artifact) -> HttpResponse:
     """The headers every signed-link answer carries, on top of the artifact API's own."""
     _representation_headers(response, artifact, f'"{artifact.blob.sha256}"')
-    inline = _media_type(artifact.content_type) in INLINE_SAFE_TYPES
     response["Content-Disposition"] = content_disposition_header(
-        not inline, posixpath.basename(artifact.path)
+        not _shown_inline(artifact.content_type), posixpath.basename(artifact.path)
     )
     response["Referrer-Policy"] = "no-referrer"
     response["X-Robots-Tag"] = "noindex, nofollow"
@@ -162,15 +205,23 @@ def signed_headers(response: HttpResponse, artifact: Artifact) -> HttpResponse:
     return response
 
 
-def _x_accel_response(request, artifact: Artifact) -> HttpResponse:
+# A Range header nginx reads exactly as ``byte_range`` does: one range, lower-case unit, no
+# space, no number long enough to overflow nginx's off_t (it answers 416 where we cap).
+_CANONICAL_RANGE = re.compile(r"bytes=(?:[0-9]{1,18}-[0-9]{0,18}|-[0-9]{1,18})")
+
+
+def _x_accel_response(request, artifact: Artifact, requested) -> HttpResponse | None:
     """Hand the file to nginx: an ``internal`` location under SHARE_X_ACCEL_LOCATION aliases the
-    artifact root. A stale If-Range asks for the whole file, so it goes to the location's
-    ``full/`` twin, where nginx serves no ranges (``max_ranges 0``)."""
+    artifact root. nginx only carries out what the app decided: the whole file goes to the
+    location's ``full/`` twin, where nginx serves no ranges (``max_ranges 0``) whatever the
+    request's Range says; one range goes to the ranged location, and only when the request
+    spells it so that nginx reads the same bytes. None: the app answers itself."""
     blob = artifact.blob
     location = settings.SHARE_X_ACCEL_LOCATION.rstrip("/")
-    if_range = request.headers.get("If-Range")
-    if if_range is not None and if_range.strip() != f'"{blob.sha256}"':
+    if requested is None:
         location += "/full"
+    elif not _CANONICAL_RANGE.fullmatch(request.headers.get("Range", "")):
+        return None
     response = HttpResponse(content_type=artifact.content_type)
     # storage names are "blobs/ab/<sha256>.<hex>": nothing to escape.
     response["X-Accel-Redirect"] = f"{location}/{blob.storage_name}"
@@ -187,28 +238,28 @@ def _s3_response(request, artifact: Artifact) -> HttpResponse | None:
 
 
 def signed_artifact_response(request, artifact: Artifact) -> HttpResponse:
-    """Answer a verified signed link for ``artifact`` in the configured serving mode."""
+    """Answer a verified signed link for ``artifact`` in the configured serving mode.
+
+    Preconditions and ranges are decided here, in every mode, so the answer does not depend on
+    the mode: nginx is told exactly what to send, and a request nginx or S3 would judge by
+    validators of their own (If-Match, If-Unmodified-Since) is answered by the app."""
     blob = artifact.blob
     etag = f'"{blob.sha256}"'
-    if_none_match = request.headers.get("If-None-Match")
-    if if_none_match and _etag_matches(if_none_match, etag):
-        return signed_headers(HttpResponse(status=304), artifact)
+    if decided := precondition_status(request, etag):
+        return signed_headers(HttpResponse(status=decided), artifact)
+    try:
+        requested = requested_range(request, etag, blob.size)
+    except RangeNotSatisfiable:
+        response = HttpResponse(status=416)
+        response["Content-Range"] = f"bytes */{blob.size}"
+        return signed_headers(response, artifact)
     mode = settings.SHARE_SERVE_MODE
-    if request.method == "GET" and mode != "direct":
-        try:
-            ranged = request.headers.get("Range")
-            if request.headers.get("If-Range", etag).strip() != etag:
-                ranged = None
-            byte_range(ranged, blob.size)
-        except RangeNotSatisfiable:
-            response = HttpResponse(status=416)
-            response["Content-Range"] = f"bytes */{blob.size}"
-            return signed_headers(response, artifact)
-        if mode == "x-accel" and storage.blob_local_path(blob.storage_name):
-            response = signed_headers(_x_accel_response(request, artifact), artifact)
-            del response["Accept-Ranges"]  # nginx sends its own: it serves the ranges
-            return response
-        if mode == "s3" and (response := _s3_response(request, artifact)) is not None:
-            return signed_headers(response, artifact)
+    response = None
+    if handed_on(request) and mode == "x-accel" and storage.blob_local_path(blob.storage_name):
+        response = _x_accel_response(request, artifact, requested)
+    elif handed_on(request) and mode == "s3":
+        response = _s3_response(request, artifact)
+    if response is not None:
+        return signed_headers(response, artifact)
     response = artifact_response(request, artifact, redirect=False)
     return signed_headers(response, artifact)

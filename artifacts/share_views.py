@@ -310,21 +310,29 @@ def _page_context(body: dict, build: Build) -> dict:
         }
         for item in body["artifacts"]
     ]
+    # Grouped by directory, not in path order: that puts "dist/sub/b" between "dist/a" and
+    # "dist/z", which would split dist/ in two.
+    by_directory = sorted(files, key=lambda f: (posixpath.dirname(f["path"]), f["path"]))
     directories = [
         {"name": directory or "(top level)", "files": list(group)}
-        for directory, group in groupby(files, key=lambda f: posixpath.dirname(f["path"]))
+        for directory, group in groupby(by_directory, key=lambda f: posixpath.dirname(f["path"]))
     ]
     for directory in directories:
         directory["count"] = len(directory["files"])
         directory["human_size"] = _human_size(sum(f["size"] for f in directory["files"]))
     fetch_all = ""
+    fetch_dir = f"{build.project.slug}-{build.number}"
     if files:
         # One command: every file into its path (directories created), then sha256sum -c
-        # against the checksums this page lists.
+        # against the checksums this page lists. The paths are the build's to choose (".bashrc",
+        # ".git/config", "src/main.c"), so they land in a directory the command creates, never
+        # where it is run: mkdir refuses one that exists, and nothing is written over.
+        directory = shlex.quote(fetch_dir)
         downloads = " ".join(f"-o {shlex.quote(f['path'])} {shlex.quote(f['url'])}" for f in files)
         sums = " ".join(f"{f['sha256']} {shlex.quote(f['path'])}" for f in files)
         fetch_all = (
-            f"curl -fL --create-dirs {downloads} && printf '%s  %s\\n' {sums} | sha256sum -c -"
+            f"mkdir -- {directory} && (cd -- {directory} && curl -fL --create-dirs {downloads}"
+            f" && printf '%s  %s\\n' {sums} | sha256sum -c -)"
         )
     return {
         "share": body,
@@ -336,6 +344,7 @@ def _page_context(body: dict, build: Build) -> dict:
         "file_count": len(files),
         "total_size": _human_size(sum(f["size"] for f in files)),
         "fetch_all": fetch_all,
+        "fetch_dir": fetch_dir,
         "style": PAGE_STYLE,
         "expires_at": datetime.fromisoformat(body["expires_at"]),
     }

@@ -18,7 +18,8 @@ from .servers import free_port, stop, wait_for_port
 NGINX = "/usr/sbin/nginx"
 
 # Headers the app sets on a signed-link answer that nginx would not pass on after an internal
-# redirect (it keeps Content-Type, Content-Disposition, Cache-Control and a few others itself).
+# redirect (it keeps Content-Type, Content-Disposition, Cache-Control, Accept-Ranges and a few
+# others itself).
 COPIED_HEADERS = [
     "ETag",
     "X-Checksum-Sha256",
@@ -47,7 +48,9 @@ def _internal_location(path: str, root: Path, *, ranges: bool, error_log: Path) 
         "    etag off;\n"
         "    if_modified_since off;\n"
         '    add_header Last-Modified "";\n'
-        + ("" if ranges else "    max_ranges 0;\n")
+        # The app decides every range: whole files come here with "full/", where nginx ignores
+        # Range; one range the app read comes to the other location. Never a multipart answer.
+        + ("    max_ranges 1;\n" if ranges else "    max_ranges 0;\n")
         + copies
         + "\n  }\n"
     )

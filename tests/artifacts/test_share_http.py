@@ -242,6 +242,32 @@ def test_html_artifacts_are_downloads_with_a_sandbox(api, stocked):
     assert fetch(by_path["shot.png"])["Content-Disposition"].startswith("inline")
 
 
+@pytest.mark.parametrize(
+    ("content_type", "shown"),
+    [
+        ("text/plain", "inline"),
+        ("TEXT/PLAIN; charset=utf-8", "inline"),
+        ("image/png", "inline"),
+        # A browser reads the last type of a comma-separated list: HTML and SVG, not the first.
+        ("text/plain; x=y, text/html", "attachment"),
+        ("text/plain;a=b,text/html;charset=utf-8", "attachment"),
+        ('image/png; q="1", image/svg+xml', "attachment"),
+        ("text/plain; format=flowed, text/html", "attachment"),
+        ("text/html; x=text/plain", "attachment"),
+    ],
+)
+def test_only_a_content_type_naming_one_safe_type_is_shown_inline(api, build, content_type, shown):
+    response = upload(
+        api, build.token, build.build.pk, "page", b"<h1>hi", content_type=content_type
+    )
+    assert response.status_code == 201, response.content
+    url = share(api, build.token, build.build.pk, expires_in=60).json()["artifacts"][0]["url"]
+    answer = fetch(url)
+    assert answer.status_code == 200
+    assert answer["Content-Disposition"] == f'{shown}; filename="page"'
+    assert answer["Content-Security-Policy"] == "sandbox"
+
+
 def test_the_share_page_is_html_for_browsers_with_a_tight_policy(api, stocked):
     body = share(api, stocked.token, stocked.build.pk, expires_in=60).json()
     page = fetch(body["url"], HTTP_ACCEPT="text/html,application/xhtml+xml,*/*;q=0.8")
@@ -252,6 +278,23 @@ def test_the_share_page_is_html_for_browsers_with_a_tight_policy(api, stocked):
     for item in body["artifacts"]:
         assert item["sha256"] in text
     assert "sha256sum -c" in text and "<script" not in text
+
+
+def test_the_share_page_lists_each_directory_once(api, build):
+    """Path order puts a subdirectory's files between its parent's ("dist/a", "dist/sub/b",
+    "dist/z"): the page still groups each directory's files under one heading."""
+    paths = ["dist/a.txt", "dist/sub/b.txt", "dist/z.txt", "dist-x/c.txt", "top.txt"]
+    for path in paths:
+        assert upload(api, build.token, build.build.pk, path, path.encode()).status_code == 201
+    body = share(api, build.token, build.build.pk, expires_in=60).json()
+    page = fetch(body["url"], HTTP_ACCEPT="text/html").body.decode()
+    headings = re.findall(r'<tr class="dir"><th colspan="2">([^<]*?)/ <small>', page)
+    assert (
+        sorted(headings) == sorted(set(headings)) == ["(top level)", "dist", "dist-x", "dist/sub"]
+    )
+    for heading, names in [("dist", ["a.txt", "z.txt"]), ("dist/sub", ["b.txt"])]:
+        section = page.split(f'<th colspan="2">{heading}/ <small>', 1)[1].split("</tbody>", 1)[0]
+        assert re.findall(r'rel="noreferrer nofollow">([^<]*)</a>', section) == names
 
 
 def test_the_share_pages_links_keep_a_base_url_path(api, stocked, settings):

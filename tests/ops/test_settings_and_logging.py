@@ -44,6 +44,24 @@ def test_deployment_with_a_weak_secret_refuses_to_start(tmp_path):
     assert "too weak" in result.stderr
 
 
+@pytest.mark.parametrize("secrets", ["changeme", "x" * 40 + ",old-secret"])
+def test_deployment_with_a_weak_link_signing_secret_refuses_to_start(tmp_path, secrets):
+    """Each signed link is an offline test of a guessed secret (its message is in the URL): a
+    guessable one lets anyone holding a link forge links for every build."""
+    strong = "s" * 40
+    deployment = {
+        "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/test",
+        "SECRET_KEY": strong,
+        "TOKEN_PEPPER": strong,
+    }
+    result = start_django({**deployment, "SHARE_SIGNING_SECRETS": secrets}, tmp_path)
+    assert result.returncode != 0
+    assert "SHARE_SIGNING_SECRETS" in result.stderr and "too weak" in result.stderr
+    assert secrets.split(",")[-1] not in result.stderr
+    fine = start_django({**deployment, "SHARE_SIGNING_SECRETS": f"{strong},{'t' * 32}"}, tmp_path)
+    assert fine.stdout.strip() == "started", fine.stderr
+
+
 def test_embedded_mode_generates_and_keeps_its_secrets(tmp_path):
     env = {"DATABASE_URL": ""}
     assert start_django(env, tmp_path).stdout.strip() == "started"
