@@ -335,7 +335,9 @@ def _receive(
     total = 0
     try:
         reader = io.BufferedReader(expanded, _CHUNK)
-        archive = tarfile.open(fileobj=reader, mode="r|")  # noqa: SIM115 (closed by `with` below)
+        archive = tarfile.open(  # noqa: SIM115 (closed by `with` below)
+            fileobj=reader, mode="r|", tarinfo=_TarInfo
+        )
     except tarfile.TarError as exc:
         raise InvalidArchive(f"The body is not a tar archive ({exc}).") from exc
     with _SmallMembers(project_id=build.project_id) as small, archive:
@@ -351,6 +353,11 @@ def _receive(
             # millions of them would otherwise grow the process without bound.
             archive.members.clear()
             if member is None:
+                if not getattr(archive, "ended", False):
+                    raise InvalidArchive(
+                        "The tar archive ends without its end-of-archive blocks: it was cut "
+                        "short or is damaged; nothing was stored."
+                    )
                 break
             is_manifest = member.name.removeprefix("./") == MANIFEST and member.isreg()
             path = None if is_manifest else _member_path(member, prefix)
@@ -387,6 +394,21 @@ def _receive(
             if body.digest.hexdigest() != expected_sha256:
                 raise ChecksumMismatch("The body's SHA-256 does not match X-Checksum-Sha256.")
     return manifest
+
+
+class _TarInfo(tarfile.TarInfo):
+    """Marks the archive ``ended`` when a header block is the end-of-archive (zero) block.
+    tarfile also ends an archive, without a word, at a header cut short or damaged after the
+    first member: an archive cut at a member's boundary (a producer that died, a body that
+    ended early without a Content-Length) would otherwise be taken as complete."""
+
+    @classmethod
+    def fromtarfile(cls, archive):
+        try:
+            return super().fromtarfile(archive)
+        except tarfile.EOFHeaderError:
+            archive.ended = True
+            raise
 
 
 class _SmallMembers:
