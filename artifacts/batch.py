@@ -19,8 +19,9 @@ import os
 import tarfile
 import threading
 import zlib
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -334,7 +335,9 @@ def _receive(
     total = 0
     try:
         reader = io.BufferedReader(expanded, _CHUNK)
-        archive = tarfile.open(fileobj=reader, mode="r|")  # noqa: SIM115 (closed by `with` below)
+        archive = tarfile.open(  # noqa: SIM115 (closed by `with` below)
+            fileobj=reader, mode="r|", tarinfo=_TarInfo
+        )
     except tarfile.TarError as exc:
         raise InvalidArchive(f"The body is not a tar archive ({exc}).") from exc
     with _SmallMembers(project_id=build.project_id) as small, archive:
@@ -350,6 +353,11 @@ def _receive(
             # millions of them would otherwise grow the process without bound.
             archive.members.clear()
             if member is None:
+                if not getattr(archive, "ended", False):
+                    raise InvalidArchive(
+                        "The tar archive ends without its end-of-archive blocks: it was cut "
+                        "short or is damaged; nothing was stored."
+                    )
                 break
             is_manifest = member.name.removeprefix("./") == MANIFEST and member.isreg()
             path = None if is_manifest else _member_path(member, prefix)
@@ -388,6 +396,21 @@ def _receive(
     return manifest
 
 
+class _TarInfo(tarfile.TarInfo):
+    """Marks the archive ``ended`` when a header block is the end-of-archive (zero) block.
+    tarfile also ends an archive, without a word, at a header cut short or damaged after the
+    first member: an archive cut at a member's boundary (a producer that died, a body that
+    ended early without a Content-Length) would otherwise be taken as complete."""
+
+    @classmethod
+    def fromtarfile(cls, archive):
+        try:
+            return super().fromtarfile(archive)
+        except tarfile.EOFHeaderError:
+            archive.ended = True
+            raise
+
+
 class _SmallMembers:
     """Small members, hashed, waiting to be stored. A group costs one query: which of its
     digests an artifact of the project already holds. Those bytes are not written again, as
@@ -402,7 +425,18 @@ class _SmallMembers:
         self.pending: list[tuple[StoredMember, bytes]] = []
         self.size = 0
         self.stored: set[str] = set()  # digests written, or held by the project
-        self.writing: list[tuple[StoredMember, Future]] = []
+        # On S3: the group being written. At most ARTIFACT_BATCH_S3_WRITERS of its writes are in
+        # the shared pool at a time (``running``); each one done sends the next. The pool's
+        # queue is first come, first served: a batch that put a whole group in it would make
+        # every other batch's writes wait behind all of them.
+        self.lock = threading.Lock()
+        self.idle = threading.Condition(self.lock)
+        self.queue: deque[tuple[StoredMember, bytes]] = deque()
+        self.running = 0
+        self.limit = 1
+        self.error: BaseException | None = None
+        self.failed = False  # the batch failed: writes sent but not begun are skipped
+        self.writers: ThreadPoolExecutor | None = None
 
     def __enter__(self) -> "_SmallMembers":
         return self
@@ -412,8 +446,12 @@ class _SmallMembers:
             self.flush()
             self.wait()
             return
-        # No write may still be running (or unnamed) when the caller deletes what the batch
-        # wrote; the error that stopped the batch is the one reported.
+        # The batch failed: writes not yet sent never are. No write may still be running (or
+        # unnamed) when the caller deletes what the batch wrote; the error that stopped the
+        # batch is the one reported.
+        with self.lock:
+            self.failed = True
+            self.queue.clear()
         try:
             self.wait()
         except Exception:
@@ -440,28 +478,61 @@ class _SmallMembers:
                 .filter(Exists(held))
                 .values_list("sha256", flat=True)
             )
-        writers = None if storage.blob_storage_local() else _writers()
+        local = storage.blob_storage_local()
         for member, data in self.pending:
             if member.sha256 in self.stored:
                 continue
             self.stored.add(member.sha256)
-            if writers is None:
+            if local:
                 member.name = _store_bytes(data, member.sha256)
             else:
-                self.writing.append((member, writers.submit(_store_bytes, data, member.sha256)))
+                self.queue.append((member, data))
         self.pending.clear()
         self.size = 0
+        if self.queue:
+            self.writers = _writers()
+            self.limit = max(1, settings.ARTIFACT_BATCH_S3_WRITERS)
+            with self.lock:
+                self._send()
+
+    def _send(self) -> None:
+        """Send queued writes to the pool, up to the batch's share of it (lock held)."""
+        while self.queue and self.running < self.limit and self.error is None:
+            member, data = self.queue.popleft()
+            try:
+                self.writers.submit(self._write, member, data)
+            except BaseException as exc:  # the pool is shut down (the interpreter is exiting)
+                self.error = exc
+                self.queue.clear()
+                return
+            self.running += 1
+
+    def _write(self, member: StoredMember, data: bytes) -> None:
+        with self.lock:
+            skip = self.failed or self.error is not None
+        try:
+            name = None if skip else _store_bytes(data, member.sha256)
+        except BaseException as exc:
+            with self.lock:
+                self.error = self.error or exc
+                self.queue.clear()  # the batch has failed: nothing more to write
+                self.running -= 1
+                self.idle.notify_all()
+            return
+        with self.lock:
+            member.name = name  # None: skipped, nothing written
+            self.running -= 1
+            self._send()
+            self.idle.notify_all()
 
     def wait(self) -> None:
         """Every write sent has finished and its object is named on its member (so a failure
         deletes it with the rest). The first error is raised once none is left running."""
-        error = None
-        for member, future in self.writing:
-            try:
-                member.name = future.result()
-            except BaseException as exc:
-                error = error or exc
-        self.writing.clear()
+        with self.lock:
+            while self.running:
+                self.idle.wait()
+            error, self.error = self.error, None
+            self.queue.clear()
         if error is not None:
             raise error
 

@@ -102,3 +102,63 @@ def test_a_body_checksum_mismatch_after_objects_were_written_leaves_nothing(
     time.sleep(0.6)
     assert s3_store.objects() == []
     assert not Artifact.objects.filter(build=build.build).exists()
+
+
+@pytest.fixture
+def two_writers(settings, monkeypatch):
+    """A pool of two writer threads of the test's own."""
+    settings.ARTIFACT_BATCH_S3_WRITERS = 2
+    monkeypatch.setattr(batch, "_writer_pool", None)
+    yield
+    if batch._writer_pool is not None:
+        batch._writer_pool[1].shutdown(wait=True)
+
+
+def small_member(data: bytes, path: str) -> batch.StoredMember:
+    return batch.StoredMember(path, len(data), sha256(data), None)
+
+
+def test_a_large_group_does_not_make_another_batchs_writes_wait_behind_it(
+    build, s3_store, two_writers
+):
+    # Every PutObject takes 50 ms: the first batch's group of 100 is 2.5 s of the pool's time.
+    s3_store.proxy.rule = lambda method, path: 0.05 if method == "PUT" else None
+    first = batch._SmallMembers(project_id=build.build.project_id)
+    second = batch._SmallMembers(project_id=build.build.project_id)
+    for i in range(100):
+        data = os.urandom(100)
+        first.add(small_member(data, f"a{i}"), data)
+    first.flush()
+    data = os.urandom(100)
+    second.add(small_member(data, "b"), data)
+    second.flush()
+
+    started = time.monotonic()
+    second.wait()
+    waited = time.monotonic() - started
+    first.wait()
+
+    # It waits for the writes of the first batch already running, not for all of them.
+    assert waited < 1.0, waited
+    assert len(s3_store.objects()) == 101
+
+
+def test_a_failed_batch_does_not_write_the_rest_of_its_group(build, s3_store, two_writers):
+    s3_store.proxy.rule = lambda method, path: 0.05 if method == "PUT" else None
+    members = []
+    started = time.monotonic()
+    small = batch._SmallMembers(project_id=build.build.project_id)
+    with pytest.raises(ZeroDivisionError), small:
+        for i in range(100):
+            data = os.urandom(100)
+            members.append(small_member(data, f"f{i}"))
+            small.add(members[-1], data)
+        small.flush()
+        1 / 0  # noqa: B018 (the batch fails while its group is being written)
+    took = time.monotonic() - started
+
+    assert took < 1.0, took  # not 100 writes of 50 ms, two at a time
+    written = [m.name for m in members if m.name]
+    assert len(puts(s3_store)) <= 4
+    # Every object written is named on its member, for the caller to delete.
+    assert sorted(written) == s3_store.objects()

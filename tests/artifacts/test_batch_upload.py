@@ -403,3 +403,17 @@ def test_more_small_files_than_one_group_are_all_stored(api, build, store, monke
     assert len(store.objects()) == 11
     for path, data in pairs:
         assert download(api, build.token, build.build.pk, path).body == data
+
+
+@pytest.mark.parametrize("encoding", ["identity", "gzip"])
+@pytest.mark.parametrize("cut", [1536, 1536 + 100, 1536 + 511])
+def test_an_archive_cut_at_or_in_a_header_is_refused(api, build, store, encoding, cut):
+    # a: header 0-512, data and padding 512-1536; b's header from 1536: cut at the member's
+    # boundary or inside its header, the archive has no end-of-archive blocks.
+    body = files(("a", b"x" * 1000), ("b", b"y" * 1000))[:cut]
+
+    response = post(api, build, COMPRESS[encoding](body), encoding=encoding)
+
+    assert response.status_code == 400, response.content
+    assert response.json()["code"] == "invalid_archive"
+    assert nothing_stored(build, store)
