@@ -27,6 +27,9 @@ EXIT_NOT_FOUND = 4
 # Worth another try: throttled, or the service (or a proxy in front) failing for now. Not 501
 # (never gets better) nor 507 (a full store stays full within a run).
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# The service's 503 codes for a request it refused before acting (a dependency down: "nothing
+# was changed"). A proxy's 502/503/504 proves nothing: the service may have acted first.
+REFUSED_BEFORE_ACTING = frozenset({"unavailable"})
 # A JSON answer larger than this is not the service's (a page holds at most 1000 artifacts).
 MAX_JSON = 64 * 1024 * 1024
 # Pages of one listing followed at most (1000 artifacts each).
@@ -200,8 +203,10 @@ class Client:
     ) -> requests.Response:
         """One API call. ``body`` is a factory so that a retry sends the body afresh.
         Idempotent calls (GET, PUT, DELETE and the uploads) are retried on connection
-        errors and 5xx with exponential backoff; others only when the connection was refused,
-        since then nothing reached the server."""
+        errors and 5xx with exponential backoff. Others (a POST creating a build, a share, a
+        key) only when nothing can have been done: the connection was refused, or the
+        answer says the request was refused before acting (see ``_refused_before_acting``);
+        a second build or key is worse than a failed job."""
         url = self.absolute(path_or_url)
         if idempotent is None:
             idempotent = method in ("GET", "HEAD", "PUT", "DELETE")
@@ -229,7 +234,8 @@ class Client:
                     timeout=(10, self.config.timeout),
                 )
             except requests.ConnectionError as exc:
-                refused = _refused(exc)
+                # Refused, or no connection within the connect timeout: nothing was sent.
+                refused = _refused(exc) or isinstance(exc, requests.ConnectTimeout)
                 if attempt < self.config.retries and (idempotent or refused):
                     attempt += 1
                     time.sleep(backoff(attempt))
@@ -257,14 +263,24 @@ class Client:
                 raise CourierError(
                     f"{_origin(url)} sent a broken answer ({type(exc).__name__})"
                 ) from None
-            retryable = idempotent or response.status_code in (429, 503)
             status = response.status_code
-            if status in RETRY_STATUSES and retryable and attempt < self.config.retries:
-                attempt += 1
-                delay = _retry_after(response) or backoff(attempt)
-                response.close()
-                time.sleep(delay)
-                continue
+            if status in RETRY_STATUSES and attempt < self.config.retries:
+                if idempotent:
+                    retry = True
+                else:
+                    # The answer decides (its body is read to know): the error it holds is
+                    # the verdict if it is not a refusal made before acting.
+                    error = api_error(response)
+                    response.close()
+                    retry = _refused_before_acting(response, error)
+                    if not retry:
+                        raise error
+                if retry:
+                    attempt += 1
+                    delay = _retry_after(response) or backoff(attempt)
+                    response.close()
+                    time.sleep(delay)
+                    continue
             if response.status_code not in expect:
                 error = api_error(response)
                 response.close()
@@ -338,6 +354,18 @@ def _retry_after(response: requests.Response) -> float | None:
     if value.isdigit():
         return min(float(value), 30.0)
     return None
+
+
+def _refused_before_acting(response: requests.Response, error: ApiError) -> bool:
+    """True when an answer proves the request was not acted on, so that a POST that creates
+    something may be sent again: 429 (throttled: refused as such) with Retry-After, or the
+    service's own 503 with Retry-After and a code it sends only before acting. A proxy's
+    502/503/504 (the service may have committed and then gone away) proves nothing."""
+    if "Retry-After" not in response.headers:
+        return False
+    if response.status_code == 429:
+        return True
+    return response.status_code == 503 and error.code in REFUSED_BEFORE_ACTING
 
 
 def _refused(exc: Exception) -> bool:
