@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
 
+import requests
+
 from . import __version__
 from .client import (
     EXIT_FAILURE,
@@ -533,7 +535,7 @@ def cmd_share(args) -> int:
 
 
 def cmd_revoke(args) -> int:
-    make_client(args).request("DELETE", f"api/v1/keys/{args.key_id}", expect=(204, 200))
+    make_client(args).request("DELETE", f"api/v1/keys/{args.key_id}", expect=(204, 200)).close()
     if args.json:
         emit_json({"revoked": args.key_id})
     else:
@@ -592,6 +594,11 @@ def main(argv: list[str] | None = None) -> int:
         # one line, not a traceback with the server's text in it.
         detail = printable(f"{type(exc).__name__}: {exc}")[:200]
         sys.stderr.write(f"courier: error: unexpected answer from the service ({detail})\n")
+        return EXIT_FAILURE
+    except requests.RequestException as exc:
+        # A connection broken while an answer was read, wherever that happened: one line
+        # without the URL (a link's query is its credential).
+        sys.stderr.write(f"courier: error: the connection failed ({type(exc).__name__})\n")
         return EXIT_FAILURE
     except KeyboardInterrupt:
         sys.stderr.write("courier: interrupted\n")

@@ -197,7 +197,6 @@ class Client:
         body: Callable[[], Any] | None = None,
         headers: dict | None = None,
         params: dict | None = None,
-        stream: bool = False,
         idempotent: bool | None = None,
         expect: tuple[int, ...] = (200, 201, 204),
     ) -> requests.Response:
@@ -206,7 +205,10 @@ class Client:
         errors and 5xx with exponential backoff. Others (a POST creating a build, a share, a
         key) only when nothing can have been done: the connection was refused, or the
         answer says the request was refused before acting (see ``_refused_before_acting``);
-        a second build or key is worse than a failed job."""
+        a second build or key is worse than a failed job.
+
+        The answer comes back unread (streamed): its body is read with ``read_json`` or in
+        chunks by the caller, never whole into memory, however long a server makes it."""
         url = self.absolute(path_or_url)
         if idempotent is None:
             idempotent = method in ("GET", "HEAD", "PUT", "DELETE")
@@ -230,7 +232,7 @@ class Client:
                     data=body() if body is not None else None,
                     headers=all_headers,
                     params=params,
-                    stream=stream,
+                    stream=True,
                     timeout=(10, self.config.timeout),
                 )
             except requests.ConnectionError as exc:
@@ -288,12 +290,10 @@ class Client:
             return response
 
     def get_json(self, path: str, **kwargs) -> Any:
-        response = self.request("GET", path, stream=True, **kwargs)
-        return _json(response)
+        return read_json(self.request("GET", path, **kwargs))
 
     def post_json(self, path: str, payload: Any, **kwargs) -> Any:
-        response = self.request("POST", path, json=payload, stream=True, **kwargs)
-        return _json(response)
+        return read_json(self.request("POST", path, json=payload, **kwargs))
 
     def paginate(self, path: str, params: dict | None = None, **kwargs) -> Iterator[dict]:
         """Every item of a paginated listing, following ``next`` links (page or cursor
@@ -322,9 +322,9 @@ class Client:
                     raise CourierError("the service's next page points to another origin")
 
 
-def _json(response: requests.Response) -> Any:
+def read_json(response: requests.Response) -> Any:
     """The answer's JSON document, read up to MAX_JSON bytes (a hostile server's endless
-    listing must not exhaust memory)."""
+    listing must not exhaust memory); a body cut short or not JSON is a CourierError."""
     with response:
         body = bytearray()
         try:

@@ -30,6 +30,7 @@ from .client import (
     backoff,
     check_url,
     printable,
+    read_json,
     same_origin,
 )
 from .output import Reporter, human_size
@@ -202,7 +203,6 @@ class Downloader:
                 remote.url,
                 auth=remote.auth,
                 headers=headers,
-                stream=True,
                 expect=(200, 206, 416),
             )
         except ApiError:
@@ -396,17 +396,12 @@ def link_remotes(client: Client, link: str) -> list[Remote]:
     """A pre-signed link: a share listing (JSON with its artifacts, each with its own link)
     or a single file. No token is sent; the link is the credential."""
     parts = urlsplit(check_url(link, "the link"))
-    response = client.request(
-        "GET", link, auth=False, stream=True, headers={"Accept": "application/json"}
-    )
+    response = client.request("GET", link, auth=False, headers={"Accept": "application/json"})
     with response:
         if announced_digest(response) is None and "json" in response.headers.get(
             "Content-Type", ""
         ):
-            try:
-                listing = response.json()
-            except ValueError:
-                raise CourierError("the link answered neither a file nor a listing") from None
+            listing = read_json(response)
             if not isinstance(listing, dict):
                 raise CourierError("the link answered neither a file nor a listing")
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from .client import ApiError, Client, CourierError, UsageError, printable
+from .client import ApiError, Client, CourierError, UsageError, printable, read_json
 from .output import Reporter, human_size
 
 READ_SIZE = 1024 * 1024
@@ -302,7 +302,7 @@ class Uploader:
                 },
                 expect=(200, 201),
             )
-            stored = response.json()
+            stored = read_json(response)
             if not isinstance(stored, dict) or stored.get("sha256") != f.sha256:
                 raise CourierError("the service stored other bytes than were sent")
         except CourierError as exc:
@@ -351,13 +351,17 @@ class Uploader:
             self.reporter.finish(handle, f"FAILED batch of {len(files)} files: {exc}")
             return [Outcome(f.name, f.size, "failed", f.sha256, str(exc)) for f in files]
         try:
-            stored = {
-                a["path"]: a.get("sha256")
-                for a in response.json().get("artifacts", [])
-                if isinstance(a, dict) and isinstance(a.get("path"), str)
-            }
-        except (ValueError, AttributeError):
-            stored = {}
+            answer = read_json(response)
+        except CourierError as exc:
+            # Sent, but unconfirmed: a re-run finds out what the build holds.
+            self.reporter.finish(handle, f"FAILED batch of {len(files)} files: {exc}")
+            return [Outcome(f.name, f.size, "failed", f.sha256, str(exc)) for f in files]
+        artifacts = answer.get("artifacts") if isinstance(answer, dict) else None
+        stored = {
+            a["path"]: a.get("sha256")
+            for a in (artifacts if isinstance(artifacts, list) else [])
+            if isinstance(a, dict) and isinstance(a.get("path"), str)
+        }
         self.reporter.finish(handle, f"sent batch of {len(files)} files ({human_size(total)})")
         outcomes = []
         for f in files:

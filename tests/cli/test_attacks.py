@@ -403,3 +403,91 @@ def test_a_downloaded_file_gets_the_usual_permissions(tmp_path):
         os.umask(previous)
     assert result.code == 0, result.output
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+
+
+# -- answers of any size, cut anywhere ------------------------------------------------------
+
+
+def endless(h, start: bytes, sent: dict, content_type="application/json") -> None:
+    """An answer that never ends (no length, the connection closed when the client gives up)."""
+    h.send_response(200 if h.command == "GET" else 201)
+    h.send_header("Content-Type", content_type)
+    h.send_header("Connection", "close")
+    h.end_headers()
+    h.close_connection = True
+    try:
+        h.wfile.write(start)
+        chunk = b" " * 65536
+        while sent["n"] < 256 * 1024 * 1024:
+            h.wfile.write(chunk)
+            sent["n"] += len(chunk)
+    except OSError:
+        pass
+
+
+def test_an_endless_listing_behind_a_link_is_cut_off(tmp_path):
+    sent = {"n": 0}
+    with raw_server(lambda h: endless(h, b'{"artifacts": [', sent)) as base:
+        result = courier("download", f"{base}/listing", "-o", str(tmp_path / "t"))
+    assert result.code == 1
+    assert "more JSON than expected" in result.stderr
+    assert sent["n"] < 128 * 1024 * 1024
+
+
+def test_a_listing_behind_a_link_cut_short_is_one_line_not_a_traceback(tmp_path):
+    def handle(h):
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", "1000")
+        h.end_headers()
+        h.wfile.write(b'{"artifacts": [')
+        h.wfile.flush()
+        h.close_connection = True
+
+    with raw_server(handle) as base:
+        result = courier("download", f"{base}/listing?sig=SECRETSIG", "-o", str(tmp_path))
+    assert result.code == 1
+    assert "Traceback" not in result.output
+    assert result.stderr.startswith("courier: error:")
+    assert "SECRETSIG" not in result.output
+
+
+def test_an_endless_answer_to_an_upload_is_cut_off(tmp_path):
+    """The service's answer to a PUT is a small JSON document: one that never ends must not
+    be read into memory whole."""
+    sent = {"n": 0}
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            body = json_body({"next": None, "results": []})
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_PUT(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            endless(self, b'{"path": "a.txt", "sha256": "', sent)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    (tmp_path / "a.txt").write_bytes(b"abc")
+    try:
+        result = courier(
+            "upload", str(tmp_path / "a.txt"),
+            env={"COURIER_URL": f"http://127.0.0.1:{server.server_address[1]}",
+                 "COURIER_TOKEN": TOKEN, "COURIER_BUILD": "7"},
+        )  # fmt: skip
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.code == 1
+    assert "more JSON than expected" in result.output
+    assert sent["n"] < 128 * 1024 * 1024
