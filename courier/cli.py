@@ -80,7 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=int(os.environ.get("COURIER_RETRIES", "4")),
         help="retries on connection errors and 5xx, with backoff (default: 4)",
     )
-    g.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for an answer")
+    g.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="seconds without an answer, or moving less than 32 KiB, before a request counts"
+        " as stalled (default: 60)",
+    )
     common.add_argument("--json", action="store_true", help="machine-readable output on stdout")
 
     parser = argparse.ArgumentParser(

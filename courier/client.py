@@ -15,7 +15,7 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 
-from . import __version__
+from . import __version__, pace
 
 # Exit codes (documented in `courier --help` and docs/ci.md).
 EXIT_OK = 0
@@ -72,7 +72,7 @@ def api_error(response: requests.Response) -> ApiError:
     detail, code = response.reason or "error", ""
     raw = b""
     try:  # an error body is short: no more than 64 KiB of it is read
-        for chunk in response.iter_content(65536):
+        for chunk in pace.iter_body(response):
             raw += chunk
             if len(raw) > 65536:
                 break
@@ -176,6 +176,7 @@ class Client:
         session = getattr(self._local, "session", None)
         if session is None:
             session = requests.Session()
+            pace.mount(session)
             session.headers["User-Agent"] = f"courier/{__version__}"
             self._local.session = session
         return session
@@ -224,6 +225,7 @@ class Client:
             all_headers["Authorization"] = f"Bearer {self.config.token}"
         attempt = 0
         while True:
+            watch = pace.start(self.config.timeout)
             try:
                 response = self.session().request(
                     method,
@@ -235,21 +237,28 @@ class Client:
                     stream=True,
                     timeout=(10, self.config.timeout),
                 )
-            except requests.ConnectionError as exc:
+                if watch.stalled:
+                    # Its socket shut down mid-head: what was parsed is no answer.
+                    response.close()
+                    raise requests.ConnectionError("stalled")
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                watch.finish()
                 # Refused, or no connection within the connect timeout: nothing was sent.
-                refused = _refused(exc) or isinstance(exc, requests.ConnectTimeout)
-                if attempt < self.config.retries and (idempotent or refused):
+                nothing_sent = not watch.stalled and (
+                    isinstance(exc, requests.ConnectTimeout)
+                    or (isinstance(exc, requests.ConnectionError) and _refused(exc))
+                )
+                if attempt < self.config.retries and (idempotent or nothing_sent):
                     attempt += 1
                     time.sleep(backoff(attempt))
                     continue
+                if watch.stalled:
+                    raise CourierError(f"{_origin(url)} stalled: {watch.reason}") from None
+                if isinstance(exc, requests.Timeout) and not nothing_sent:
+                    raise CourierError(f"{_origin(url)} did not answer in time") from None
                 raise CourierError(f"cannot reach {_origin(url)}: {_reason(exc)}") from None
-            except requests.Timeout:
-                if attempt < self.config.retries and idempotent:
-                    attempt += 1
-                    time.sleep(backoff(attempt))
-                    continue
-                raise CourierError(f"{_origin(url)} did not answer in time") from None
             except requests.TooManyRedirects:
+                watch.finish()
                 raise CourierError(f"{_origin(url)} redirects in a loop") from None
             except (
                 requests.exceptions.InvalidURL,
@@ -257,14 +266,19 @@ class Client:
                 requests.exceptions.MissingSchema,
                 ValueError,
             ):
+                watch.finish()
                 # A link we were given is checked beforehand: this is a redirect's Location.
                 raise CourierError(f"{_origin(url)} redirected to an invalid URL") from None
             except requests.RequestException as exc:
+                watch.finish()
+                if watch.stalled:
+                    raise CourierError(f"{_origin(url)} stalled: {watch.reason}") from None
                 # A body cut short, an undecodable encoding...: one line, no URL (its query
                 # may be a signature), no traceback.
                 raise CourierError(
                     f"{_origin(url)} sent a broken answer ({type(exc).__name__})"
                 ) from None
+            _watch_until_closed(response, watch)
             status = response.status_code
             if status in RETRY_STATUSES and attempt < self.config.retries:
                 if idempotent:
@@ -322,17 +336,30 @@ class Client:
                     raise CourierError("the service's next page points to another origin")
 
 
+def _watch_until_closed(response: requests.Response, watch: pace.Pace) -> None:
+    """The answer's body stays watched until the answer is closed (``with response``)."""
+    close = response.close
+
+    def close_and_unwatch() -> None:
+        watch.finish()
+        close()
+
+    response.close = close_and_unwatch  # type: ignore[method-assign]
+
+
 def read_json(response: requests.Response) -> Any:
     """The answer's JSON document, read up to MAX_JSON bytes (a hostile server's endless
     listing must not exhaust memory); a body cut short or not JSON is a CourierError."""
     with response:
         body = bytearray()
         try:
-            for chunk in response.iter_content(1024 * 1024):
+            for chunk in pace.iter_body(response):
                 body += chunk
                 if len(body) > MAX_JSON:
                     raise CourierError(f"{_origin(response.url)} answered more JSON than expected")
         except requests.RequestException as exc:
+            if pace.stalled():
+                raise CourierError(f"{_origin(response.url)} {pace.reason()}") from None
             raise CourierError(
                 f"{_origin(response.url)} sent a broken answer ({type(exc).__name__})"
             ) from None

@@ -23,8 +23,8 @@ from urllib.parse import quote, unquote, urlsplit
 
 import requests
 
+from . import pace
 from .client import (
-    ApiError,
     Client,
     CourierError,
     backoff,
@@ -193,20 +193,23 @@ class Downloader:
         start). Raises _Retry for a transfer worth resuming, CourierError for a verdict."""
         offset = part.lstat().st_size
         headers = {"Accept": "*/*", "Accept-Encoding": "identity"}
+        # What the part holds is hashed before asking: an answer is read as it comes (one
+        # left waiting while a large part is hashed would count as stalled).
+        held = hashlib.sha256()
         if offset:
             headers["Range"] = f"bytes={offset}-"
             if remote.sha256:
                 headers["If-Range"] = f'"{remote.sha256}"'
-        try:
-            response = self.client.request(
-                "GET",
-                remote.url,
-                auth=remote.auth,
-                headers=headers,
-                expect=(200, 206, 416),
-            )
-        except ApiError:
-            raise
+            with _open_part(part, "rb") as f:
+                while chunk := f.read(CHUNK):
+                    held.update(chunk)
+        response = self.client.request(
+            "GET",
+            remote.url,
+            auth=remote.auth,
+            headers=headers,
+            expect=(200, 206, 416),
+        )
         with response:
             expected = remote.sha256 or announced_digest(response)
             announced = announced_digest(response)
@@ -226,16 +229,12 @@ class Downloader:
                 offset = 0
                 mode = "wb"
             self.reporter.reset(handle, offset)
-            digest = hashlib.sha256()
-            if offset and mode == "ab":
-                with _open_part(part, "rb") as f:
-                    while chunk := f.read(CHUNK):
-                        digest.update(chunk)
+            digest = hashlib.sha256() if mode == "wb" else held
             size = offset
             if mode is not None:
                 with _open_part(part, mode) as out:
                     try:
-                        for chunk in response.iter_content(CHUNK):
+                        for chunk in pace.iter_body(response):
                             if remote.size is not None and size + len(chunk) > remote.size:
                                 # Never more than announced on disk: an endless body stops.
                                 part.unlink(missing_ok=True)
@@ -247,18 +246,17 @@ class Downloader:
                             digest.update(chunk)
                             size += len(chunk)
                             self.reporter.advance(handle, len(chunk))
-                    except requests.Timeout:
-                        raise _Retry("the transfer stalled") from None
-                    except requests.RequestException:
-                        raise _Retry("the connection broke during the transfer") from None
+                    except requests.RequestException as exc:
+                        if pace.stalled():
+                            reason = f"the transfer {pace.reason()}"
+                        elif isinstance(exc, requests.Timeout):
+                            reason = "the transfer stalled"
+                        else:
+                            reason = "the connection broke during the transfer"
+                        raise _Retry(reason) from None
                 length = response.headers.get("Content-Length")
                 if length and length.isdigit() and size - offset < int(length):
                     raise _Retry("the connection closed before the end of the file")
-            else:
-                with _open_part(part, "rb") as f:
-                    while chunk := f.read(CHUNK):
-                        digest.update(chunk)
-                size = os.fstat(f.fileno()).st_size
         actual = digest.hexdigest()
         if actual != expected:
             part.unlink(missing_ok=True)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+from . import pace
 from .client import ApiError, Client, CourierError, UsageError, printable, read_json
 from .output import Reporter, human_size
 
@@ -182,6 +183,7 @@ class ProgressReader:
             raise CourierError(f"{printable(self.file.name)} shrank while it was being sent")
         self.sent += len(data)
         self.progress(len(data))
+        pace.count(len(data))
         return data
 
     def close(self) -> None:
@@ -227,7 +229,8 @@ class TarStream:
             left = f.size
             with f.path.open("rb") as stream:
                 while left > 0:
-                    data = stream.read(min(READ_SIZE, left))
+                    # Pieces small enough that a slow link is seen moving (courier.pace).
+                    data = stream.read(min(pace.READ_CHUNK, left))
                     if not data:
                         raise CourierError(f"{f.path} shrank while it was being sent")
                     left -= len(data)
@@ -246,6 +249,7 @@ class TarStream:
         # an empty one for the end: skip the empty ones (an empty file, no padding).
         for chunk in self._chunks:
             if chunk:
+                pace.count(len(chunk))
                 return chunk
         return b""
 
