@@ -32,6 +32,8 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 REFUSED_BEFORE_ACTING = frozenset({"unavailable"})
 # A JSON answer larger than this is not the service's (a page holds at most 1000 artifacts).
 MAX_JSON = 64 * 1024 * 1024
+# A redirect's body is a line of HTML at most: more of it than this is not read.
+MAX_REDIRECT_BODY = 64 * 1024
 # Pages of one listing followed at most (1000 artifacts each).
 MAX_PAGES = 10_000
 
@@ -177,6 +179,7 @@ class Client:
         if session is None:
             session = requests.Session()
             pace.mount(session)
+            session.hooks["response"].append(_bounded_redirect_body)
             session.headers["User-Agent"] = f"courier/{__version__}"
             self._local.session = session
         return session
@@ -334,6 +337,20 @@ class Client:
                 url = self.absolute(url)
                 if not same_origin(url, self.base):
                     raise CourierError("the service's next page points to another origin")
+
+
+def _bounded_redirect_body(response: requests.Response, **kwargs) -> requests.Response:
+    """requests reads a redirect's body whole before following it: no more than
+    MAX_REDIRECT_BODY of it is read here, and a longer one ends its connection."""
+    if response.is_redirect:
+        read = 0
+        for chunk in pace.iter_body(response):
+            read += len(chunk)
+            if read > MAX_REDIRECT_BODY:
+                response.raw.close()
+                break
+        response._content = b""  # what requests reads next: nothing more
+    return response
 
 
 def _watch_until_closed(response: requests.Response, watch: pace.Pace) -> None:

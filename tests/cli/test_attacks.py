@@ -491,3 +491,36 @@ def test_an_endless_answer_to_an_upload_is_cut_off(tmp_path):
     assert result.code == 1
     assert "more JSON than expected" in result.output
     assert sent["n"] < 128 * 1024 * 1024
+
+
+def test_an_endless_redirect_body_is_not_read_whole(tmp_path):
+    """requests reads a redirect's body before following it: one that never ends must not be
+    read into memory."""
+    sent = {"n": 0}
+
+    def handle(h):
+        if h.path.startswith("/f"):
+            h.send_response(200)
+            h.send_header("Content-Length", str(len(CONTENT)))
+            h.send_header("X-Checksum-Sha256", sha256(CONTENT))
+            h.end_headers()
+            h.wfile.write(CONTENT)
+            return
+        h.send_response(302)
+        h.send_header("Location", "/f")
+        h.send_header("Connection", "close")
+        h.end_headers()
+        h.close_connection = True
+        chunk = b"x" * 65536
+        try:
+            while sent["n"] < 256 * 1024 * 1024:
+                h.wfile.write(chunk)
+                sent["n"] += len(chunk)
+        except OSError:
+            pass
+
+    with raw_server(handle) as base:
+        result = courier("download", f"{base}/redirect/a.txt", "-o", str(tmp_path))
+    assert sent["n"] < 128 * 1024 * 1024
+    assert result.code == 0, result.output
+    assert (tmp_path / "a.txt").read_bytes() == CONTENT
