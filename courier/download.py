@@ -112,13 +112,18 @@ def target_for(root: Path, rel: str) -> Path:
 
 
 def announced_digest(response: requests.Response) -> str | None:
-    """The SHA-256 the service sent with the bytes: `X-Checksum-Sha256`, on the answer or on
-    the redirect that led to it (S3 answers with its own headers)."""
-    for r in [response, *reversed(response.history)]:
+    """The SHA-256 announced with the bytes: `X-Checksum-Sha256`, from the first answer that
+    has one: the link's own (the service's, on a redirect to the object store, whose answer
+    has none). Whatever answers later on the way must agree: an object store reached over
+    plain http, or anyone on its way, cannot vouch for bytes of its own."""
+    found = None
+    for r in [*response.history, response]:
         value = r.headers.get("X-Checksum-Sha256", "").strip().lower()
-        if value:
-            return value
-    return None
+        if value and found is None:
+            found = value
+        elif value and value != found:
+            raise CourierError("a digest announced after a redirect disagrees with the link's")
+    return found
 
 
 def _file_digest(path: Path, limit: int | None = None) -> str:
@@ -211,8 +216,8 @@ class Downloader:
             expect=(200, 206, 416),
         )
         with response:
-            expected = remote.sha256 or announced_digest(response)
             announced = announced_digest(response)
+            expected = remote.sha256 or announced
             if remote.sha256 and announced and announced != remote.sha256:
                 raise CourierError("the server's digest header disagrees with its listing")
             if not expected or not SHA256_HEX.match(expected):

@@ -524,3 +524,19 @@ def test_an_endless_redirect_body_is_not_read_whole(tmp_path):
     assert sent["n"] < 128 * 1024 * 1024
     assert result.code == 0, result.output
     assert (tmp_path / "a.txt").read_bytes() == CONTENT
+
+
+def test_a_digest_from_where_a_link_redirects_does_not_override_the_links_own(tmp_path):
+    """The service answers a link with a redirect carrying the file's digest (to the object
+    store). Whatever answers at the end of the redirect (an object store on plain http, or
+    anyone on its way) must not substitute bytes of its own with a digest of their own."""
+    other = b"substituted bytes\n"
+    with stub_server({("GET", "/g"): file_route(other)}) as (store, _):
+        redirect = {("GET", "/f"): lambda h: (
+            302, {"Location": f"{store}/g", "X-Checksum-Sha256": sha256(CONTENT)}, b"",
+        )}  # fmt: skip
+        with stub_server(redirect) as (base, _):
+            result = courier("download", f"{base}/f", "-o", str(tmp_path))
+    assert result.code == 1, result.output
+    assert "disagree" in result.stderr
+    assert files_under(tmp_path) == []
