@@ -70,21 +70,43 @@ class Outcome:
         return data
 
 
-def safe_relative(path: object) -> str:
+ON_WINDOWS = os.name == "nt"
+# Names Windows gives to devices, whatever follows a dot (before Windows 11) and with the
+# blanks before it dropped: `NUL.txt` opens the null device, `CON` the console.
+_WINDOWS_DEVICE = re.compile(r"(CON|PRN|AUX|NUL|COM[0-9¹²³]|LPT[0-9¹²³]|CONIN\$|CONOUT\$)", re.I)
+# Not in a Windows name: `:` names a file's alternate data stream (`a.txt:x` writes into
+# a.txt) or a drive, the others are wildcards and redirections.
+_WINDOWS_FORBIDDEN = frozenset('<>:"|?*')
+
+
+def _windows_unsafe(part: str) -> bool:
+    """A name Windows would not write as listed: a device, a name it changes (trailing dots
+    and blanks are dropped: another file than the listing's), a forbidden character."""
+    return (
+        bool(_WINDOWS_DEVICE.fullmatch(part.split(".", 1)[0].rstrip(" ")))
+        or part.endswith((".", " "))
+        or not _WINDOWS_FORBIDDEN.isdisjoint(part)
+    )
+
+
+def safe_relative(path: object, *, windows: bool = ON_WINDOWS) -> str:
     """A server-given path as a relative POSIX path, or an error: nothing absolute, no
     `..`, no empty or `.` segment, no NUL or control character, no backslash (a separator
-    on Windows)."""
+    on Windows); on Windows (``windows``), no name it would not write as listed."""
     if not isinstance(path, str) or not path:
         raise CourierError(f"refusing a path from the server: {printable(repr(path))}")
+    parts = path.split("/")
     bad = (
         path.startswith("/")
         or "\\" in path
         or any(not ch.isprintable() and ch != " " for ch in path)
-        or any(part in ("", ".", "..") for part in path.split("/"))
+        or any(part in ("", ".", "..") for part in parts)
         or re.match(r"^[A-Za-z]:", path)
     )
     if bad:
         raise CourierError(f"refusing a path that could leave the target: {printable(path)}")
+    if windows and any(_windows_unsafe(part) for part in parts):
+        raise CourierError(f"refusing a name Windows cannot write as listed: {printable(path)}")
     return path
 
 
