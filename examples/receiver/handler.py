@@ -13,8 +13,10 @@ Runs as an AWS Lambda function behind a function URL (`lambda_handler`), or loca
 2. reports `pending` on the build with the delivery's `status_token` (build:status only);
 3. fetches the artifacts through the payload's pre-signed links, each verified against its
    SHA-256, into a fresh directory (paths that would leave it are refused);
-4. runs its own work (`RECEIVER_COMMAND`, run in that directory; without one it only checks
-   the files arrived) and reports `success` or `failure`.
+4. runs its own work (`RECEIVER_COMMAND`, run in that directory with a plain environment:
+   not the webhook secret nor the function's credentials, only the variables named in
+   `RECEIVER_COMMAND_ENV`; without one it only checks the files arrived) and reports
+   `success` or `failure`.
 
 The delivery is answered (202) as soon as it is verified and `pending` is posted, so a slow
 job never makes the service retry: locally the work goes on in a thread; on Lambda the
@@ -136,6 +138,27 @@ def report(delivery: Delivery, state: str, description: str) -> None:
     )
 
 
+# What RECEIVER_COMMAND's environment holds of ours: enough to run a program. Not the
+# webhook secret (it could forge deliveries), not the function's AWS credentials (it could
+# invoke the function, or whatever its role allows), nothing else we were given.
+COMMAND_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
+
+
+def command_env() -> dict[str, str]:
+    """The environment RECEIVER_COMMAND runs with: COMMAND_ENV, and the variables the
+    operator names in RECEIVER_COMMAND_ENV (comma-separated) for the command's own use."""
+    names = [*COMMAND_ENV, *os.environ.get("RECEIVER_COMMAND_ENV", "").split(",")]
+    return {name: os.environ[name] for name in map(str.strip, names) if name in os.environ}
+
+
+def _log_fd() -> int:
+    """Our stderr's descriptor (the function's log), or nowhere if it has none."""
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        return subprocess.DEVNULL
+
+
 def work(delivery: Delivery) -> None:
     """Fetch, run, report. Never raises: every outcome ends as a status on the build."""
     try:
@@ -152,8 +175,16 @@ def work(delivery: Delivery) -> None:
                 return
             command = os.environ.get("RECEIVER_COMMAND")
             if command:
+                # Its output goes to our log as it comes (never held in memory), and it gets
+                # a plain environment (see command_env).
                 result = subprocess.run(  # noqa: S603 (the operator's own command)
-                    shlex.split(command), cwd=root, capture_output=True, timeout=600
+                    shlex.split(command),
+                    cwd=root,
+                    env=command_env(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=_log_fd(),
+                    stderr=_log_fd(),
+                    timeout=600,
                 )
                 ok = result.returncode == 0
                 description = f"{command.split()[0]} exited {result.returncode}"

@@ -12,6 +12,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import requests
@@ -254,3 +255,74 @@ def test_a_bad_content_length_is_refused_without_reading_the_body(length):
             )
             answer = sock.recv(4096)
     assert answer.startswith((b"HTTP/1.0 400", b"HTTP/1.1 400")), answer
+
+
+def test_the_command_gets_neither_the_webhook_secret_nor_cloud_credentials(tmp_path):
+    """RECEIVER_COMMAND runs on a build's artifacts (a pull request's tests, say): with the
+    webhook secret it could forge deliveries, with the function's AWS credentials invoke
+    it. It gets a plain environment, and the variables RECEIVER_COMMAND_ENV names."""
+    seen = tmp_path / "env.txt"
+    with (
+        downstream_world() as (base, artifacts, statuses, _),
+        receiver(
+            WEBHOOK_SECRET=SECRET,
+            COURIER_URL=base,
+            AWS_SECRET_ACCESS_KEY="aws-secret-never-for-the-command",
+            AWS_SESSION_TOKEN="aws-session-never-for-the-command",
+            OPERATOR_SETTING="for-the-command",
+            RECEIVER_COMMAND_ENV="OPERATOR_SETTING",
+            RECEIVER_COMMAND=f"sh -c 'env > {seen}'",
+        ) as url,
+    ):
+        body, headers = signed(payload(base, artifacts))
+        assert requests.post(url, data=body, headers=headers, timeout=30).status_code == 202
+        assert wait_for(lambda: len(statuses) >= 2)
+    assert [s["state"] for _, s in statuses] == ["pending", "success"]
+    env = seen.read_text()
+    assert "PATH=" in env
+    assert "OPERATOR_SETTING=for-the-command" in env
+    for secret in (SECRET, "aws-secret-never-for-the-command", "aws-session-never-for-the-command"):
+        assert secret not in env
+    assert STATUS_TOKEN not in env
+
+
+def test_the_commands_output_is_not_held_in_memory():
+    """What the command prints (a test suite on a build's artifacts can print a lot) goes to
+    the receiver's log as it comes, not into its memory."""
+    with (
+        downstream_world() as (base, artifacts, statuses, _),
+        receiver(
+            WEBHOOK_SECRET=SECRET,
+            COURIER_URL=base,
+            RECEIVER_COMMAND="head -c 400000000 /dev/zero",
+        ) as url,
+    ):
+        body, headers = signed(payload(base, artifacts))
+        assert requests.post(url, data=body, headers=headers, timeout=30).status_code == 202
+        assert wait_for(lambda: len(statuses) >= 2, timeout=60)
+        port = int(url.rstrip("/").rsplit(":", 1)[1])
+        peak = _peak_memory_kib(port)
+    assert [s["state"] for _, s in statuses] == ["pending", "success"]
+    assert peak < 200 * 1024, f"the receiver peaked at {peak} KiB"
+
+
+def _peak_memory_kib(port: int) -> int:
+    """The peak resident memory (VmHWM) of the process listening on ``port``."""
+    inode = None
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port and fields[3] == "0A":
+            inode = fields[9]
+    assert inode
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            for fd in fds:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
+                    status = Path(f"/proc/{pid}/status").read_text()
+                    return int(re.search(r"VmHWM:\s+(\d+)", status).group(1))
+        except OSError:
+            continue
+    raise AssertionError("no process listens on the port")
