@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
+from requests.auth import AuthBase
 
 from . import __version__, pace
 
@@ -162,6 +163,33 @@ class Config:
     timeout: float = 60.0
 
 
+class _NoOtherCredentials(AuthBase):
+    """The session's auth: leaves a request as it is. Being set, it keeps requests from
+    adding credentials of its own from ~/.netrc or a URL's user:password@."""
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        return request
+
+
+class _Session(requests.Session):
+    """No credentials but courier's own. requests would otherwise send the runner's
+    ~/.netrc credentials for the service's host instead of the token, and, after a redirect
+    a server chose, those for the host it points to (over plain http if it says so)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.auth = _NoOtherCredentials()
+
+    def rebuild_auth(self, prepared_request, response) -> None:
+        # requests' own, without its ~/.netrc look-up: the token (Authorization) is dropped
+        # on the way to another host, port or scheme.
+        headers = prepared_request.headers
+        if "Authorization" in headers and self.should_strip_auth(
+            response.request.url, prepared_request.url
+        ):
+            del headers["Authorization"]
+
+
 class Client:
     """Requests with retries. The bearer token is only ever sent to the configured service's
     origin: signed links and redirects elsewhere (S3) travel without it."""
@@ -177,7 +205,7 @@ class Client:
     def session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
         if session is None:
-            session = requests.Session()
+            session = _Session()
             pace.mount(session)
             session.hooks["response"].append(_bounded_redirect_body)
             session.headers["User-Agent"] = f"courier/{__version__}"

@@ -540,3 +540,67 @@ def test_a_digest_from_where_a_link_redirects_does_not_override_the_links_own(tm
     assert result.code == 1, result.output
     assert "disagree" in result.stderr
     assert files_under(tmp_path) == []
+
+
+# -- credentials that are not courier's -----------------------------------------------------
+
+
+def netrc_home(tmp_path, host="127.0.0.1"):
+    """A HOME whose ~/.netrc holds credentials for ``host`` (CI runners often have one)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".netrc").write_text(f"machine {host} login runner password netrc-secret\n")
+    (home / ".netrc").chmod(0o600)
+    return str(home)
+
+
+def test_a_netrc_entry_does_not_replace_the_token(tmp_path):
+    routes = {
+        ("GET", "/api/v1/keys/self"): lambda h: (
+            (200, {}, json_body({"id": 1, "kind": "build"}))
+            if h.headers.get("Authorization") == f"Bearer {TOKEN}"
+            else (401, {}, json_body({"detail": "no", "code": "not_authenticated"}))
+        )
+    }
+    with stub_server(routes) as (base, _):
+        result = courier(
+            "whoami",
+            env={"COURIER_URL": base, "COURIER_TOKEN": TOKEN, "HOME": netrc_home(tmp_path)},
+        )
+    assert result.code == 0, result.output
+
+
+def test_a_redirect_gets_no_netrc_credentials(tmp_path):
+    """A server redirecting a download to a host of the runner's ~/.netrc (over plain http,
+    say) must not make courier send that host's credentials."""
+    with stub_server({("GET", "/f"): file_route(CONTENT)}) as (other, other_seen):
+        redirect = {("GET", "/a.txt"): lambda h: (302, {"Location": f"{other}/f"}, b"")}
+        with stub_server(redirect) as (base, seen):
+            result = courier(
+                "download", f"{base}/a.txt", "-o", str(tmp_path / "t"),
+                env={"HOME": netrc_home(tmp_path)},
+            )  # fmt: skip
+    assert result.code == 0, result.output
+    assert other_seen and seen
+    assert [h.get("Authorization") for _, _, h in seen + other_seen if "Authorization" in h] == []
+
+
+def test_the_token_does_not_follow_a_redirect_to_another_port_of_the_same_host(tmp_path):
+    with stub_server({("GET", "/f"): file_route(CONTENT)}) as (other, other_seen):
+        items = listing(other, ["a.txt"])["artifacts"]
+        routes = {
+            ("GET", "/api/v1/builds/7/artifacts/"): lambda h: (
+                200, {}, json_body({"next": None, "results": items}),
+            ),
+            ("GET", "/api/v1/builds/7/artifacts/a.txt"): lambda h: (
+                302, {"Location": f"{other}/f", "X-Checksum-Sha256": sha256(CONTENT)}, b"",
+            ),
+        }  # fmt: skip
+        with stub_server(routes) as (base, _):
+            assert base.split(":")[1] == other.split(":")[1]  # one host, two ports
+            result = courier(
+                "download", "--build", "7", "-o", str(tmp_path),
+                env={"COURIER_URL": base, "COURIER_TOKEN": TOKEN},
+            )  # fmt: skip
+    assert result.code == 0, result.output
+    assert [h.get("Authorization") for _, _, h in other_seen] == [None]
