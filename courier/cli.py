@@ -479,7 +479,12 @@ def _summary(outcomes, verb: str, args) -> int:
         )
         for o in failed:
             say(f"  failed: {o.__dict__.get('name') or o.__dict__.get('path')}: {o.error}")
-    return EXIT_FAILURE if failed else EXIT_OK
+    if not failed:
+        return EXIT_OK
+    # Every file refused (3) or not found (4) alike: that code, as for a single request (a
+    # key revoked or expired during the run is the credentials, not the transfer).
+    codes = {o.exit_code for o in failed}
+    return codes.pop() if len(codes) == 1 else EXIT_FAILURE
 
 
 def cmd_upload(args) -> int:

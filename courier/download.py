@@ -25,6 +25,7 @@ import requests
 
 from . import pace
 from .client import (
+    EXIT_FAILURE,
     Client,
     CourierError,
     backoff,
@@ -61,6 +62,7 @@ class Outcome:
     sha256: str = ""
     error: str = ""
     resumed_from: int = 0
+    exit_code: int = EXIT_FAILURE  # of a failure: 3 refused, 4 not found, 1 anything else
 
     def as_dict(self) -> dict:
         data = {"path": self.path, "status": self.status, "size": self.size}
@@ -171,8 +173,9 @@ class Downloader:
             return self._fetch(remote)
         except (CourierError, OSError) as exc:
             error = str(exc) if isinstance(exc, CourierError) else _os_error(exc)
+            code = exc.exit_code if isinstance(exc, CourierError) else EXIT_FAILURE
             self.reporter.line(f"FAILED {remote.path}: {error}")
-            return Outcome(remote.path, "failed", error=error)
+            return Outcome(remote.path, "failed", error=error, exit_code=code)
 
     def _fetch(self, remote: Remote) -> Outcome:
         target = target_for(self.root, remote.path)

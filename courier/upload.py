@@ -22,7 +22,15 @@ from pathlib import Path
 from urllib.parse import quote
 
 from . import pace
-from .client import ApiError, Client, CourierError, UsageError, printable, read_json
+from .client import (
+    EXIT_FAILURE,
+    ApiError,
+    Client,
+    CourierError,
+    UsageError,
+    printable,
+    read_json,
+)
 from .output import Reporter, human_size
 
 READ_SIZE = 1024 * 1024
@@ -50,6 +58,7 @@ class Outcome:
     status: str  # uploaded, unchanged, failed
     sha256: str = ""
     error: str = ""
+    exit_code: int = EXIT_FAILURE  # of a failure: 3 refused, 4 not found, 1 anything else
 
     def as_dict(self) -> dict:
         data = {"path": self.name, "size": self.size, "status": self.status}
@@ -254,6 +263,10 @@ class TarStream:
         return b""
 
 
+def _failed(f: LocalFile, exc: CourierError) -> Outcome:
+    return Outcome(f.name, f.size, "failed", f.sha256, str(exc), exc.exit_code)
+
+
 def _padded(size: int) -> int:
     return -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
 
@@ -311,7 +324,7 @@ class Uploader:
                 raise CourierError("the service stored other bytes than were sent")
         except CourierError as exc:
             self.reporter.finish(handle, f"FAILED {f.name}: {exc}")
-            return Outcome(f.name, f.size, "failed", f.sha256, str(exc))
+            return Outcome(f.name, f.size, "failed", f.sha256, str(exc), exc.exit_code)
         finally:
             for reader in readers:
                 reader.close()
@@ -350,16 +363,16 @@ class Uploader:
                     self.batch_supported = False
                 return [self.put(f) for f in files]
             self.reporter.finish(handle, f"FAILED batch of {len(files)} files: {exc}")
-            return [Outcome(f.name, f.size, "failed", f.sha256, str(exc)) for f in files]
+            return [_failed(f, exc) for f in files]
         except CourierError as exc:
             self.reporter.finish(handle, f"FAILED batch of {len(files)} files: {exc}")
-            return [Outcome(f.name, f.size, "failed", f.sha256, str(exc)) for f in files]
+            return [_failed(f, exc) for f in files]
         try:
             answer = read_json(response)
         except CourierError as exc:
             # Sent, but unconfirmed: a re-run finds out what the build holds.
             self.reporter.finish(handle, f"FAILED batch of {len(files)} files: {exc}")
-            return [Outcome(f.name, f.size, "failed", f.sha256, str(exc)) for f in files]
+            return [_failed(f, exc) for f in files]
         artifacts = answer.get("artifacts") if isinstance(answer, dict) else None
         stored = {
             a["path"]: a.get("sha256")

@@ -76,3 +76,76 @@ def test_a_creating_post_the_service_refused_before_acting_is_retried(command, f
     result, posts = run(command, first_answer)
     assert len(posts) == 2
     assert result.code == 0, result.output
+
+
+# -- exit codes when some files fail ---------------------------------------------------------
+
+UPLOADER = {"COURIER_TOKEN": "acb_" + "b" * 40, "COURIER_BUILD": "7"}
+
+
+def empty_listing(h):
+    return 200, {}, json_body({"next": None, "results": []})
+
+
+@pytest.mark.parametrize(("status", "code"), [(401, 3), (403, 3), (404, 4)])
+def test_an_upload_refused_for_every_file_exits_with_the_refusals_code(tmp_path, status, code):
+    """A key revoked (or expired) during a run: the job learns it is the credentials (3),
+    as the documented table says, not a transfer failure (1)."""
+    refusal = json_body({"detail": "refused", "code": "x"})
+    routes = {
+        ("GET", "/api/v1/builds/7/artifacts/"): empty_listing,
+        ("PUT", "/api/v1/builds/7/artifacts/a.txt"): lambda h: (status, {}, refusal),
+        ("PUT", "/api/v1/builds/7/artifacts/b.txt"): lambda h: (status, {}, refusal),
+    }
+    for name in ("a.txt", "b.txt"):
+        (tmp_path / name).write_bytes(name.encode())
+    with stub_server(routes) as (base, _):
+        result = courier(
+            "upload", str(tmp_path / "a.txt"), str(tmp_path / "b.txt"),
+            env={"COURIER_URL": base, **UPLOADER},
+        )  # fmt: skip
+    assert result.code == code, result.output
+
+
+def test_failures_of_different_kinds_exit_1(tmp_path):
+    def put(h):
+        digest = h.headers["X-Checksum-Sha256"]
+        return 201, {}, json_body({"path": "b.txt", "size": 1, "sha256": digest})
+
+    routes = {
+        ("GET", "/api/v1/builds/7/artifacts/"): empty_listing,
+        ("PUT", "/api/v1/builds/7/artifacts/a.txt"): lambda h: (
+            403, {}, json_body({"detail": "refused", "code": "x"}),
+        ),
+        ("PUT", "/api/v1/builds/7/artifacts/b.txt"): lambda h: (
+            507, {}, json_body({"detail": "full", "code": "storage_full"}),
+        ),
+        ("PUT", "/api/v1/builds/7/artifacts/c.txt"): put,
+    }  # fmt: skip
+    for name in ("a.txt", "b.txt", "c.txt"):
+        (tmp_path / name).write_bytes(name.encode())
+    with stub_server(routes) as (base, _):
+        result = courier(
+            "upload", *(str(tmp_path / n) for n in ("a.txt", "b.txt", "c.txt")),
+            env={"COURIER_URL": base, **UPLOADER},
+        )  # fmt: skip
+    assert result.code == 1, result.output
+
+
+def test_a_download_refused_for_every_file_exits_3(tmp_path):
+    sha = "a" * 64
+    items = [{"path": n, "size": 1, "sha256": sha} for n in ("a.txt", "b.txt")]
+    refusal = json_body({"detail": "revoked", "code": "revoked"})
+    routes = {
+        ("GET", "/api/v1/builds/7/artifacts/"): lambda h: (
+            200, {}, json_body({"next": None, "results": items}),
+        ),
+        ("GET", "/api/v1/builds/7/artifacts/a.txt"): lambda h: (401, {}, refusal),
+        ("GET", "/api/v1/builds/7/artifacts/b.txt"): lambda h: (401, {}, refusal),
+    }  # fmt: skip
+    with stub_server(routes) as (base, _):
+        result = courier(
+            "download", "--build", "7", "-o", str(tmp_path),
+            env={"COURIER_URL": base, "COURIER_TOKEN": "acb_" + "b" * 40},
+        )  # fmt: skip
+    assert result.code == 3, result.output
