@@ -29,6 +29,7 @@ Requirements: `artifactcourier-cli` (the `courier` package: downloads with verif
 from __future__ import annotations
 
 import base64
+import ctypes
 import json
 import logging
 import os
@@ -151,6 +152,20 @@ def command_env() -> dict[str, str]:
     return {name: os.environ[name] for name in map(str.strip, names) if name in os.environ}
 
 
+def keep_commands_out() -> None:
+    """A command runs as our user, who may read a process's environment and memory
+    (/proc/PID/environ, /proc/PID/mem, ptrace): our environment holds the webhook secret and
+    the function's credentials. Linux refuses all of them to other processes of the user
+    once this one is not dumpable (prctl PR_SET_DUMPABLE 0)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        if ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE
+            raise OSError(ctypes.get_errno(), "prctl")
+    except (OSError, AttributeError):
+        log.warning("could not make the receiver non-dumpable: a command may read its secrets")
+
+
 def _log_fd() -> int:
     """Our stderr's descriptor (the function's log), or nowhere if it has none."""
     try:
@@ -176,7 +191,8 @@ def work(delivery: Delivery) -> None:
             command = os.environ.get("RECEIVER_COMMAND")
             if command:
                 # Its output goes to our log as it comes (never held in memory), and it gets
-                # a plain environment (see command_env).
+                # a plain environment (see command_env) and no look at ours.
+                keep_commands_out()
                 result = subprocess.run(  # noqa: S603 (the operator's own command)
                     shlex.split(command),
                     cwd=root,

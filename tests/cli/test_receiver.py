@@ -261,7 +261,7 @@ def test_the_command_gets_neither_the_webhook_secret_nor_cloud_credentials(tmp_p
     """RECEIVER_COMMAND runs on a build's artifacts (a pull request's tests, say): with the
     webhook secret it could forge deliveries, with the function's AWS credentials invoke
     it. It gets a plain environment, and the variables RECEIVER_COMMAND_ENV names."""
-    seen = tmp_path / "env.txt"
+    seen, peeked = tmp_path / "env.txt", tmp_path / "parent-env.txt"
     with (
         downstream_world() as (base, artifacts, statuses, _),
         receiver(
@@ -271,7 +271,8 @@ def test_the_command_gets_neither_the_webhook_secret_nor_cloud_credentials(tmp_p
             AWS_SESSION_TOKEN="aws-session-never-for-the-command",
             OPERATOR_SETTING="for-the-command",
             RECEIVER_COMMAND_ENV="OPERATOR_SETTING",
-            RECEIVER_COMMAND=f"sh -c 'env > {seen}'",
+            # ... nor by reading ours from /proc (the same user may, unless we forbid it).
+            RECEIVER_COMMAND=f"sh -c 'env > {seen}; cat /proc/$PPID/environ > {peeked}'",
         ) as url,
     ):
         body, headers = signed(payload(base, artifacts))
@@ -281,9 +282,31 @@ def test_the_command_gets_neither_the_webhook_secret_nor_cloud_credentials(tmp_p
     env = seen.read_text()
     assert "PATH=" in env
     assert "OPERATOR_SETTING=for-the-command" in env
+    # Root reads any process's environment: that part is checked when the suite runs
+    # unprivileged (as CI does), and the mechanism by the test below in any case.
+    parent = peeked.read_bytes().decode(errors="replace") if os.geteuid() else ""
     for secret in (SECRET, "aws-secret-never-for-the-command", "aws-session-never-for-the-command"):
         assert secret not in env
+        assert secret not in parent
     assert STATUS_TOKEN not in env
+
+
+def test_the_receiver_keeps_commands_of_its_user_out_of_its_memory():
+    """A command runs as the receiver's user, who may read a process's environment and memory
+    (/proc/PID/environ, /proc/PID/mem, ptrace) unless it is not dumpable: the receiver makes
+    itself so before it runs one (Linux)."""
+    script = (
+        "import ctypes, sys\n"
+        f"sys.path.insert(0, {str(ROOT / 'examples' / 'receiver')!r})\n"
+        "import handler\n"
+        "handler.keep_commands_out()\n"
+        "print(ctypes.CDLL(None).prctl(3, 0, 0, 0, 0))\n"  # PR_GET_DUMPABLE
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "0"
 
 
 def test_the_commands_output_is_not_held_in_memory():
