@@ -172,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
         "upload files, directories (recursively) and globs to the build",
         epilog=(
             "A file goes up under its own name, a directory's files under their paths relative\n"
-            "to it, both below --prefix. Files the build already holds with the same SHA-256\n"
+            "to it (not its hidden ones, .git or .env, without --include-hidden), both below\n"
+            "--prefix. Files the build already holds with the same SHA-256\n"
             "are skipped, so a re-run after a failure sends only what is missing.\n\n"
             "example:\n  courier upload dist/ --prefix dist/\n  courier upload 'out/*.whl'"
         ),
@@ -185,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-batch",
         action="store_true",
         help="one request per file, even for many small files (default: tar batches)",
+    )
+    p.add_argument(
+        "--include-hidden",
+        action="store_true",
+        help="also the hidden files and directories (.git, .env, ...) inside a directory"
+        " (default: left out; a hidden file named explicitly always goes up)",
     )
     p.set_defaults(func=cmd_upload)
 
@@ -501,6 +508,7 @@ def cmd_upload(args) -> int:
             jobs=args.jobs,
             reporter=rep,
             batch=not args.no_batch,
+            include_hidden=args.include_hidden,
         )
     return _summary(outcomes, "uploaded", args)
 

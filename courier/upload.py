@@ -82,9 +82,16 @@ def normalize_prefix(prefix: str | None) -> str:
     return f"{prefix}/" if prefix else ""
 
 
-def collect(paths: list[str], prefix: str) -> list[LocalFile]:
+def collect(
+    paths: list[str], prefix: str, *, include_hidden: bool = False, skipped: list | None = None
+) -> list[LocalFile]:
     """The files named by ``paths``: a file goes up under its own name, a directory's files
-    under their paths relative to it, a glob as the files and directories it matches."""
+    under their paths relative to it, a glob as the files and directories it matches.
+
+    Inside a directory, hidden files and directories (a name starting with a dot) stay
+    behind unless ``include_hidden``: a checked-out workspace keeps the CI's token in
+    `.git/config` and secrets in `.env`. What stays behind is appended to ``skipped``. A
+    hidden file named (or matched by a glob) explicitly goes up."""
     found: list[tuple[Path, str]] = []
     for arg in paths:
         matches = [arg] if os.path.lexists(arg) else sorted(glob.glob(arg, recursive=True))
@@ -94,6 +101,15 @@ def collect(paths: list[str], prefix: str) -> list[LocalFile]:
             path = Path(match)
             if path.is_dir():
                 for root, dirs, files in os.walk(path):
+                    if not include_hidden:
+                        for name in [d for d in dirs if d.startswith(".")]:
+                            dirs.remove(name)
+                            if skipped is not None:
+                                skipped.extend(_files_under(Path(root) / name))
+                        hidden = [f for f in files if f.startswith(".")]
+                        if skipped is not None:
+                            skipped.extend(Path(root) / f for f in hidden)
+                        files = [f for f in files if not f.startswith(".")]
                     dirs.sort()
                     for name in sorted(files):
                         full = Path(root) / name
@@ -126,6 +142,10 @@ def collect(paths: list[str], prefix: str) -> list[LocalFile]:
         seen[name] = path.resolve()
         files.append(LocalFile(path=path, name=name, size=path.stat().st_size))
     return files
+
+
+def _files_under(directory: Path) -> list[Path]:
+    return [Path(root) / name for root, _, files in os.walk(directory) for name in files]
 
 
 def _inside(link: Path, tree: Path) -> bool:
@@ -405,9 +425,16 @@ def upload(
     jobs: int,
     reporter: Reporter,
     batch: bool = True,
+    include_hidden: bool = False,
 ) -> list[Outcome]:
     prefix = normalize_prefix(prefix)
-    files = collect(paths, prefix)
+    skipped: list[Path] = []
+    files = collect(paths, prefix, include_hidden=include_hidden, skipped=skipped)
+    if skipped:
+        reporter.line(
+            f"left out {len(skipped)} hidden files (such as {printable(skipped[0])}):"
+            " --include-hidden uploads them"
+        )
     uploader = Uploader(client, build, prefix, reporter)
     existing = uploader.existing()
     outcomes: list[Outcome] = []

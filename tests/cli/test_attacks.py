@@ -604,3 +604,37 @@ def test_the_token_does_not_follow_a_redirect_to_another_port_of_the_same_host(t
             )  # fmt: skip
     assert result.code == 0, result.output
     assert [h.get("Authorization") for _, _, h in other_seen] == [None]
+
+
+def test_hidden_files_of_an_uploaded_directory_stay_behind_unless_asked_for(tmp_path):
+    """A checked-out workspace holds `.git/config`, where the CI's checkout keeps its token
+    (actions/checkout's extraheader), and often a `.env`: uploading the directory must not
+    ship them to a build whose artifacts may be shared. --include-hidden sends them."""
+    tree = tmp_path / "ws"
+    (tree / ".git").mkdir(parents=True)
+    (tree / ".git" / "config").write_text("extraheader = AUTHORIZATION: basic c2VjcmV0\n")
+    (tree / ".env").write_text("API_KEY=secret\n")
+    (tree / "sub" / ".cache").mkdir(parents=True)
+    (tree / "sub" / ".cache" / "x").write_text("x")
+    (tree / "sub" / "a.txt").write_text("a")
+    put_paths = []
+
+    def put(h):
+        put_paths.append(h.path)
+        digest = h.headers["X-Checksum-Sha256"]
+        return 201, {}, json_body({"path": h.path, "size": len(h.body), "sha256": digest})
+
+    routes = {("GET", "/api/v1/builds/7/artifacts/"): lambda h: (200, {}, json_body([]))}
+    for name in (".git/config", ".env", "sub/.cache/x", "sub/a.txt"):
+        routes[("PUT", f"/api/v1/builds/7/artifacts/{name}")] = put
+    env = {"COURIER_TOKEN": TOKEN, "COURIER_BUILD": "7"}
+    with stub_server(routes) as (base, _):
+        plain = courier("upload", str(tree), env={"COURIER_URL": base, **env})
+        sent_plain = sorted(put_paths)
+        put_paths.clear()
+        hidden = courier("upload", str(tree), "--include-hidden", env={"COURIER_URL": base, **env})
+    assert plain.code == 0, plain.output
+    assert sent_plain == ["/api/v1/builds/7/artifacts/sub/a.txt"]
+    assert "3 hidden files" in plain.stderr and "--include-hidden" in plain.stderr
+    assert hidden.code == 0, hidden.output
+    assert len(put_paths) == 4
