@@ -199,13 +199,12 @@ class Downloader:
                     break
                 except _Retry as exc:
                     if attempt >= self.client.config.retries:
-                        self.reporter.finish(handle, f"FAILED {remote.path}: {exc}")
+                        self.reporter.finish(handle, None)  # fetch() says FAILED
                         raise CourierError(str(exc)) from None
                     attempt += 1
                     time.sleep(backoff(attempt))
-                except (CourierError, OSError) as exc:
-                    error = str(exc) if isinstance(exc, CourierError) else _os_error(exc)
-                    self.reporter.finish(handle, f"FAILED {remote.path}: {error}")
+                except (CourierError, OSError):
+                    self.reporter.finish(handle, None)
                     raise
             os.replace(part, target)
             done = True

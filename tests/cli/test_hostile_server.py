@@ -249,3 +249,10 @@ def test_a_listing_link_to_another_origin_is_not_fetched(tmp_path):
     assert result.code == 1
     assert "origin" in result.stderr
     assert elsewhere_seen == []
+
+
+def test_a_failed_download_says_so_once(tmp_path):
+    with serve_listing(["a.txt"], digest=sha256(b"something else")) as (base, _):
+        result = courier("download", f"{base}/listing", "-o", str(tmp_path / "t"))
+    assert result.code == 1
+    assert result.stderr.count("FAILED a.txt") == 1, result.stderr
