@@ -48,3 +48,41 @@ def test_the_same_names_are_ordinary_elsewhere(path):
 @pytest.mark.parametrize("path", WINDOWS_FINE)
 def test_names_that_only_look_like_devices_are_fine_on_windows(path):
     assert safe_relative(path, windows=True) == path
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("https://svc.example/a", "http://svc.example/a"),  # down to plain http
+        ("https://svc.example/a", "https://svc.example:8443/a"),  # another port
+        ("http://127.0.0.1:8000/a", "http://127.0.0.1:9000/a"),
+        ("https://svc.example/a", "https://store.example/a"),  # another host
+    ],
+)
+def test_the_token_is_dropped_on_a_redirect_off_the_origin(old, new):
+    """What requests decides on a redirect, through courier's own session (which never adds
+    credentials of its own): the token goes no further than its origin."""
+    import requests
+
+    from courier.client import _Session
+
+    session = _Session()
+    prepared = requests.Request("GET", new, headers={"Authorization": "Bearer t"}).prepare()
+    previous = requests.Response()
+    previous.request = requests.Request("GET", old).prepare()
+    session.rebuild_auth(prepared, previous)
+    assert "Authorization" not in prepared.headers
+
+
+def test_the_token_stays_on_a_redirect_within_the_origin():
+    import requests
+
+    from courier.client import _Session
+
+    prepared = requests.Request(
+        "GET", "https://svc.example/b", headers={"Authorization": "Bearer t"}
+    ).prepare()
+    previous = requests.Response()
+    previous.request = requests.Request("GET", "https://svc.example/a").prepare()
+    _Session().rebuild_auth(prepared, previous)
+    assert prepared.headers["Authorization"] == "Bearer t"
