@@ -29,11 +29,13 @@ Requirements: `artifactcourier-cli` (the `courier` package: downloads with verif
 from __future__ import annotations
 
 import base64
+import contextlib
 import ctypes
 import json
 import logging
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import tempfile
@@ -291,7 +293,27 @@ def lambda_handler(event: dict, context) -> dict:
 def serve(port: int, host: str = "127.0.0.1") -> None:
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+    read_timeout = float(os.environ.get("RECEIVER_READ_TIMEOUT", "30"))
+
     class Handler(BaseHTTPRequestHandler):
+        # A caller has this long to send its whole request (head and body): one that sends
+        # nothing, or a byte now and then, would otherwise hold a thread for ever.
+        timeout = read_timeout
+
+        def setup(self) -> None:
+            super().setup()
+            self.deadline = threading.Timer(read_timeout, self._cut)
+            self.deadline.daemon = True
+            self.deadline.start()
+
+        def _cut(self) -> None:
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+
+        def finish(self) -> None:
+            self.deadline.cancel()
+            super().finish()
+
         def do_POST(self) -> None:
             declared = self.headers.get("Content-Length") or "0"
             if not declared.isdigit() or not declared.isascii():
@@ -305,6 +327,10 @@ def serve(port: int, host: str = "127.0.0.1") -> None:
                 self.send_error(413)
                 return
             body = self.rfile.read(length)
+            self.deadline.cancel()  # read in time: answering may take longer
+            if len(body) < length:
+                self.close_connection = True
+                return
             status, answer = handle(
                 dict(self.headers.items()),
                 body,

@@ -349,3 +349,37 @@ def _peak_memory_kib(port: int) -> int:
         except OSError:
             continue
     raise AssertionError("no process listens on the port")
+
+
+@pytest.mark.parametrize("drip", [False, True])
+def test_a_caller_that_sends_slowly_or_not_at_all_is_cut_off(drip):
+    """Locally the receiver is a threaded HTTP server: a connection that sends nothing (or a
+    byte now and then) must not hold a thread for ever; many would exhaust the process."""
+    import socket
+
+    with receiver(
+        WEBHOOK_SECRET=SECRET, COURIER_URL="http://127.0.0.1:1", RECEIVER_READ_TIMEOUT="2"
+    ) as url:
+        port = int(url.rstrip("/").rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            started = time.monotonic()
+            sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\n")
+            answer = b"?"
+            while time.monotonic() - started < 20:
+                if drip:
+                    try:
+                        sock.sendall(b"X")
+                    except OSError:
+                        answer = b""
+                        break
+                sock.settimeout(0.5)
+                try:
+                    answer = sock.recv(4096)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    answer = b""
+                break
+            took = time.monotonic() - started
+    assert answer == b"" or answer.startswith(b"HTTP/1.0 408"), answer
+    assert took < 10
