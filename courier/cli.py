@@ -56,6 +56,16 @@ def _jobs(value: str) -> int:
     return n
 
 
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}") from None
+    if not 1 <= seconds <= 86400:
+        raise argparse.ArgumentTypeError("between 1 and 86400 seconds")
+    return seconds
+
+
 def parse_duration(value: str) -> int:
     """`90`, `90s`, `15m`, `2h`, `7d` -> seconds."""
     match = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", value or "")
@@ -82,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--timeout",
-        type=float,
+        type=_seconds,
         default=60.0,
         help="seconds without an answer, or moving less than 32 KiB, before a request counts"
         " as stalled (default: 60)",

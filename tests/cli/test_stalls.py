@@ -164,3 +164,9 @@ def test_a_slow_but_steady_download_is_not_a_stall(tmp_path):
         result = run("download", f"{base}/listing", "-o", str(tmp_path), env={})
     assert result.code == 0, result.output
     assert (tmp_path / "a.bin").read_bytes() == data
+
+
+def test_a_timeout_that_would_stall_everything_is_a_usage_error():
+    for value in ("0", "-5", "nan", "inf"):
+        result = courier("whoami", "--timeout", value, env={"COURIER_URL": "http://127.0.0.1:9"})
+        assert result.code == 2, (value, result.output)
