@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
 
+import requests
+
 from . import __version__
 from .client import (
     EXIT_FAILURE,
@@ -54,6 +56,16 @@ def _jobs(value: str) -> int:
     return n
 
 
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}") from None
+    if not 1 <= seconds <= 86400:
+        raise argparse.ArgumentTypeError("between 1 and 86400 seconds")
+    return seconds
+
+
 def parse_duration(value: str) -> int:
     """`90`, `90s`, `15m`, `2h`, `7d` -> seconds."""
     match = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", value or "")
@@ -78,7 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=int(os.environ.get("COURIER_RETRIES", "4")),
         help="retries on connection errors and 5xx, with backoff (default: 4)",
     )
-    g.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for an answer")
+    g.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=60.0,
+        help="seconds without an answer, or moving less than 32 KiB, before a request counts"
+        " as stalled (default: 60)",
+    )
     common.add_argument("--json", action="store_true", help="machine-readable output on stdout")
 
     parser = argparse.ArgumentParser(
@@ -164,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
         "upload files, directories (recursively) and globs to the build",
         epilog=(
             "A file goes up under its own name, a directory's files under their paths relative\n"
-            "to it, both below --prefix. Files the build already holds with the same SHA-256\n"
+            "to it (not its hidden ones, .git or .env, without --include-hidden), both below\n"
+            "--prefix. Files the build already holds with the same SHA-256\n"
             "are skipped, so a re-run after a failure sends only what is missing.\n\n"
             "example:\n  courier upload dist/ --prefix dist/\n  courier upload 'out/*.whl'"
         ),
@@ -177,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-batch",
         action="store_true",
         help="one request per file, even for many small files (default: tar batches)",
+    )
+    p.add_argument(
+        "--include-hidden",
+        action="store_true",
+        help="also the hidden files and directories (.git, .env, ...) inside a directory"
+        " (default: left out; a hidden file named explicitly always goes up)",
     )
     p.set_defaults(func=cmd_upload)
 
@@ -471,7 +496,12 @@ def _summary(outcomes, verb: str, args) -> int:
         )
         for o in failed:
             say(f"  failed: {o.__dict__.get('name') or o.__dict__.get('path')}: {o.error}")
-    return EXIT_FAILURE if failed else EXIT_OK
+    if not failed:
+        return EXIT_OK
+    # Every file refused (3) or not found (4) alike: that code, as for a single request (a
+    # key revoked or expired during the run is the credentials, not the transfer).
+    codes = {o.exit_code for o in failed}
+    return codes.pop() if len(codes) == 1 else EXIT_FAILURE
 
 
 def cmd_upload(args) -> int:
@@ -488,6 +518,7 @@ def cmd_upload(args) -> int:
             jobs=args.jobs,
             reporter=rep,
             batch=not args.no_batch,
+            include_hidden=args.include_hidden,
         )
     return _summary(outcomes, "uploaded", args)
 
@@ -533,7 +564,7 @@ def cmd_share(args) -> int:
 
 
 def cmd_revoke(args) -> int:
-    make_client(args).request("DELETE", f"api/v1/keys/{args.key_id}", expect=(204, 200))
+    make_client(args).request("DELETE", f"api/v1/keys/{args.key_id}", expect=(204, 200)).close()
     if args.json:
         emit_json({"revoked": args.key_id})
     else:
@@ -592,6 +623,11 @@ def main(argv: list[str] | None = None) -> int:
         # one line, not a traceback with the server's text in it.
         detail = printable(f"{type(exc).__name__}: {exc}")[:200]
         sys.stderr.write(f"courier: error: unexpected answer from the service ({detail})\n")
+        return EXIT_FAILURE
+    except requests.RequestException as exc:
+        # A connection broken while an answer was read, wherever that happened: one line
+        # without the URL (a link's query is its credential).
+        sys.stderr.write(f"courier: error: the connection failed ({type(exc).__name__})\n")
         return EXIT_FAILURE
     except KeyboardInterrupt:
         sys.stderr.write("courier: interrupted\n")

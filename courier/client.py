@@ -14,8 +14,9 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
+from requests.auth import AuthBase
 
-from . import __version__
+from . import __version__, pace
 
 # Exit codes (documented in `courier --help` and docs/ci.md).
 EXIT_OK = 0
@@ -27,8 +28,13 @@ EXIT_NOT_FOUND = 4
 # Worth another try: throttled, or the service (or a proxy in front) failing for now. Not 501
 # (never gets better) nor 507 (a full store stays full within a run).
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# The service's 503 codes for a request it refused before acting (a dependency down: "nothing
+# was changed"). A proxy's 502/503/504 proves nothing: the service may have acted first.
+REFUSED_BEFORE_ACTING = frozenset({"unavailable"})
 # A JSON answer larger than this is not the service's (a page holds at most 1000 artifacts).
 MAX_JSON = 64 * 1024 * 1024
+# A redirect's body is a line of HTML at most: more of it than this is not read.
+MAX_REDIRECT_BODY = 64 * 1024
 # Pages of one listing followed at most (1000 artifacts each).
 MAX_PAGES = 10_000
 
@@ -69,7 +75,7 @@ def api_error(response: requests.Response) -> ApiError:
     detail, code = response.reason or "error", ""
     raw = b""
     try:  # an error body is short: no more than 64 KiB of it is read
-        for chunk in response.iter_content(65536):
+        for chunk in pace.iter_body(response):
             raw += chunk
             if len(raw) > 65536:
                 break
@@ -157,6 +163,33 @@ class Config:
     timeout: float = 60.0
 
 
+class _NoOtherCredentials(AuthBase):
+    """The session's auth: leaves a request as it is. Being set, it keeps requests from
+    adding credentials of its own from ~/.netrc or a URL's user:password@."""
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        return request
+
+
+class _Session(requests.Session):
+    """No credentials but courier's own. requests would otherwise send the runner's
+    ~/.netrc credentials for the service's host instead of the token, and, after a redirect
+    a server chose, those for the host it points to (over plain http if it says so)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.auth = _NoOtherCredentials()
+
+    def rebuild_auth(self, prepared_request, response) -> None:
+        # requests' own, without its ~/.netrc look-up: the token (Authorization) is dropped
+        # on the way to another host, port or scheme.
+        headers = prepared_request.headers
+        if "Authorization" in headers and self.should_strip_auth(
+            response.request.url, prepared_request.url
+        ):
+            del headers["Authorization"]
+
+
 class Client:
     """Requests with retries. The bearer token is only ever sent to the configured service's
     origin: signed links and redirects elsewhere (S3) travel without it."""
@@ -172,7 +205,9 @@ class Client:
     def session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
         if session is None:
-            session = requests.Session()
+            session = _Session()
+            pace.mount(session)
+            session.hooks["response"].append(_bounded_redirect_body)
             session.headers["User-Agent"] = f"courier/{__version__}"
             self._local.session = session
         return session
@@ -194,14 +229,18 @@ class Client:
         body: Callable[[], Any] | None = None,
         headers: dict | None = None,
         params: dict | None = None,
-        stream: bool = False,
         idempotent: bool | None = None,
         expect: tuple[int, ...] = (200, 201, 204),
     ) -> requests.Response:
         """One API call. ``body`` is a factory so that a retry sends the body afresh.
         Idempotent calls (GET, PUT, DELETE and the uploads) are retried on connection
-        errors and 5xx with exponential backoff; others only when the connection was refused,
-        since then nothing reached the server."""
+        errors and 5xx with exponential backoff. Others (a POST creating a build, a share, a
+        key) only when nothing can have been done: the connection was refused, or the
+        answer says the request was refused before acting (see ``_refused_before_acting``);
+        a second build or key is worse than a failed job.
+
+        The answer comes back unread (streamed): its body is read with ``read_json`` or in
+        chunks by the caller, never whole into memory, however long a server makes it."""
         url = self.absolute(path_or_url)
         if idempotent is None:
             idempotent = method in ("GET", "HEAD", "PUT", "DELETE")
@@ -217,6 +256,7 @@ class Client:
             all_headers["Authorization"] = f"Bearer {self.config.token}"
         attempt = 0
         while True:
+            watch = pace.start(self.config.timeout)
             try:
                 response = self.session().request(
                     method,
@@ -225,23 +265,31 @@ class Client:
                     data=body() if body is not None else None,
                     headers=all_headers,
                     params=params,
-                    stream=stream,
+                    stream=True,
                     timeout=(10, self.config.timeout),
                 )
-            except requests.ConnectionError as exc:
-                refused = _refused(exc)
-                if attempt < self.config.retries and (idempotent or refused):
+                if watch.stalled:
+                    # Its socket shut down mid-head: what was parsed is no answer.
+                    response.close()
+                    raise requests.ConnectionError("stalled")
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                watch.finish()
+                # Refused, or no connection within the connect timeout: nothing was sent.
+                nothing_sent = not watch.stalled and (
+                    isinstance(exc, requests.ConnectTimeout)
+                    or (isinstance(exc, requests.ConnectionError) and _refused(exc))
+                )
+                if attempt < self.config.retries and (idempotent or nothing_sent):
                     attempt += 1
                     time.sleep(backoff(attempt))
                     continue
+                if watch.stalled:
+                    raise CourierError(f"{_origin(url)} stalled: {watch.reason}") from None
+                if isinstance(exc, requests.Timeout) and not nothing_sent:
+                    raise CourierError(f"{_origin(url)} did not answer in time") from None
                 raise CourierError(f"cannot reach {_origin(url)}: {_reason(exc)}") from None
-            except requests.Timeout:
-                if attempt < self.config.retries and idempotent:
-                    attempt += 1
-                    time.sleep(backoff(attempt))
-                    continue
-                raise CourierError(f"{_origin(url)} did not answer in time") from None
             except requests.TooManyRedirects:
+                watch.finish()
                 raise CourierError(f"{_origin(url)} redirects in a loop") from None
             except (
                 requests.exceptions.InvalidURL,
@@ -249,22 +297,37 @@ class Client:
                 requests.exceptions.MissingSchema,
                 ValueError,
             ):
+                watch.finish()
                 # A link we were given is checked beforehand: this is a redirect's Location.
                 raise CourierError(f"{_origin(url)} redirected to an invalid URL") from None
             except requests.RequestException as exc:
+                watch.finish()
+                if watch.stalled:
+                    raise CourierError(f"{_origin(url)} stalled: {watch.reason}") from None
                 # A body cut short, an undecodable encoding...: one line, no URL (its query
                 # may be a signature), no traceback.
                 raise CourierError(
                     f"{_origin(url)} sent a broken answer ({type(exc).__name__})"
                 ) from None
-            retryable = idempotent or response.status_code in (429, 503)
+            _watch_until_closed(response, watch)
             status = response.status_code
-            if status in RETRY_STATUSES and retryable and attempt < self.config.retries:
-                attempt += 1
-                delay = _retry_after(response) or backoff(attempt)
-                response.close()
-                time.sleep(delay)
-                continue
+            if status in RETRY_STATUSES and attempt < self.config.retries:
+                if idempotent:
+                    retry = True
+                else:
+                    # The answer decides (its body is read to know): the error it holds is
+                    # the verdict if it is not a refusal made before acting.
+                    error = api_error(response)
+                    response.close()
+                    retry = _refused_before_acting(response, error)
+                    if not retry:
+                        raise error
+                if retry:
+                    attempt += 1
+                    delay = _retry_after(response) or backoff(attempt)
+                    response.close()
+                    time.sleep(delay)
+                    continue
             if response.status_code not in expect:
                 error = api_error(response)
                 response.close()
@@ -272,12 +335,10 @@ class Client:
             return response
 
     def get_json(self, path: str, **kwargs) -> Any:
-        response = self.request("GET", path, stream=True, **kwargs)
-        return _json(response)
+        return read_json(self.request("GET", path, **kwargs))
 
     def post_json(self, path: str, payload: Any, **kwargs) -> Any:
-        response = self.request("POST", path, json=payload, stream=True, **kwargs)
-        return _json(response)
+        return read_json(self.request("POST", path, json=payload, **kwargs))
 
     def paginate(self, path: str, params: dict | None = None, **kwargs) -> Iterator[dict]:
         """Every item of a paginated listing, following ``next`` links (page or cursor
@@ -306,17 +367,44 @@ class Client:
                     raise CourierError("the service's next page points to another origin")
 
 
-def _json(response: requests.Response) -> Any:
+def _bounded_redirect_body(response: requests.Response, **kwargs) -> requests.Response:
+    """requests reads a redirect's body whole before following it: no more than
+    MAX_REDIRECT_BODY of it is read here, and a longer one ends its connection."""
+    if response.is_redirect:
+        read = 0
+        for chunk in pace.iter_body(response):
+            read += len(chunk)
+            if read > MAX_REDIRECT_BODY:
+                response.raw.close()
+                break
+        response._content = b""  # what requests reads next: nothing more
+    return response
+
+
+def _watch_until_closed(response: requests.Response, watch: pace.Pace) -> None:
+    """The answer's body stays watched until the answer is closed (``with response``)."""
+    close = response.close
+
+    def close_and_unwatch() -> None:
+        watch.finish()
+        close()
+
+    response.close = close_and_unwatch  # type: ignore[method-assign]
+
+
+def read_json(response: requests.Response) -> Any:
     """The answer's JSON document, read up to MAX_JSON bytes (a hostile server's endless
-    listing must not exhaust memory)."""
+    listing must not exhaust memory); a body cut short or not JSON is a CourierError."""
     with response:
         body = bytearray()
         try:
-            for chunk in response.iter_content(1024 * 1024):
+            for chunk in pace.iter_body(response):
                 body += chunk
                 if len(body) > MAX_JSON:
                     raise CourierError(f"{_origin(response.url)} answered more JSON than expected")
         except requests.RequestException as exc:
+            if pace.stalled():
+                raise CourierError(f"{_origin(response.url)} {pace.reason()}") from None
             raise CourierError(
                 f"{_origin(response.url)} sent a broken answer ({type(exc).__name__})"
             ) from None
@@ -338,6 +426,18 @@ def _retry_after(response: requests.Response) -> float | None:
     if value.isdigit():
         return min(float(value), 30.0)
     return None
+
+
+def _refused_before_acting(response: requests.Response, error: ApiError) -> bool:
+    """True when an answer proves the request was not acted on, so that a POST that creates
+    something may be sent again: 429 (throttled: refused as such) with Retry-After, or the
+    service's own 503 with Retry-After and a code it sends only before acting. A proxy's
+    502/503/504 (the service may have committed and then gone away) proves nothing."""
+    if "Retry-After" not in response.headers:
+        return False
+    if response.status_code == 429:
+        return True
+    return response.status_code == 503 and error.code in REFUSED_BEFORE_ACTING
 
 
 def _refused(exc: Exception) -> bool:

@@ -23,13 +23,15 @@ from urllib.parse import quote, unquote, urlsplit
 
 import requests
 
+from . import pace
 from .client import (
-    ApiError,
+    EXIT_FAILURE,
     Client,
     CourierError,
     backoff,
     check_url,
     printable,
+    read_json,
     same_origin,
 )
 from .output import Reporter, human_size
@@ -60,6 +62,7 @@ class Outcome:
     sha256: str = ""
     error: str = ""
     resumed_from: int = 0
+    exit_code: int = EXIT_FAILURE  # of a failure: 3 refused, 4 not found, 1 anything else
 
     def as_dict(self) -> dict:
         data = {"path": self.path, "status": self.status, "size": self.size}
@@ -69,21 +72,43 @@ class Outcome:
         return data
 
 
-def safe_relative(path: object) -> str:
+ON_WINDOWS = os.name == "nt"
+# Names Windows gives to devices, whatever follows a dot (before Windows 11) and with the
+# blanks before it dropped: `NUL.txt` opens the null device, `CON` the console.
+_WINDOWS_DEVICE = re.compile(r"(CON|PRN|AUX|NUL|COM[0-9¹²³]|LPT[0-9¹²³]|CONIN\$|CONOUT\$)", re.I)
+# Not in a Windows name: `:` names a file's alternate data stream (`a.txt:x` writes into
+# a.txt) or a drive, the others are wildcards and redirections.
+_WINDOWS_FORBIDDEN = frozenset('<>:"|?*')
+
+
+def _windows_unsafe(part: str) -> bool:
+    """A name Windows would not write as listed: a device, a name it changes (trailing dots
+    and blanks are dropped: another file than the listing's), a forbidden character."""
+    return (
+        bool(_WINDOWS_DEVICE.fullmatch(part.split(".", 1)[0].rstrip(" ")))
+        or part.endswith((".", " "))
+        or not _WINDOWS_FORBIDDEN.isdisjoint(part)
+    )
+
+
+def safe_relative(path: object, *, windows: bool = ON_WINDOWS) -> str:
     """A server-given path as a relative POSIX path, or an error: nothing absolute, no
     `..`, no empty or `.` segment, no NUL or control character, no backslash (a separator
-    on Windows)."""
+    on Windows); on Windows (``windows``), no name it would not write as listed."""
     if not isinstance(path, str) or not path:
         raise CourierError(f"refusing a path from the server: {printable(repr(path))}")
+    parts = path.split("/")
     bad = (
         path.startswith("/")
         or "\\" in path
         or any(not ch.isprintable() and ch != " " for ch in path)
-        or any(part in ("", ".", "..") for part in path.split("/"))
+        or any(part in ("", ".", "..") for part in parts)
         or re.match(r"^[A-Za-z]:", path)
     )
     if bad:
         raise CourierError(f"refusing a path that could leave the target: {printable(path)}")
+    if windows and any(_windows_unsafe(part) for part in parts):
+        raise CourierError(f"refusing a name Windows cannot write as listed: {printable(path)}")
     return path
 
 
@@ -111,13 +136,18 @@ def target_for(root: Path, rel: str) -> Path:
 
 
 def announced_digest(response: requests.Response) -> str | None:
-    """The SHA-256 the service sent with the bytes: `X-Checksum-Sha256`, on the answer or on
-    the redirect that led to it (S3 answers with its own headers)."""
-    for r in [response, *reversed(response.history)]:
+    """The SHA-256 announced with the bytes: `X-Checksum-Sha256`, from the first answer that
+    has one: the link's own (the service's, on a redirect to the object store, whose answer
+    has none). Whatever answers later on the way must agree: an object store reached over
+    plain http, or anyone on its way, cannot vouch for bytes of its own."""
+    found = None
+    for r in [*response.history, response]:
         value = r.headers.get("X-Checksum-Sha256", "").strip().lower()
-        if value:
-            return value
-    return None
+        if value and found is None:
+            found = value
+        elif value and value != found:
+            raise CourierError("a digest announced after a redirect disagrees with the link's")
+    return found
 
 
 def _file_digest(path: Path, limit: int | None = None) -> str:
@@ -143,8 +173,9 @@ class Downloader:
             return self._fetch(remote)
         except (CourierError, OSError) as exc:
             error = str(exc) if isinstance(exc, CourierError) else _os_error(exc)
+            code = exc.exit_code if isinstance(exc, CourierError) else EXIT_FAILURE
             self.reporter.line(f"FAILED {remote.path}: {error}")
-            return Outcome(remote.path, "failed", error=error)
+            return Outcome(remote.path, "failed", error=error, exit_code=code)
 
     def _fetch(self, remote: Remote) -> Outcome:
         target = target_for(self.root, remote.path)
@@ -168,13 +199,12 @@ class Downloader:
                     break
                 except _Retry as exc:
                     if attempt >= self.client.config.retries:
-                        self.reporter.finish(handle, f"FAILED {remote.path}: {exc}")
+                        self.reporter.finish(handle, None)  # fetch() says FAILED
                         raise CourierError(str(exc)) from None
                     attempt += 1
                     time.sleep(backoff(attempt))
-                except (CourierError, OSError) as exc:
-                    error = str(exc) if isinstance(exc, CourierError) else _os_error(exc)
-                    self.reporter.finish(handle, f"FAILED {remote.path}: {error}")
+                except (CourierError, OSError):
+                    self.reporter.finish(handle, None)
                     raise
             os.replace(part, target)
             done = True
@@ -192,24 +222,26 @@ class Downloader:
         start). Raises _Retry for a transfer worth resuming, CourierError for a verdict."""
         offset = part.lstat().st_size
         headers = {"Accept": "*/*", "Accept-Encoding": "identity"}
+        # What the part holds is hashed before asking: an answer is read as it comes (one
+        # left waiting while a large part is hashed would count as stalled).
+        held = hashlib.sha256()
         if offset:
             headers["Range"] = f"bytes={offset}-"
             if remote.sha256:
                 headers["If-Range"] = f'"{remote.sha256}"'
-        try:
-            response = self.client.request(
-                "GET",
-                remote.url,
-                auth=remote.auth,
-                headers=headers,
-                stream=True,
-                expect=(200, 206, 416),
-            )
-        except ApiError:
-            raise
+            with _open_part(part, "rb") as f:
+                while chunk := f.read(CHUNK):
+                    held.update(chunk)
+        response = self.client.request(
+            "GET",
+            remote.url,
+            auth=remote.auth,
+            headers=headers,
+            expect=(200, 206, 416),
+        )
         with response:
-            expected = remote.sha256 or announced_digest(response)
             announced = announced_digest(response)
+            expected = remote.sha256 or announced
             if remote.sha256 and announced and announced != remote.sha256:
                 raise CourierError("the server's digest header disagrees with its listing")
             if not expected or not SHA256_HEX.match(expected):
@@ -226,16 +258,12 @@ class Downloader:
                 offset = 0
                 mode = "wb"
             self.reporter.reset(handle, offset)
-            digest = hashlib.sha256()
-            if offset and mode == "ab":
-                with _open_part(part, "rb") as f:
-                    while chunk := f.read(CHUNK):
-                        digest.update(chunk)
+            digest = hashlib.sha256() if mode == "wb" else held
             size = offset
             if mode is not None:
                 with _open_part(part, mode) as out:
                     try:
-                        for chunk in response.iter_content(CHUNK):
+                        for chunk in pace.iter_body(response):
                             if remote.size is not None and size + len(chunk) > remote.size:
                                 # Never more than announced on disk: an endless body stops.
                                 part.unlink(missing_ok=True)
@@ -247,18 +275,17 @@ class Downloader:
                             digest.update(chunk)
                             size += len(chunk)
                             self.reporter.advance(handle, len(chunk))
-                    except requests.Timeout:
-                        raise _Retry("the transfer stalled") from None
-                    except requests.RequestException:
-                        raise _Retry("the connection broke during the transfer") from None
+                    except requests.RequestException as exc:
+                        if pace.stalled():
+                            reason = f"the transfer {pace.reason()}"
+                        elif isinstance(exc, requests.Timeout):
+                            reason = "the transfer stalled"
+                        else:
+                            reason = "the connection broke during the transfer"
+                        raise _Retry(reason) from None
                 length = response.headers.get("Content-Length")
                 if length and length.isdigit() and size - offset < int(length):
                     raise _Retry("the connection closed before the end of the file")
-            else:
-                with _open_part(part, "rb") as f:
-                    while chunk := f.read(CHUNK):
-                        digest.update(chunk)
-                size = os.fstat(f.fileno()).st_size
         actual = digest.hexdigest()
         if actual != expected:
             part.unlink(missing_ok=True)
@@ -396,17 +423,12 @@ def link_remotes(client: Client, link: str) -> list[Remote]:
     """A pre-signed link: a share listing (JSON with its artifacts, each with its own link)
     or a single file. No token is sent; the link is the credential."""
     parts = urlsplit(check_url(link, "the link"))
-    response = client.request(
-        "GET", link, auth=False, stream=True, headers={"Accept": "application/json"}
-    )
+    response = client.request("GET", link, auth=False, headers={"Accept": "application/json"})
     with response:
         if announced_digest(response) is None and "json" in response.headers.get(
             "Content-Type", ""
         ):
-            try:
-                listing = response.json()
-            except ValueError:
-                raise CourierError("the link answered neither a file nor a listing") from None
+            listing = read_json(response)
             if not isinstance(listing, dict):
                 raise CourierError("the link answered neither a file nor a listing")
 

@@ -45,8 +45,10 @@ class Reporter:
     def reset(self, handle: object, completed: int) -> None:
         pass
 
-    def finish(self, handle: object, line: str) -> None:
-        self.line(line)
+    def finish(self, handle: object, line: str | None) -> None:
+        """The transfer ``handle`` ended; ``line`` says how (None: the caller says it)."""
+        if line is not None:
+            self.line(line)
 
     def line(self, text: str) -> None:
         if self.quiet:
@@ -109,9 +111,10 @@ class RichReporter(Reporter):
         if self.overall is not None:
             self.progress.advance(self.overall, completed - done)
 
-    def finish(self, handle: object, line: str) -> None:
+    def finish(self, handle: object, line: str | None) -> None:
         self.progress.remove_task(handle)
-        self.progress.console.print(log_line(line), markup=False, highlight=False)
+        if line is not None:
+            self.progress.console.print(log_line(line), markup=False, highlight=False)
 
 
 def _short(name: str, width: int = 40) -> str:

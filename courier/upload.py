@@ -21,7 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from .client import ApiError, Client, CourierError, UsageError, printable
+from . import pace
+from .client import (
+    EXIT_FAILURE,
+    ApiError,
+    Client,
+    CourierError,
+    UsageError,
+    printable,
+    read_json,
+)
 from .output import Reporter, human_size
 
 READ_SIZE = 1024 * 1024
@@ -49,6 +58,7 @@ class Outcome:
     status: str  # uploaded, unchanged, failed
     sha256: str = ""
     error: str = ""
+    exit_code: int = EXIT_FAILURE  # of a failure: 3 refused, 4 not found, 1 anything else
 
     def as_dict(self) -> dict:
         data = {"path": self.name, "size": self.size, "status": self.status}
@@ -72,9 +82,16 @@ def normalize_prefix(prefix: str | None) -> str:
     return f"{prefix}/" if prefix else ""
 
 
-def collect(paths: list[str], prefix: str) -> list[LocalFile]:
+def collect(
+    paths: list[str], prefix: str, *, include_hidden: bool = False, skipped: list | None = None
+) -> list[LocalFile]:
     """The files named by ``paths``: a file goes up under its own name, a directory's files
-    under their paths relative to it, a glob as the files and directories it matches."""
+    under their paths relative to it, a glob as the files and directories it matches.
+
+    Inside a directory, hidden files and directories (a name starting with a dot) stay
+    behind unless ``include_hidden``: a checked-out workspace keeps the CI's token in
+    `.git/config` and secrets in `.env`. What stays behind is appended to ``skipped``. A
+    hidden file named (or matched by a glob) explicitly goes up."""
     found: list[tuple[Path, str]] = []
     for arg in paths:
         matches = [arg] if os.path.lexists(arg) else sorted(glob.glob(arg, recursive=True))
@@ -84,6 +101,15 @@ def collect(paths: list[str], prefix: str) -> list[LocalFile]:
             path = Path(match)
             if path.is_dir():
                 for root, dirs, files in os.walk(path):
+                    if not include_hidden:
+                        for name in [d for d in dirs if d.startswith(".")]:
+                            dirs.remove(name)
+                            if skipped is not None:
+                                skipped.extend(_files_under(Path(root) / name))
+                        hidden = [f for f in files if f.startswith(".")]
+                        if skipped is not None:
+                            skipped.extend(Path(root) / f for f in hidden)
+                        files = [f for f in files if not f.startswith(".")]
                     dirs.sort()
                     for name in sorted(files):
                         full = Path(root) / name
@@ -116,6 +142,10 @@ def collect(paths: list[str], prefix: str) -> list[LocalFile]:
         seen[name] = path.resolve()
         files.append(LocalFile(path=path, name=name, size=path.stat().st_size))
     return files
+
+
+def _files_under(directory: Path) -> list[Path]:
+    return [Path(root) / name for root, _, files in os.walk(directory) for name in files]
 
 
 def _inside(link: Path, tree: Path) -> bool:
@@ -182,6 +212,7 @@ class ProgressReader:
             raise CourierError(f"{printable(self.file.name)} shrank while it was being sent")
         self.sent += len(data)
         self.progress(len(data))
+        pace.count(len(data))
         return data
 
     def close(self) -> None:
@@ -227,7 +258,8 @@ class TarStream:
             left = f.size
             with f.path.open("rb") as stream:
                 while left > 0:
-                    data = stream.read(min(READ_SIZE, left))
+                    # Pieces small enough that a slow link is seen moving (courier.pace).
+                    data = stream.read(min(pace.READ_CHUNK, left))
                     if not data:
                         raise CourierError(f"{f.path} shrank while it was being sent")
                     left -= len(data)
@@ -246,8 +278,13 @@ class TarStream:
         # an empty one for the end: skip the empty ones (an empty file, no padding).
         for chunk in self._chunks:
             if chunk:
+                pace.count(len(chunk))
                 return chunk
         return b""
+
+
+def _failed(f: LocalFile, exc: CourierError) -> Outcome:
+    return Outcome(f.name, f.size, "failed", f.sha256, str(exc), exc.exit_code)
 
 
 def _padded(size: int) -> int:
@@ -302,12 +339,12 @@ class Uploader:
                 },
                 expect=(200, 201),
             )
-            stored = response.json()
+            stored = read_json(response)
             if not isinstance(stored, dict) or stored.get("sha256") != f.sha256:
                 raise CourierError("the service stored other bytes than were sent")
         except CourierError as exc:
             self.reporter.finish(handle, f"FAILED {f.name}: {exc}")
-            return Outcome(f.name, f.size, "failed", f.sha256, str(exc))
+            return Outcome(f.name, f.size, "failed", f.sha256, str(exc), exc.exit_code)
         finally:
             for reader in readers:
                 reader.close()
@@ -346,18 +383,22 @@ class Uploader:
                     self.batch_supported = False
                 return [self.put(f) for f in files]
             self.reporter.finish(handle, f"FAILED batch of {len(files)} files: {exc}")
-            return [Outcome(f.name, f.size, "failed", f.sha256, str(exc)) for f in files]
+            return [_failed(f, exc) for f in files]
         except CourierError as exc:
             self.reporter.finish(handle, f"FAILED batch of {len(files)} files: {exc}")
-            return [Outcome(f.name, f.size, "failed", f.sha256, str(exc)) for f in files]
+            return [_failed(f, exc) for f in files]
         try:
-            stored = {
-                a["path"]: a.get("sha256")
-                for a in response.json().get("artifacts", [])
-                if isinstance(a, dict) and isinstance(a.get("path"), str)
-            }
-        except (ValueError, AttributeError):
-            stored = {}
+            answer = read_json(response)
+        except CourierError as exc:
+            # Sent, but unconfirmed: a re-run finds out what the build holds.
+            self.reporter.finish(handle, f"FAILED batch of {len(files)} files: {exc}")
+            return [_failed(f, exc) for f in files]
+        artifacts = answer.get("artifacts") if isinstance(answer, dict) else None
+        stored = {
+            a["path"]: a.get("sha256")
+            for a in (artifacts if isinstance(artifacts, list) else [])
+            if isinstance(a, dict) and isinstance(a.get("path"), str)
+        }
         self.reporter.finish(handle, f"sent batch of {len(files)} files ({human_size(total)})")
         outcomes = []
         for f in files:
@@ -384,9 +425,16 @@ def upload(
     jobs: int,
     reporter: Reporter,
     batch: bool = True,
+    include_hidden: bool = False,
 ) -> list[Outcome]:
     prefix = normalize_prefix(prefix)
-    files = collect(paths, prefix)
+    skipped: list[Path] = []
+    files = collect(paths, prefix, include_hidden=include_hidden, skipped=skipped)
+    if skipped:
+        reporter.line(
+            f"left out {len(skipped)} hidden files (such as {printable(skipped[0])}):"
+            " --include-hidden uploads them"
+        )
     uploader = Uploader(client, build, prefix, reporter)
     existing = uploader.existing()
     outcomes: list[Outcome] = []

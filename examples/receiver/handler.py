@@ -13,8 +13,10 @@ Runs as an AWS Lambda function behind a function URL (`lambda_handler`), or loca
 2. reports `pending` on the build with the delivery's `status_token` (build:status only);
 3. fetches the artifacts through the payload's pre-signed links, each verified against its
    SHA-256, into a fresh directory (paths that would leave it are refused);
-4. runs its own work (`RECEIVER_COMMAND`, run in that directory; without one it only checks
-   the files arrived) and reports `success` or `failure`.
+4. runs its own work (`RECEIVER_COMMAND`, run in that directory with a plain environment:
+   not the webhook secret nor the function's credentials, only the variables named in
+   `RECEIVER_COMMAND_ENV`; without one it only checks the files arrived) and reports
+   `success` or `failure`.
 
 The delivery is answered (202) as soon as it is verified and `pending` is posted, so a slow
 job never makes the service retry: locally the work goes on in a thread; on Lambda the
@@ -27,10 +29,13 @@ Requirements: `artifactcourier-cli` (the `courier` package: downloads with verif
 from __future__ import annotations
 
 import base64
+import contextlib
+import ctypes
 import json
 import logging
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import tempfile
@@ -136,6 +141,41 @@ def report(delivery: Delivery, state: str, description: str) -> None:
     )
 
 
+# What RECEIVER_COMMAND's environment holds of ours: enough to run a program. Not the
+# webhook secret (it could forge deliveries), not the function's AWS credentials (it could
+# invoke the function, or whatever its role allows), nothing else we were given.
+COMMAND_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
+
+
+def command_env() -> dict[str, str]:
+    """The environment RECEIVER_COMMAND runs with: COMMAND_ENV, and the variables the
+    operator names in RECEIVER_COMMAND_ENV (comma-separated) for the command's own use."""
+    names = [*COMMAND_ENV, *os.environ.get("RECEIVER_COMMAND_ENV", "").split(",")]
+    return {name: os.environ[name] for name in map(str.strip, names) if name in os.environ}
+
+
+def keep_commands_out() -> None:
+    """A command runs as our user, who may read a process's environment and memory
+    (/proc/PID/environ, /proc/PID/mem, ptrace): our environment holds the webhook secret and
+    the function's credentials. Linux refuses all of them to other processes of the user
+    once this one is not dumpable (prctl PR_SET_DUMPABLE 0)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        if ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE
+            raise OSError(ctypes.get_errno(), "prctl")
+    except (OSError, AttributeError):
+        log.warning("could not make the receiver non-dumpable: a command may read its secrets")
+
+
+def _log_fd() -> int:
+    """Our stderr's descriptor (the function's log), or nowhere if it has none."""
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        return subprocess.DEVNULL
+
+
 def work(delivery: Delivery) -> None:
     """Fetch, run, report. Never raises: every outcome ends as a status on the build."""
     try:
@@ -152,8 +192,17 @@ def work(delivery: Delivery) -> None:
                 return
             command = os.environ.get("RECEIVER_COMMAND")
             if command:
+                # Its output goes to our log as it comes (never held in memory), and it gets
+                # a plain environment (see command_env) and no look at ours.
+                keep_commands_out()
                 result = subprocess.run(  # noqa: S603 (the operator's own command)
-                    shlex.split(command), cwd=root, capture_output=True, timeout=600
+                    shlex.split(command),
+                    cwd=root,
+                    env=command_env(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=_log_fd(),
+                    stderr=_log_fd(),
+                    timeout=600,
                 )
                 ok = result.returncode == 0
                 description = f"{command.split()[0]} exited {result.returncode}"
@@ -244,7 +293,27 @@ def lambda_handler(event: dict, context) -> dict:
 def serve(port: int, host: str = "127.0.0.1") -> None:
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+    read_timeout = float(os.environ.get("RECEIVER_READ_TIMEOUT", "30"))
+
     class Handler(BaseHTTPRequestHandler):
+        # A caller has this long to send its whole request (head and body): one that sends
+        # nothing, or a byte now and then, would otherwise hold a thread for ever.
+        timeout = read_timeout
+
+        def setup(self) -> None:
+            super().setup()
+            self.deadline = threading.Timer(read_timeout, self._cut)
+            self.deadline.daemon = True
+            self.deadline.start()
+
+        def _cut(self) -> None:
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+
+        def finish(self) -> None:
+            self.deadline.cancel()
+            super().finish()
+
         def do_POST(self) -> None:
             declared = self.headers.get("Content-Length") or "0"
             if not declared.isdigit() or not declared.isascii():
@@ -258,6 +327,10 @@ def serve(port: int, host: str = "127.0.0.1") -> None:
                 self.send_error(413)
                 return
             body = self.rfile.read(length)
+            self.deadline.cancel()  # read in time: answering may take longer
+            if len(body) < length:
+                self.close_connection = True
+                return
             status, answer = handle(
                 dict(self.headers.items()),
                 body,

@@ -403,3 +403,238 @@ def test_a_downloaded_file_gets_the_usual_permissions(tmp_path):
         os.umask(previous)
     assert result.code == 0, result.output
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+
+
+# -- answers of any size, cut anywhere ------------------------------------------------------
+
+
+def endless(h, start: bytes, sent: dict, content_type="application/json") -> None:
+    """An answer that never ends (no length, the connection closed when the client gives up)."""
+    h.send_response(200 if h.command == "GET" else 201)
+    h.send_header("Content-Type", content_type)
+    h.send_header("Connection", "close")
+    h.end_headers()
+    h.close_connection = True
+    try:
+        h.wfile.write(start)
+        chunk = b" " * 65536
+        while sent["n"] < 256 * 1024 * 1024:
+            h.wfile.write(chunk)
+            sent["n"] += len(chunk)
+    except OSError:
+        pass
+
+
+def test_an_endless_listing_behind_a_link_is_cut_off(tmp_path):
+    sent = {"n": 0}
+    with raw_server(lambda h: endless(h, b'{"artifacts": [', sent)) as base:
+        result = courier("download", f"{base}/listing", "-o", str(tmp_path / "t"))
+    assert result.code == 1
+    assert "more JSON than expected" in result.stderr
+    assert sent["n"] < 128 * 1024 * 1024
+
+
+def test_a_listing_behind_a_link_cut_short_is_one_line_not_a_traceback(tmp_path):
+    def handle(h):
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", "1000")
+        h.end_headers()
+        h.wfile.write(b'{"artifacts": [')
+        h.wfile.flush()
+        h.close_connection = True
+
+    with raw_server(handle) as base:
+        result = courier("download", f"{base}/listing?sig=SECRETSIG", "-o", str(tmp_path))
+    assert result.code == 1
+    assert "Traceback" not in result.output
+    assert result.stderr.startswith("courier: error:")
+    assert "SECRETSIG" not in result.output
+
+
+def test_an_endless_answer_to_an_upload_is_cut_off(tmp_path):
+    """The service's answer to a PUT is a small JSON document: one that never ends must not
+    be read into memory whole."""
+    sent = {"n": 0}
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            body = json_body({"next": None, "results": []})
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_PUT(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            endless(self, b'{"path": "a.txt", "sha256": "', sent)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    (tmp_path / "a.txt").write_bytes(b"abc")
+    try:
+        result = courier(
+            "upload", str(tmp_path / "a.txt"),
+            env={"COURIER_URL": f"http://127.0.0.1:{server.server_address[1]}",
+                 "COURIER_TOKEN": TOKEN, "COURIER_BUILD": "7"},
+        )  # fmt: skip
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.code == 1
+    assert "more JSON than expected" in result.output
+    assert sent["n"] < 128 * 1024 * 1024
+
+
+def test_an_endless_redirect_body_is_not_read_whole(tmp_path):
+    """requests reads a redirect's body before following it: one that never ends must not be
+    read into memory."""
+    sent = {"n": 0}
+
+    def handle(h):
+        if h.path.startswith("/f"):
+            h.send_response(200)
+            h.send_header("Content-Length", str(len(CONTENT)))
+            h.send_header("X-Checksum-Sha256", sha256(CONTENT))
+            h.end_headers()
+            h.wfile.write(CONTENT)
+            return
+        h.send_response(302)
+        h.send_header("Location", "/f")
+        h.send_header("Connection", "close")
+        h.end_headers()
+        h.close_connection = True
+        chunk = b"x" * 65536
+        try:
+            while sent["n"] < 256 * 1024 * 1024:
+                h.wfile.write(chunk)
+                sent["n"] += len(chunk)
+        except OSError:
+            pass
+
+    with raw_server(handle) as base:
+        result = courier("download", f"{base}/redirect/a.txt", "-o", str(tmp_path))
+    assert sent["n"] < 128 * 1024 * 1024
+    assert result.code == 0, result.output
+    assert (tmp_path / "a.txt").read_bytes() == CONTENT
+
+
+def test_a_digest_from_where_a_link_redirects_does_not_override_the_links_own(tmp_path):
+    """The service answers a link with a redirect carrying the file's digest (to the object
+    store). Whatever answers at the end of the redirect (an object store on plain http, or
+    anyone on its way) must not substitute bytes of its own with a digest of their own."""
+    other = b"substituted bytes\n"
+    with stub_server({("GET", "/g"): file_route(other)}) as (store, _):
+        redirect = {("GET", "/f"): lambda h: (
+            302, {"Location": f"{store}/g", "X-Checksum-Sha256": sha256(CONTENT)}, b"",
+        )}  # fmt: skip
+        with stub_server(redirect) as (base, _):
+            result = courier("download", f"{base}/f", "-o", str(tmp_path))
+    assert result.code == 1, result.output
+    assert "disagree" in result.stderr
+    assert files_under(tmp_path) == []
+
+
+# -- credentials that are not courier's -----------------------------------------------------
+
+
+def netrc_home(tmp_path, host="127.0.0.1"):
+    """A HOME whose ~/.netrc holds credentials for ``host`` (CI runners often have one)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".netrc").write_text(f"machine {host} login runner password netrc-secret\n")
+    (home / ".netrc").chmod(0o600)
+    return str(home)
+
+
+def test_a_netrc_entry_does_not_replace_the_token(tmp_path):
+    routes = {
+        ("GET", "/api/v1/keys/self"): lambda h: (
+            (200, {}, json_body({"id": 1, "kind": "build"}))
+            if h.headers.get("Authorization") == f"Bearer {TOKEN}"
+            else (401, {}, json_body({"detail": "no", "code": "not_authenticated"}))
+        )
+    }
+    with stub_server(routes) as (base, _):
+        result = courier(
+            "whoami",
+            env={"COURIER_URL": base, "COURIER_TOKEN": TOKEN, "HOME": netrc_home(tmp_path)},
+        )
+    assert result.code == 0, result.output
+
+
+def test_a_redirect_gets_no_netrc_credentials(tmp_path):
+    """A server redirecting a download to a host of the runner's ~/.netrc (over plain http,
+    say) must not make courier send that host's credentials."""
+    with stub_server({("GET", "/f"): file_route(CONTENT)}) as (other, other_seen):
+        redirect = {("GET", "/a.txt"): lambda h: (302, {"Location": f"{other}/f"}, b"")}
+        with stub_server(redirect) as (base, seen):
+            result = courier(
+                "download", f"{base}/a.txt", "-o", str(tmp_path / "t"),
+                env={"HOME": netrc_home(tmp_path)},
+            )  # fmt: skip
+    assert result.code == 0, result.output
+    assert other_seen and seen
+    assert [h.get("Authorization") for _, _, h in seen + other_seen if "Authorization" in h] == []
+
+
+def test_the_token_does_not_follow_a_redirect_to_another_port_of_the_same_host(tmp_path):
+    with stub_server({("GET", "/f"): file_route(CONTENT)}) as (other, other_seen):
+        items = listing(other, ["a.txt"])["artifacts"]
+        routes = {
+            ("GET", "/api/v1/builds/7/artifacts/"): lambda h: (
+                200, {}, json_body({"next": None, "results": items}),
+            ),
+            ("GET", "/api/v1/builds/7/artifacts/a.txt"): lambda h: (
+                302, {"Location": f"{other}/f", "X-Checksum-Sha256": sha256(CONTENT)}, b"",
+            ),
+        }  # fmt: skip
+        with stub_server(routes) as (base, _):
+            assert base.split(":")[1] == other.split(":")[1]  # one host, two ports
+            result = courier(
+                "download", "--build", "7", "-o", str(tmp_path),
+                env={"COURIER_URL": base, "COURIER_TOKEN": TOKEN},
+            )  # fmt: skip
+    assert result.code == 0, result.output
+    assert [h.get("Authorization") for _, _, h in other_seen] == [None]
+
+
+def test_hidden_files_of_an_uploaded_directory_stay_behind_unless_asked_for(tmp_path):
+    """A checked-out workspace holds `.git/config`, where the CI's checkout keeps its token
+    (actions/checkout's extraheader), and often a `.env`: uploading the directory must not
+    ship them to a build whose artifacts may be shared. --include-hidden sends them."""
+    tree = tmp_path / "ws"
+    (tree / ".git").mkdir(parents=True)
+    (tree / ".git" / "config").write_text("extraheader = AUTHORIZATION: basic c2VjcmV0\n")
+    (tree / ".env").write_text("API_KEY=secret\n")
+    (tree / "sub" / ".cache").mkdir(parents=True)
+    (tree / "sub" / ".cache" / "x").write_text("x")
+    (tree / "sub" / "a.txt").write_text("a")
+    put_paths = []
+
+    def put(h):
+        put_paths.append(h.path)
+        digest = h.headers["X-Checksum-Sha256"]
+        return 201, {}, json_body({"path": h.path, "size": len(h.body), "sha256": digest})
+
+    routes = {("GET", "/api/v1/builds/7/artifacts/"): lambda h: (200, {}, json_body([]))}
+    for name in (".git/config", ".env", "sub/.cache/x", "sub/a.txt"):
+        routes[("PUT", f"/api/v1/builds/7/artifacts/{name}")] = put
+    env = {"COURIER_TOKEN": TOKEN, "COURIER_BUILD": "7"}
+    with stub_server(routes) as (base, _):
+        plain = courier("upload", str(tree), env={"COURIER_URL": base, **env})
+        sent_plain = sorted(put_paths)
+        put_paths.clear()
+        hidden = courier("upload", str(tree), "--include-hidden", env={"COURIER_URL": base, **env})
+    assert plain.code == 0, plain.output
+    assert sent_plain == ["/api/v1/builds/7/artifacts/sub/a.txt"]
+    assert "3 hidden files" in plain.stderr and "--include-hidden" in plain.stderr
+    assert hidden.code == 0, hidden.output
+    assert len(put_paths) == 4

@@ -249,3 +249,27 @@ def test_a_listing_link_to_another_origin_is_not_fetched(tmp_path):
     assert result.code == 1
     assert "origin" in result.stderr
     assert elsewhere_seen == []
+
+
+def test_a_failed_download_says_so_once(tmp_path):
+    with serve_listing(["a.txt"], digest=sha256(b"something else")) as (base, _):
+        result = courier("download", f"{base}/listing", "-o", str(tmp_path / "t"))
+    assert result.code == 1
+    assert result.stderr.count("FAILED a.txt") == 1, result.stderr
+
+
+@pytest.mark.parametrize(
+    "name", ["..%2F..%2Fescape.txt", "%2Ftmp%2Fescape.txt", "..%5C..%5Cescape.txt", "%2e%2e"]
+)
+def test_a_file_links_encoded_name_cannot_escape(tmp_path, name):
+    """The name a file link's last segment decodes to is checked like a listing's path."""
+
+    class EveryPath(dict):
+        def get(self, key, default=None):
+            return file_route(CONTENT)
+
+    with stub_server(EveryPath()) as (base, _):
+        result = courier("download", f"{base}/dl/{name}", "-o", str(tmp_path / "t"))
+    assert result.code == 1, result.output
+    assert "refusing" in result.stderr
+    assert files_under(tmp_path) in ([], ["t"])

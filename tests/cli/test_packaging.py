@@ -26,6 +26,7 @@ def test_every_cli_module_imports_and_runs_with_the_server_modules_blocked():
         "import sys\n"
         f"for name in {SERVER_MODULES!r}: sys.modules[name] = None\n"
         "import courier.cli, courier.upload, courier.download, courier.output, courier.client\n"
+        "import courier.pace\n"
         "raise SystemExit(courier.cli.main(['whoami', '--url', 'http://127.0.0.1:9', "
         "'--retries', '0']))\n"
     )

@@ -12,6 +12,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import requests
@@ -254,3 +255,131 @@ def test_a_bad_content_length_is_refused_without_reading_the_body(length):
             )
             answer = sock.recv(4096)
     assert answer.startswith((b"HTTP/1.0 400", b"HTTP/1.1 400")), answer
+
+
+def test_the_command_gets_neither_the_webhook_secret_nor_cloud_credentials(tmp_path):
+    """RECEIVER_COMMAND runs on a build's artifacts (a pull request's tests, say): with the
+    webhook secret it could forge deliveries, with the function's AWS credentials invoke
+    it. It gets a plain environment, and the variables RECEIVER_COMMAND_ENV names."""
+    seen, peeked = tmp_path / "env.txt", tmp_path / "parent-env.txt"
+    with (
+        downstream_world() as (base, artifacts, statuses, _),
+        receiver(
+            WEBHOOK_SECRET=SECRET,
+            COURIER_URL=base,
+            AWS_SECRET_ACCESS_KEY="aws-secret-never-for-the-command",
+            AWS_SESSION_TOKEN="aws-session-never-for-the-command",
+            OPERATOR_SETTING="for-the-command",
+            RECEIVER_COMMAND_ENV="OPERATOR_SETTING",
+            # ... nor by reading ours from /proc (the same user may, unless we forbid it).
+            RECEIVER_COMMAND=f"sh -c 'env > {seen}; cat /proc/$PPID/environ > {peeked}'",
+        ) as url,
+    ):
+        body, headers = signed(payload(base, artifacts))
+        assert requests.post(url, data=body, headers=headers, timeout=30).status_code == 202
+        assert wait_for(lambda: len(statuses) >= 2)
+    assert [s["state"] for _, s in statuses] == ["pending", "success"]
+    env = seen.read_text()
+    assert "PATH=" in env
+    assert "OPERATOR_SETTING=for-the-command" in env
+    # Root reads any process's environment: that part is checked when the suite runs
+    # unprivileged (as CI does), and the mechanism by the test below in any case.
+    parent = peeked.read_bytes().decode(errors="replace") if os.geteuid() else ""
+    for secret in (SECRET, "aws-secret-never-for-the-command", "aws-session-never-for-the-command"):
+        assert secret not in env
+        assert secret not in parent
+    assert STATUS_TOKEN not in env
+
+
+def test_the_receiver_keeps_commands_of_its_user_out_of_its_memory():
+    """A command runs as the receiver's user, who may read a process's environment and memory
+    (/proc/PID/environ, /proc/PID/mem, ptrace) unless it is not dumpable: the receiver makes
+    itself so before it runs one (Linux)."""
+    script = (
+        "import ctypes, sys\n"
+        f"sys.path.insert(0, {str(ROOT / 'examples' / 'receiver')!r})\n"
+        "import handler\n"
+        "handler.keep_commands_out()\n"
+        "print(ctypes.CDLL(None).prctl(3, 0, 0, 0, 0))\n"  # PR_GET_DUMPABLE
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "0"
+
+
+def test_the_commands_output_is_not_held_in_memory():
+    """What the command prints (a test suite on a build's artifacts can print a lot) goes to
+    the receiver's log as it comes, not into its memory."""
+    with (
+        downstream_world() as (base, artifacts, statuses, _),
+        receiver(
+            WEBHOOK_SECRET=SECRET,
+            COURIER_URL=base,
+            RECEIVER_COMMAND="head -c 400000000 /dev/zero",
+        ) as url,
+    ):
+        body, headers = signed(payload(base, artifacts))
+        assert requests.post(url, data=body, headers=headers, timeout=30).status_code == 202
+        assert wait_for(lambda: len(statuses) >= 2, timeout=60)
+        port = int(url.rstrip("/").rsplit(":", 1)[1])
+        peak = _peak_memory_kib(port)
+    assert [s["state"] for _, s in statuses] == ["pending", "success"]
+    assert peak < 200 * 1024, f"the receiver peaked at {peak} KiB"
+
+
+def _peak_memory_kib(port: int) -> int:
+    """The peak resident memory (VmHWM) of the process listening on ``port``."""
+    inode = None
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port and fields[3] == "0A":
+            inode = fields[9]
+    assert inode
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            for fd in fds:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
+                    status = Path(f"/proc/{pid}/status").read_text()
+                    return int(re.search(r"VmHWM:\s+(\d+)", status).group(1))
+        except OSError:
+            continue
+    raise AssertionError("no process listens on the port")
+
+
+@pytest.mark.parametrize("drip", [False, True])
+def test_a_caller_that_sends_slowly_or_not_at_all_is_cut_off(drip):
+    """Locally the receiver is a threaded HTTP server: a connection that sends nothing (or a
+    byte now and then) must not hold a thread for ever; many would exhaust the process."""
+    import socket
+
+    with receiver(
+        WEBHOOK_SECRET=SECRET, COURIER_URL="http://127.0.0.1:1", RECEIVER_READ_TIMEOUT="2"
+    ) as url:
+        port = int(url.rstrip("/").rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            started = time.monotonic()
+            sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\n")
+            answer = b"?"
+            while time.monotonic() - started < 20:
+                if drip:
+                    try:
+                        sock.sendall(b"X")
+                    except OSError:
+                        answer = b""
+                        break
+                sock.settimeout(0.5)
+                try:
+                    answer = sock.recv(4096)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    answer = b""
+                break
+            took = time.monotonic() - started
+    assert answer == b"" or answer.startswith(b"HTTP/1.0 408"), answer
+    assert took < 10

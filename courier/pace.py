@@ -1,0 +1,276 @@
+"""A transfer that keeps moving, or ends.
+
+A socket timeout bounds one read: a server (or anything on the way) that sends a byte now
+and then is never silent long enough to trip it, and can hold a CI job for ever with an
+answer's head, a JSON document or a download. Each request is watched from its first byte
+to the end of its answer (what goes out too), per window of ``window`` seconds
+(``--timeout``):
+
+- while the request goes out and while the answer's body comes in, at least ``MIN_BYTES``
+  must move in every window;
+- the answer's head (status line and headers) must be complete within two windows of the
+  request having been sent (one of silence, as a read timeout allows, and one more).
+
+A request that falls behind is stalled: a watchdog thread shuts its socket down, which ends
+whatever read or write is blocked on it (with an error the caller sees as a broken
+connection, and ``stalled()`` tells apart). The socket is known through the connection
+classes this module gives the session (``mount``)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import requests
+from requests.adapters import HTTPAdapter
+
+# urllib3: requests' own dependency.
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+# What a transfer must move in each window to count as moving (32 KiB a minute with the
+# default --timeout of 60: about 0.5 KiB/s, far below any working link).
+MIN_BYTES = 32 * 1024
+# Bodies are read in pieces of this size: what arrives is seen (counted) at least this often.
+READ_CHUNK = 64 * 1024
+_TICK = 0.25
+
+_SEND, _HEAD, _BODY = "send", "head", "body"
+
+
+class Pace:
+    """The progress of one request, watched."""
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self.lock = threading.Lock()
+        self.phase = _SEND
+        self.mark = time.monotonic()
+        self.moved = 0
+        self.mark_moved = 0
+        self.stalled = False
+        self.reason = ""
+        self.done = False
+        self._socks: list[socket.socket] = []
+
+    def attach(self, sock: socket.socket | None) -> None:
+        if sock is None:
+            return
+        with self.lock:
+            if sock not in self._socks:
+                self._socks.append(sock)
+            stalled = self.stalled
+        if stalled:
+            _shutdown(sock)
+
+    def detach(self, sock: socket.socket) -> None:
+        with self.lock:
+            if sock in self._socks:
+                self._socks.remove(sock)
+
+    def count(self, n: int) -> None:
+        self.moved += n
+
+    def sending(self) -> None:
+        with self.lock:
+            self.phase, self.mark, self.mark_moved = _SEND, time.monotonic(), self.moved
+
+    def awaiting_head(self) -> None:
+        with self.lock:
+            self.phase, self.mark = _HEAD, time.monotonic()
+
+    def head_received(self) -> None:
+        with self.lock:
+            self.phase, self.mark, self.mark_moved = _BODY, time.monotonic(), self.moved
+
+    def finish(self) -> None:
+        with self.lock:
+            self.done = True
+            self._socks = []
+        _watchdog.remove(self)
+
+    def check(self, now: float) -> None:
+        with self.lock:
+            if self.done or self.stalled:
+                return
+            elapsed = now - self.mark
+            if self.phase == _HEAD:
+                behind = elapsed > 2 * self.window
+                reason = f"no complete answer within {2 * self.window:g} s of the request"
+            elif elapsed < self.window:
+                return
+            else:
+                behind = self.moved - self.mark_moved < MIN_BYTES
+                reason = f"less than {MIN_BYTES // 1024} KiB moved in {self.window:g} s"
+                self.mark, self.mark_moved = now, self.moved
+            if not behind:
+                return
+            self.stalled, self.reason = True, f"{reason} (--timeout {self.window:g})"
+            socks = list(self._socks)
+        for sock in socks:
+            _shutdown(sock)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    """Ends the reads and writes blocked on ``sock`` (in another thread); the base class's
+    method also for a TLS socket, whose own would first drop its TLS state."""
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _Watchdog:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.paces: set[Pace] = set()
+        self.thread: threading.Thread | None = None
+
+    def add(self, pace: Pace) -> None:
+        with self.lock:
+            self.paces.add(pace)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="courier-pace", daemon=True)
+                self.thread.start()
+
+    def remove(self, pace: Pace) -> None:
+        with self.lock:
+            self.paces.discard(pace)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(_TICK)
+            with self.lock:
+                paces = list(self.paces)
+                if not paces:
+                    self.thread = None
+                    return
+            now = time.monotonic()
+            for pace in paces:
+                pace.check(now)
+
+
+_watchdog = _Watchdog()
+_local = threading.local()
+
+
+def start(window: float) -> Pace:
+    """A new watched request in this thread (the previous one's watch ends)."""
+    end()
+    pace = Pace(window)
+    _local.pace = pace
+    _watchdog.add(pace)
+    return pace
+
+
+def end() -> None:
+    pace = getattr(_local, "pace", None)
+    if pace is not None:
+        pace.finish()
+        _local.pace = None
+
+
+def current() -> Pace | None:
+    return getattr(_local, "pace", None)
+
+
+def stalled() -> bool:
+    """Whether this thread's request was given up as stalled."""
+    pace = current()
+    return bool(pace and pace.stalled)
+
+
+def reason() -> str:
+    """Why this thread's request was given up as stalled."""
+    pace = current()
+    return f"stalled: {pace.reason}" if pace and pace.stalled else "stalled"
+
+
+def count(n: int) -> None:
+    """``n`` bytes of this thread's request went out or came in."""
+    pace = current()
+    if pace is not None:
+        pace.count(n)
+
+
+def iter_body(response: requests.Response, chunk: int = READ_CHUNK) -> Iterator[bytes]:
+    """The answer's body in pieces, each counted as progress. A body that ends because its
+    stalled socket was shut down is an error, not an end (one without a length would
+    otherwise look complete)."""
+    for data in response.iter_content(chunk):
+        if stalled():
+            break
+        count(len(data))
+        yield data
+    if stalled():
+        raise requests.ConnectionError("stalled")
+
+
+# -- the session's connections: their sockets, known to the request's watch ----------------
+
+
+class _Watched:
+    """Mixed into urllib3's connection classes: registers the socket with this thread's
+    watch, and marks when the answer's head is awaited and received. (Connecting is bounded
+    already: the connect timeout, which CPython applies to a TLS handshake as a whole.)"""
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]
+        pace = current()
+        if pace is not None:
+            pace.attach(self.sock)  # type: ignore[attr-defined]
+
+    def request(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        pace = current()
+        if pace is not None:
+            pace.sending()  # one request of this call (a redirect's next one too)
+            pace.attach(self.sock)  # type: ignore[attr-defined]  (a kept-alive connection)
+        return super().request(*args, **kwargs)  # type: ignore[misc]
+
+    def getresponse(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        pace = current()
+        if pace is not None:
+            pace.attach(self.sock)  # type: ignore[attr-defined]
+            pace.awaiting_head()
+        response = super().getresponse(*args, **kwargs)  # type: ignore[misc]
+        if pace is not None:
+            pace.head_received()
+        return response
+
+
+class _HTTPConnection(_Watched, HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_Watched, HTTPSConnection):
+    pass
+
+
+class _HTTPPool(HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+_POOLS = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
+class _Adapter(HTTPAdapter):
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _POOLS
+
+    def proxy_manager_for(self, proxy, **kwargs):
+        manager = super().proxy_manager_for(proxy, **kwargs)
+        if hasattr(manager, "pool_classes_by_scheme"):
+            manager.pool_classes_by_scheme = _POOLS
+        return manager
+
+
+def mount(session: requests.Session) -> None:
+    """Connections of ``session`` are watched."""
+    session.mount("http://", _Adapter())
+    session.mount("https://", _Adapter())
