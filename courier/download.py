@@ -263,7 +263,7 @@ class Downloader:
             if mode is not None:
                 with _open_part(part, mode) as out:
                     try:
-                        for chunk in pace.iter_body(response):
+                        for chunk in pace.iter_body(response, CHUNK):
                             if remote.size is not None and size + len(chunk) > remote.size:
                                 # Never more than announced on disk: an endless body stops.
                                 part.unlink(missing_ok=True)

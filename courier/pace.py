@@ -30,6 +30,7 @@ from requests.adapters import HTTPAdapter
 # urllib3: requests' own dependency.
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import DecodeError, ProtocolError, ReadTimeoutError, SSLError
 
 # What a transfer must move in each window to count as moving (32 KiB a minute with the
 # default --timeout of 60: about 0.5 KiB/s, far below any working link).
@@ -195,14 +196,26 @@ def count(n: int) -> None:
 
 
 def iter_body(response: requests.Response, chunk: int = READ_CHUNK) -> Iterator[bytes]:
-    """The answer's body in pieces, each counted as progress. A body that ends because its
-    stalled socket was shut down is an error, not an end (one without a length would
-    otherwise look complete)."""
-    for data in response.iter_content(chunk):
-        if stalled():
-            break
-        count(len(data))
-        yield data
+    """The answer's body in pieces of at most ``chunk`` bytes, each counted as progress. Each
+    piece is what one read from the connection gave (``read1``): bytes are seen as they arrive,
+    however large ``chunk`` is, and a large one costs few Python steps per MiB. A body that
+    ends because its stalled socket was shut down is an error, not an end (one without a
+    length would otherwise look complete). Errors are requests', as iter_content raises them."""
+    raw = response.raw
+    try:
+        while data := raw.read1(chunk, decode_content=True):
+            if stalled():
+                break
+            count(len(data))
+            yield data
+    except ReadTimeoutError as exc:
+        raise requests.ConnectionError(exc) from None
+    except ProtocolError as exc:
+        raise requests.exceptions.ChunkedEncodingError(exc) from None
+    except DecodeError as exc:
+        raise requests.exceptions.ContentDecodingError(exc) from None
+    except SSLError as exc:
+        raise requests.exceptions.SSLError(exc) from None
     if stalled():
         raise requests.ConnectionError("stalled")
 
