@@ -11,7 +11,9 @@ from pathlib import Path
 
 import boto3
 import pytest
+from botocore.config import Config
 
+from devtools.faults import FaultyS3
 from devtools.servers import free_port, stop, wait_for_port
 
 S3_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
@@ -131,3 +133,23 @@ def download(api, token: str, build_id: int, path: str, *, headers=None, method=
 
 
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+
+
+def fast_failing_client() -> Config:
+    """What the settings build, with timeouts small enough for a test."""
+    retries = {"max_attempts": 2, "mode": "standard"}
+    return Config(connect_timeout=1, read_timeout=1, retries=retries)
+
+
+@pytest.fixture
+def faulty_s3(s3_server, settings):
+    """The app's storage is a fresh bucket reached through a FaultyS3 proxy."""
+    bucket = f"faulty-{os.urandom(6).hex()}"
+    store = Store("s3", endpoint=s3_server, bucket=bucket)
+    store.client().create_bucket(Bucket=bucket)
+    with FaultyS3(s3_server, max_wait=10) as proxy:
+        options = Store("s3", endpoint=proxy.url, bucket=bucket).storage_options()
+        options["OPTIONS"]["client_config"] = fast_failing_client()
+        settings.STORAGES = {**settings.STORAGES, "default": options}
+        proxy.store = store
+        yield proxy

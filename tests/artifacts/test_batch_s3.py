@@ -7,33 +7,22 @@ import threading
 import time
 
 import pytest
-from botocore.config import Config
 
 from artifacts import batch
 from artifacts.models import Artifact
-from devtools.faults import FaultyS3
 
-from .conftest import Store, download, sha256
+from .conftest import download, sha256
 from .test_batch_upload import files, post
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def s3_store(s3_server, settings):
-    """A fresh bucket reached through a FaultyS3 proxy; the proxy as ``store.proxy``."""
-    bucket = f"batch-{os.urandom(6).hex()}"
-    store = Store("s3", endpoint=s3_server, bucket=bucket)
-    store.client().create_bucket(Bucket=bucket)
-    with FaultyS3(s3_server, max_wait=10) as proxy:
-        options = Store("s3", endpoint=proxy.url, bucket=bucket).storage_options()
-        options["OPTIONS"]["client_config"] = Config(
-            connect_timeout=1, read_timeout=2, retries={"total_max_attempts": 1, "mode": "standard"}
-        )
-        settings.STORAGES = {**settings.STORAGES, "default": options}
-        settings.AWS_S3_BREAKER_FAILURES = 0  # every call goes to the store
-        store.proxy = proxy
-        yield store
+def s3_store(faulty_s3, settings):
+    """The bucket behind the FaultyS3 proxy (``store.proxy``); every call goes to the store."""
+    settings.AWS_S3_BREAKER_FAILURES = 0
+    faulty_s3.store.proxy = faulty_s3
+    return faulty_s3.store
 
 
 def puts(store) -> list[str]:
@@ -61,16 +50,18 @@ def test_a_store_failing_midway_is_a_503_and_leaves_nothing_in_the_bucket(
     api, build, s3_store, monkeypatch
 ):
     monkeypatch.setattr(batch, "_ROWS_PER_STATEMENT", 5)
-    seen = 0
+    paths: list[str] = []
     lock = threading.Lock()
 
     def slow_eleventh_failing_twelfth(method: str, path: str):
-        nonlocal seen
+        """The 11th object is slow; every attempt at the 12th is dropped (the client retries)."""
         if method != "PUT":
             return None
         with lock:
-            seen += 1
-            return {11: 1.0, 12: "drop"}.get(seen)
+            if path not in paths:
+                paths.append(path)
+            n = paths.index(path) + 1
+        return {11: 1.0, 12: "drop"}.get(n)
 
     s3_store.proxy.rule = slow_eleventh_failing_twelfth
     pairs = [(f"f{i:02}", os.urandom(500)) for i in range(30)]

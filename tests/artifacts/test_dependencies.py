@@ -9,42 +9,20 @@ import time
 from datetime import timedelta
 
 import pytest
-from botocore.config import Config
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from artifacts import services, storage
 from artifacts.models import Artifact, Blob
-from devtools.faults import FaultyS3
 from devtools.servers import free_port
 
-from .conftest import Store, artifact_url, download, sha256, upload
+from .conftest import Store, artifact_url, download, fast_failing_client, sha256, upload
 
 pytestmark = pytest.mark.django_db
 
 MiB = 1024 * 1024
 TIMESTAMP = re.compile(r"'\d{4}-\d\d-\d\d[ T][\d:.+]+'")
-
-
-def fast_failing_client() -> Config:
-    """What the settings build, with timeouts small enough for a test."""
-    retries = {"max_attempts": 2, "mode": "standard"}
-    return Config(connect_timeout=1, read_timeout=1, retries=retries)
-
-
-@pytest.fixture
-def faulty_s3(s3_server, settings):
-    """The app's storage is a fresh bucket reached through a FaultyS3 proxy."""
-    bucket = f"faulty-{os.urandom(6).hex()}"
-    store = Store("s3", endpoint=s3_server, bucket=bucket)
-    store.client().create_bucket(Bucket=bucket)
-    with FaultyS3(s3_server, max_wait=10) as proxy:
-        options = Store("s3", endpoint=proxy.url, bucket=bucket).storage_options()
-        options["OPTIONS"]["client_config"] = fast_failing_client()
-        settings.STORAGES = {**settings.STORAGES, "default": options}
-        proxy.store = store
-        yield proxy
 
 
 def assert_unavailable(response) -> None:
