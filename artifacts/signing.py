@@ -102,7 +102,14 @@ def sign_url(
 
 
 def _digits(value: str | None, name: str) -> int:
-    if value is None or not (value.isascii() and value.isdigit()) or len(value) > _MAX_DIGITS:
+    """A decimal number as links spell it: ASCII digits, no sign, no leading zero (one number,
+    one spelling, as a third party verifying a link reads it)."""
+    if (
+        value is None
+        or not (value.isascii() and value.isdigit())
+        or len(value) > _MAX_DIGITS
+        or (value[0] == "0" and value != "0")
+    ):
         raise LinkInvalid(
             Invalid.MALFORMED, f"This link is incomplete or damaged: '{name}' is not a number."
         )

@@ -85,6 +85,17 @@ def test_malformed_parameters_are_refused_without_a_crash(query):
     assert refused.value.code == Invalid.MALFORMED
 
 
+@pytest.mark.parametrize("field", ["exp", "kid"])
+def test_a_number_spelt_with_a_leading_zero_is_malformed_even_when_signed(field):
+    """One number, one spelling: a link a third party verifying the documented format would
+    refuse is refused here too, whatever its signature."""
+    path, query = _parts(_signed(exp=NOW + 60))
+    padded = {**query, field: "0" + query[field]}
+    with pytest.raises(LinkInvalid) as refused:
+        signing.verify(method="GET", path=path, query=padded, now=NOW, secrets=SECRETS)
+    assert refused.value.code == Invalid.MALFORMED
+
+
 def test_head_verifies_as_get_and_other_methods_are_refused():
     path, query = _parts(_signed())
     assert signing.verify(method="HEAD", path=path, query=query, now=NOW, secrets=SECRETS)
