@@ -54,14 +54,15 @@ def test_a_store_failing_midway_is_a_503_and_leaves_nothing_in_the_bucket(
     lock = threading.Lock()
 
     def slow_eleventh_failing_twelfth(method: str, path: str):
-        """The 11th object is slow; every attempt at the 12th is dropped (the client retries)."""
+        """The 11th object is slow (within the client's 1 s read timeout); every attempt at
+        the 12th is dropped (the client retries)."""
         if method != "PUT":
             return None
         with lock:
             if path not in paths:
                 paths.append(path)
             n = paths.index(path) + 1
-        return {11: 1.0, 12: "drop"}.get(n)
+        return {11: 0.3, 12: "drop"}.get(n)
 
     s3_store.proxy.rule = slow_eleventh_failing_twelfth
     pairs = [(f"f{i:02}", os.urandom(500)) for i in range(30)]
@@ -73,7 +74,7 @@ def test_a_store_failing_midway_is_a_503_and_leaves_nothing_in_the_bucket(
     s3_store.proxy.rule = lambda method, path: None
     assert not Artifact.objects.filter(build=build.build).exists()
     assert s3_store.objects() == []  # every object written before the failure was deleted
-    time.sleep(1.2)  # a write still running after the answer would show up now
+    time.sleep(0.8)  # a write still running after the answer would show up now
     assert s3_store.objects() == []
 
 
