@@ -122,32 +122,38 @@ def handed_on(request) -> bool:
     )
 
 
-def artifact_response(request, artifact: Artifact, *, redirect: bool = True) -> HttpResponse:
+def artifact_response(request, artifact: Artifact, *, hand_off=None) -> HttpResponse:
+    """The answer to a GET or HEAD of ``artifact``: preconditions, then the range, decided here
+    once, then the bytes. ``hand_off(request, artifact, requested)`` may answer instead with
+    another server sending them (a 302 to S3, an X-Accel-Redirect to nginx) for a request it
+    would judge as the app does (``handed_on``); None from it, and no ``hand_off``: the app
+    sends them. Every answer carries the representation's headers."""
     blob = artifact.blob
     etag = f'"{blob.sha256}"'
-    if decided := precondition_status(request, etag):
-        response = HttpResponse(status=decided)
-        _representation_headers(response, artifact, etag)
-        return response
+    response = _answer(request, artifact, etag, hand_off)
+    _representation_headers(response, artifact, etag)
+    return response
 
+
+def api_hand_off():
+    """The artifact API's hand-off: with ARTIFACT_S3_REDIRECT, a 302 to S3."""
+    return _s3_response if settings.ARTIFACT_S3_REDIRECT else None
+
+
+def _answer(request, artifact: Artifact, etag: str, hand_off) -> HttpResponse:
+    blob = artifact.blob
+    if decided := precondition_status(request, etag):
+        return HttpResponse(status=decided)
     try:
         requested = requested_range(request, etag, blob.size)
     except RangeNotSatisfiable:
         response = HttpResponse(status=416)
         response["Content-Range"] = f"bytes */{blob.size}"
-        _representation_headers(response, artifact, etag)
         return response
-
-    if redirect and settings.ARTIFACT_S3_REDIRECT and handed_on(request):
-        url = storage.blob_presigned_url(
-            blob.storage_name,
-            filename=posixpath.basename(artifact.path),
-            expires=settings.ARTIFACT_REDIRECT_EXPIRES,
-        )
-        if url is not None:
-            response = HttpResponseRedirect(url)
-            _representation_headers(response, artifact, etag)
-            return response
+    if hand_off is not None and handed_on(request):
+        handed = hand_off(request, artifact, requested)
+        if handed is not None:
+            return handed
 
     start, end = requested if requested is not None else (0, blob.size - 1)
     length = end - start + 1
@@ -165,7 +171,6 @@ def artifact_response(request, artifact: Artifact, *, redirect: bool = True) -> 
         response.status_code = 206
         response["Content-Range"] = f"bytes {start}-{end}/{blob.size}"
     response["Content-Length"] = str(length)
-    _representation_headers(response, artifact, etag)
     return response
 
 
@@ -194,8 +199,8 @@ def _shown_inline(content_type: str) -> bool:
 
 
 def signed_headers(response: HttpResponse, artifact: Artifact) -> HttpResponse:
-    """The headers every signed-link answer carries, on top of the artifact API's own."""
-    _representation_headers(response, artifact, f'"{artifact.blob.sha256}"')
+    """The headers every signed-link answer carries on top of the artifact API's own (which
+    ``artifact_response`` has set)."""
     response["Content-Disposition"] = content_disposition_header(
         not _shown_inline(artifact.content_type), posixpath.basename(artifact.path)
     )
@@ -217,6 +222,8 @@ def _x_accel_response(request, artifact: Artifact, requested) -> HttpResponse | 
     request's Range says; one range goes to the ranged location, and only when the request
     spells it so that nginx reads the same bytes. None: the app answers itself."""
     blob = artifact.blob
+    if not storage.blob_local_path(blob.storage_name):
+        return None
     location = settings.SHARE_X_ACCEL_LOCATION.rstrip("/")
     if requested is None:
         location += "/full"
@@ -228,7 +235,8 @@ def _x_accel_response(request, artifact: Artifact, requested) -> HttpResponse | 
     return response
 
 
-def _s3_response(request, artifact: Artifact) -> HttpResponse | None:
+def _s3_response(request, artifact: Artifact, requested=None) -> HttpResponse | None:
+    """A 302 to a pre-signed S3 GET (S3 serves the Range itself); None on local storage."""
     url = storage.blob_presigned_url(
         artifact.blob.storage_name,
         filename=posixpath.basename(artifact.path),
@@ -240,26 +248,9 @@ def _s3_response(request, artifact: Artifact) -> HttpResponse | None:
 def signed_artifact_response(request, artifact: Artifact) -> HttpResponse:
     """Answer a verified signed link for ``artifact`` in the configured serving mode.
 
-    Preconditions and ranges are decided here, in every mode, so the answer does not depend on
-    the mode: nginx is told exactly what to send, and a request nginx or S3 would judge by
-    validators of their own (If-Match, If-Unmodified-Since) is answered by the app."""
-    blob = artifact.blob
-    etag = f'"{blob.sha256}"'
-    if decided := precondition_status(request, etag):
-        return signed_headers(HttpResponse(status=decided), artifact)
-    try:
-        requested = requested_range(request, etag, blob.size)
-    except RangeNotSatisfiable:
-        response = HttpResponse(status=416)
-        response["Content-Range"] = f"bytes */{blob.size}"
-        return signed_headers(response, artifact)
-    mode = settings.SHARE_SERVE_MODE
-    response = None
-    if handed_on(request) and mode == "x-accel" and storage.blob_local_path(blob.storage_name):
-        response = _x_accel_response(request, artifact, requested)
-    elif handed_on(request) and mode == "s3":
-        response = _s3_response(request, artifact)
-    if response is not None:
-        return signed_headers(response, artifact)
-    response = artifact_response(request, artifact, redirect=False)
-    return signed_headers(response, artifact)
+    Preconditions and ranges are decided by ``artifact_response`` in every mode, so the answer
+    does not depend on the mode: nginx is told exactly what to send, and a request nginx or S3
+    would judge by validators of their own (If-Match, If-Unmodified-Since) is answered by the
+    app."""
+    hand_off = {"x-accel": _x_accel_response, "s3": _s3_response}.get(settings.SHARE_SERVE_MODE)
+    return signed_headers(artifact_response(request, artifact, hand_off=hand_off), artifact)

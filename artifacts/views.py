@@ -17,7 +17,7 @@ from tokens.authentication import client_ip
 from tokens.scopes import Scope
 
 from . import batch, services
-from .downloads import artifact_response
+from .downloads import api_hand_off, artifact_response
 from .models import Artifact
 from .paths import artifact_path_clean, artifact_prefix_clean
 from .serializers import ArtifactSerializer
@@ -76,7 +76,7 @@ class ArtifactView(APIView):
         # A path PUT would refuse cannot exist; say why, as PUT does, rather than query it.
         path = artifact_path_clean(artifact_path)
         artifact = get_object_or_404(artifacts_for_key(request, build), path=path)
-        return artifact_response(request, artifact)
+        return artifact_response(request, artifact, hand_off=api_hand_off())
 
     @extend_schema(
         request={"application/octet-stream": OpenApiTypes.BINARY},
