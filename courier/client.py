@@ -312,22 +312,18 @@ class Client:
             _watch_until_closed(response, watch)
             status = response.status_code
             if status in RETRY_STATUSES and attempt < self.config.retries:
-                if idempotent:
-                    retry = True
-                else:
+                if not idempotent:
                     # The answer decides (its body is read to know): the error it holds is
                     # the verdict if it is not a refusal made before acting.
                     error = api_error(response)
                     response.close()
-                    retry = _refused_before_acting(response, error)
-                    if not retry:
+                    if not _refused_before_acting(response, error):
                         raise error
-                if retry:
-                    attempt += 1
-                    delay = _retry_after(response) or backoff(attempt)
-                    response.close()
-                    time.sleep(delay)
-                    continue
+                attempt += 1
+                delay = _retry_after(response) or backoff(attempt)
+                response.close()
+                time.sleep(delay)
+                continue
             if response.status_code not in expect:
                 error = api_error(response)
                 response.close()

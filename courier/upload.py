@@ -344,7 +344,7 @@ class Uploader:
                 raise CourierError("the service stored other bytes than were sent")
         except CourierError as exc:
             self.reporter.finish(handle, f"FAILED {f.name}: {exc}")
-            return Outcome(f.name, f.size, "failed", f.sha256, str(exc), exc.exit_code)
+            return _failed(f, exc)
         finally:
             for reader in readers:
                 reader.close()
