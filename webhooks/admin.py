@@ -119,7 +119,7 @@ class SubscriptionAdmin(admin.ModelAdmin):
     @admin.display(description="superseded secrets still signing")
     def previous_secrets_signing(self, obj) -> str:
         # Only how many and until when: the secrets themselves are never shown.
-        previous = services._previous_secrets(obj, timezone.now())
+        previous = services.superseded_secrets(obj, timezone.now())
         if not previous:
             return "none"
         until = ", ".join(f"{expires_at:%Y-%m-%d %H:%M:%S} UTC" for _, expires_at in previous)

@@ -101,7 +101,7 @@ def _previous_max() -> int:
     return max(0, settings.WEBHOOK_SECRET_PREVIOUS_MAX)
 
 
-def _previous_secrets(subscription: Subscription, now: datetime) -> list[tuple[str, datetime]]:
+def superseded_secrets(subscription: Subscription, now: datetime) -> list[tuple[str, datetime]]:
     """The superseded secrets whose grace has not ended, newest first: (encrypted, expires_at).
 
     At most WEBHOOK_SECRET_PREVIOUS_MAX, also when the setting was lowered since they were kept."""
@@ -126,7 +126,7 @@ def subscription_rotate_secret(*, subscription: Subscription) -> RotatedSecret:
     secret = crypto.signing_secret_generate()
     now = timezone.now()
     expires_at = now + timedelta(seconds=settings.WEBHOOK_SECRET_ROTATION_GRACE_SECONDS)
-    kept = [(subscription.secret_encrypted, expires_at), *_previous_secrets(subscription, now)]
+    kept = [(subscription.secret_encrypted, expires_at), *superseded_secrets(subscription, now)]
     kept = kept[: _previous_max()]
     subscription.previous_secrets = [
         {"secret_encrypted": encrypted, "expires_at": _iso(expires)} for encrypted, expires in kept
@@ -365,7 +365,7 @@ def payload_build(*, delivery: Delivery, now: datetime) -> dict:
 def _signing_secrets(subscription: Subscription, now: datetime) -> list[str]:
     """The current secret, then the superseded ones still within their grace, newest first."""
     current = crypto.decrypt(subscription.secret_encrypted)
-    return [current, *(crypto.decrypt(e) for e, _ in _previous_secrets(subscription, now))]
+    return [current, *(crypto.decrypt(e) for e, _ in superseded_secrets(subscription, now))]
 
 
 def request_build(*, delivery: Delivery, now: datetime) -> tuple[dict, bytes]:
