@@ -404,6 +404,9 @@ if not EMBEDDED and any(len(secret) < 32 for secret in SHARE_SIGNING_SECRETS):
 SHARE_DEFAULT_SECONDS = env_int("SHARE_DEFAULT_SECONDS", 3600)
 SHARE_MAX_SECONDS = env_int("SHARE_MAX_SECONDS", 7 * 86400)
 SHARE_MAX_PATHS = env_int("SHARE_MAX_PATHS", 1000)
+# A signed listing answers at most this many files per request (JSON and page alike), with a
+# link to the next page: a listing's cost per request stays bounded, whatever the build holds.
+SHARE_LISTING_PAGE_SIZE = max(1, env_int("SHARE_LISTING_PAGE_SIZE", 1000))
 # Live (unexpired, unrevoked) shares per build: every share mints a key, so an unbounded number
 # of requests (an untrusted build's job, say) would grow the key table without end.
 SHARE_MAX_LIVE_PER_BUILD = env_int("SHARE_MAX_LIVE_PER_BUILD", 100)
@@ -493,6 +496,11 @@ WEBHOOK_RETRY_AFTER_MAX_SECONDS = env_int("WEBHOOK_RETRY_AFTER_MAX_SECONDS", 360
 WEBHOOK_DISABLE_AFTER_FAILED_DELIVERIES = env_int("WEBHOOK_DISABLE_AFTER_FAILED_DELIVERIES", 3)
 # Pre-signed links in a payload expire this long after the attempt that carries them.
 WEBHOOK_LINK_EXPIRES_SECONDS = env_int("WEBHOOK_LINK_EXPIRES_SECONDS", 24 * 3600)
+# A payload lists at most this many artifacts' links (the first in path order), and says
+# "artifacts_truncated" when the build holds more: its listing_url pages through them all. A
+# build of 100,000 files would otherwise make a payload of tens of megabytes, past what
+# receivers take (a Lambda function URL: 6 MB), signed anew on every attempt.
+WEBHOOK_PAYLOAD_MAX_ARTIFACTS = max(0, env_int("WEBHOOK_PAYLOAD_MAX_ARTIFACTS", 1000))
 # After rotate-secret, the superseded signing secret keeps signing (one more signature) this long,
 # however many rotations follow within that time.
 WEBHOOK_SECRET_ROTATION_GRACE_SECONDS = env_int("WEBHOOK_SECRET_ROTATION_GRACE_SECONDS", 86400)

@@ -146,8 +146,8 @@ class BuildShareView(APIView):
 # --- /dl/ ------------------------------------------------------------------------------------
 
 
-def _refused(code: str, message: str) -> JsonResponse:
-    response = JsonResponse({"detail": message, "code": code}, status=403)
+def _refused(code: str, message: str, status: int = 403) -> JsonResponse:
+    response = JsonResponse({"detail": message, "code": code}, status=status)
     response["Cache-Control"] = "no-store"
     response["Referrer-Policy"] = "no-referrer"
     response["X-Robots-Tag"] = "noindex, nofollow"
@@ -155,8 +155,8 @@ def _refused(code: str, message: str) -> JsonResponse:
 
 
 class _Refusal(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        self.code, self.message = code, message
+    def __init__(self, code: str, message: str, status: int = 403) -> None:
+        self.code, self.message, self.status = code, message, status
 
 
 def _wants_json(request) -> bool:
@@ -217,7 +217,7 @@ class SignedLinkView(View):
         except LinkKeyDead as dead:
             return _refused(dead.code, dead.message)
         except _Refusal as refusal:
-            return _refused(refusal.code, refusal.message)
+            return _refused(refusal.code, refusal.message, refusal.status)
         except DependencyUnavailable as down:
             response = JsonResponse({"detail": str(down.detail), "code": "unavailable"}, status=503)
             response["Retry-After"] = str(settings.DEPENDENCY_RETRY_AFTER_SECONDS)
@@ -225,24 +225,31 @@ class SignedLinkView(View):
             return response
 
     def _listing(self, request, *, key, build, prefix, exp):
+        after = _cursor_read(request.GET.get("cursor"))
         share = Share.objects.filter(key=key).only("paths").first()
         paths = share.paths if share is not None and share.paths else None
         # Absolute links from the configured base, never from the request's Host header.
         base_url = settings.PUBLIC_BASE_URL
         found = sharing.shared_artifacts(key=key, build=build, paths=paths, prefix=prefix)
+        page, last = sharing.listing_page(found, after=after, size=settings.SHARE_LISTING_PAGE_SIZE)
+        url = signing.sign_url(base_url=base_url, path=request.path_info, exp=exp, kid=key.pk)
         links = sharing.SharedLinks(
-            url=signing.sign_url(base_url=base_url, path=request.path_info, exp=exp, kid=key.pk),
+            url=url,
             artifacts=sharing.sign_artifacts(
-                artifacts=found, build_id=build.pk, exp=exp, kid=key.pk, base_url=base_url
+                artifacts=page, build_id=build.pk, exp=exp, kid=key.pk, base_url=base_url
             ),
             expires_at=datetime.fromtimestamp(exp, tz=UTC),
         )
         body = share_body(links=links, key_id=key.pk, build=build)
+        # The cursor selects a page of what the signature grants; it grants nothing itself, so
+        # it is not signed.
+        body["next"] = None if last is None else f"{url}&cursor={_cursor_write(last)}"
         if _wants_json(request):
             response = JsonResponse(body)
         else:
+            context = _page_context(body, build, first_page=after is None)
             response = HttpResponse(
-                render_to_string("artifacts/share.html", _page_context(body, build)),
+                render_to_string("artifacts/share.html", context),
                 content_type="text/html; charset=utf-8",
             )
             response["Content-Security-Policy"] = PAGE_CSP
@@ -253,6 +260,29 @@ class SignedLinkView(View):
         response["X-Robots-Tag"] = "noindex, nofollow"
         response["X-Content-Type-Options"] = "nosniff"
         return response
+
+
+def _cursor_write(path: str) -> str:
+    return base64.urlsafe_b64encode(path.encode("utf-8")).rstrip(b"=").decode("ascii")
+
+
+def _cursor_read(value: str | None) -> str | None:
+    """The path a listing page starts after, from the ``cursor`` its ``next`` link carries (one
+    spelling: what ``_cursor_write`` makes of a path)."""
+    if value is None:
+        return None
+    try:
+        raw = base64.b64decode(value + "=" * (-len(value) % 4), altchars=b"-_", validate=True)
+        after = raw.decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        after = ""
+    if not after or len(after) > settings.ARTIFACT_PATH_MAX_LENGTH or _cursor_write(after) != value:
+        raise _Refusal(
+            "invalid_cursor",
+            "This listing page link is damaged: follow the listing's 'next' link as given.",
+            status=400,
+        )
+    return after
 
 
 # --- The share page --------------------------------------------------------------------------
@@ -296,7 +326,7 @@ def _path_absolute(url: str) -> str:
     return urlunsplit(("", "", parts.path, parts.query, ""))
 
 
-def _page_context(body: dict, build: Build) -> dict:
+def _page_context(body: dict, build: Build, *, first_page: bool) -> dict:
     files = [
         {
             **item,
@@ -322,7 +352,9 @@ def _page_context(body: dict, build: Build) -> dict:
         directory["human_size"] = _human_size(sum(f["size"] for f in directory["files"]))
     fetch_all = ""
     fetch_dir = f"{build.project.slug}-{build.number}"
-    if files:
+    # One page only: a command built from it would fetch part of the share and call it done.
+    paged = body["next"] is not None or not first_page
+    if files and not paged:
         # One command: every file into its path (directories created), then sha256sum -c
         # against the checksums this page lists. The paths are the build's to choose (".bashrc",
         # ".git/config", "src/main.c"), so they land in a directory the command creates, never
@@ -342,6 +374,10 @@ def _page_context(body: dict, build: Build) -> dict:
         "statuses": list(statuses_latest(build=build)),
         "directories": directories,
         "file_count": len(files),
+        "paged": paged,
+        "next_href": _path_absolute(body["next"]) if body["next"] else "",
+        # Every page of the listing, followed by the client (docs/ci.md).
+        "courier_all": f"courier download {shlex.quote(body['url'])} -o {shlex.quote(fetch_dir)}",
         "total_size": _human_size(sum(f["size"] for f in files)),
         "fetch_all": fetch_all,
         "fetch_dir": fetch_dir,

@@ -30,6 +30,8 @@ class SharedLinks:
     url: str
     artifacts: list[dict]
     expires_at: datetime
+    # More artifacts than ``artifacts`` holds are shared: the listing at ``url`` has them all.
+    truncated: bool = False
 
 
 def listing_path(build_id: int, prefix: str = "") -> str:
@@ -49,6 +51,18 @@ def shared_artifacts(*, key: ApiKey, build, paths=None, prefix: str = ""):
     if paths:
         queryset = queryset.filter(path__in=list(paths))
     return queryset.order_by("path")
+
+
+def listing_page(found, *, after: str | None, size: int) -> tuple[list, str | None]:
+    """At most ``size`` of ``found`` (a queryset in path order) whose path sorts after
+    ``after``, and the last path shown if more follow (None: this page is the last). Each page
+    costs the same, however deep: it starts with an index lookup, not by skipping rows."""
+    if after is not None:
+        found = found.filter(path__gt=after)
+    page = list(found[: size + 1])
+    if len(page) <= size:
+        return page, None
+    return page[:size], page[size - 1].path
 
 
 def sign_artifacts(*, artifacts, build_id: int, exp: int, kid: int, base_url: str) -> list[dict]:
@@ -98,10 +112,13 @@ def share_links(
     prefix: str | None = None,
     expires_at: datetime,
     base_url: str,
+    limit: int | None = None,
 ) -> SharedLinks:
     """Sign a listing URL and one URL per artifact ``key`` may see (under ``prefix``, among
     ``paths``) under the existing ``key``: no key is minted. The links stop working at
     ``expires_at`` or when ``key`` (or an ancestor) is revoked or expires, whichever is first.
+    With ``limit``, at most that many artifacts are signed (the first in path order) and
+    ``truncated`` says whether there are more.
 
     ``prefix`` should be a directory (``dist/``): the listing URL is that directory's.
     """
@@ -109,6 +126,9 @@ def share_links(
     prefix = prefix or ""
     listing_prefix = _listing_prefix(key=key, prefix=prefix, paths=paths)
     found = shared_artifacts(key=key, build=build, paths=paths, prefix=prefix)
+    last = None
+    if limit is not None:
+        found, last = listing_page(found, after=None, size=limit)
     return SharedLinks(
         url=signing.sign_url(
             base_url=base_url, path=listing_path(build.pk, listing_prefix), exp=exp, kid=key.pk
@@ -117,6 +137,7 @@ def share_links(
             artifacts=found, build_id=build.pk, exp=exp, kid=key.pk, base_url=base_url
         ),
         expires_at=expires_at,
+        truncated=last is not None,
     )
 
 

@@ -103,6 +103,7 @@ def link_costs(stack) -> tuple[float, float, int]:
     import django
 
     django.setup()
+    from django.conf import settings
     from django.utils import timezone
 
     from webhooks.links import links_mint
@@ -118,7 +119,13 @@ def link_costs(stack) -> tuple[float, float, int]:
     mint, whole = [], []
     for _ in range(200):
         t = time.perf_counter()
-        links_mint(key=delivery.read_key, build=delivery.build, expires_at=now, base_url="http://x")
+        links_mint(
+            key=delivery.read_key,
+            build=delivery.build,
+            expires_at=now,
+            base_url="http://x",
+            limit=settings.WEBHOOK_PAYLOAD_MAX_ARTIFACTS,
+        )
         mint.append(time.perf_counter() - t)
         t = time.perf_counter()
         request_build(delivery=delivery, now=now)

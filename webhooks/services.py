@@ -342,7 +342,13 @@ def payload_build(*, delivery: Delivery, now: datetime) -> dict:
     base = settings.PUBLIC_BASE_URL
     read_key, status_key = _keys_for(delivery)
     expires_at = now + timedelta(seconds=settings.WEBHOOK_LINK_EXPIRES_SECONDS)
-    links = links_mint(key=read_key, build=build, expires_at=expires_at, base_url=base)
+    links = links_mint(
+        key=read_key,
+        build=build,
+        expires_at=expires_at,
+        base_url=base,
+        limit=settings.WEBHOOK_PAYLOAD_MAX_ARTIFACTS,
+    )
     body["data"] = {
         "project": project.slug,
         "build": {
@@ -354,6 +360,8 @@ def payload_build(*, delivery: Delivery, now: datetime) -> dict:
             "url": f"{base}/api/v1/builds/{build.pk}/",
         },
         "artifacts": links.artifacts,
+        # True: the build holds more than the payload lists; the listing (paged) has them all.
+        "artifacts_truncated": links.truncated,
         "listing_url": links.url,
         "links_expire_at": _iso(links.expires_at),
         "status_url": f"{base}/api/v1/builds/{build.pk}/statuses/",

@@ -123,3 +123,25 @@ def test_untrusted_build_opted_in_still_gets_links(api, client, project, manager
         attempt_all()
     (data,) = payloads(receiver)
     assert get(client, data["artifacts"][0]["url"]).status_code == 200
+
+
+@pytest.mark.parametrize("limit", [1, 2])
+def test_a_payload_lists_at_most_its_limit_and_says_when_the_listing_holds_more(
+    api, client, finished, manager_token, settings, limit
+):
+    settings.WEBHOOK_PAYLOAD_MAX_ARTIFACTS = limit
+    settings.SHARE_LISTING_PAGE_SIZE = 1
+    with Receiver() as receiver:
+        subscribe(api, manager_token, receiver.url)
+        finish(api, finished)
+        attempt_all()
+    (data,) = payloads(receiver)
+    assert [a["path"] for a in data["artifacts"]] == ["dist/app.txt", "docs/index.html"][:limit]
+    assert data["artifacts_truncated"] is (limit == 1)
+    # The listing has every file, a page at a time.
+    url, listed = data["listing_url"], []
+    while url:
+        page = get(client, url, HTTP_ACCEPT="application/json").json()
+        listed += [a["path"] for a in page["artifacts"]]
+        url = page["next"]
+    assert listed == ["dist/app.txt", "docs/index.html"]
