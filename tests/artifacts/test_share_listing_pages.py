@@ -82,9 +82,10 @@ def test_the_page_links_to_the_next_page_and_offers_a_command_for_every_page(api
     page = first.body.decode()
     assert first.status_code == 200 and "on this page" in page
     (href,) = re.findall(r'<a href="([^"]+)"[^>]*>Next page</a>', page)
-    assert html.unescape(href) == urlsplit(pages(body["url"])[0]["next"])._replace(
-        scheme="", netloc=""
-    ).geturl()
+    assert (
+        html.unescape(href)
+        == urlsplit(pages(body["url"])[0]["next"])._replace(scheme="", netloc="").geturl()
+    )
     # One page's curl command would fetch part of the share: courier's, which follows every
     # page, is offered instead.
     assert "sha256sum -c" not in page
