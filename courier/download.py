@@ -26,6 +26,7 @@ import requests
 from . import pace
 from .client import (
     EXIT_FAILURE,
+    MAX_PAGES,
     Client,
     CourierError,
     backoff,
@@ -420,8 +421,9 @@ def build_remotes(client: Client, build: str, prefix: str | None) -> list[Remote
 
 
 def link_remotes(client: Client, link: str) -> list[Remote]:
-    """A pre-signed link: a share listing (JSON with its artifacts, each with its own link)
-    or a single file. No token is sent; the link is the credential."""
+    """A pre-signed link: a share listing (JSON with its artifacts, each with its own link,
+    in pages joined by ``next``) or a single file. No token is sent; the link is the
+    credential."""
     parts = urlsplit(check_url(link, "the link"))
     response = client.request("GET", link, auth=False, headers={"Accept": "application/json"})
     with response:
@@ -442,9 +444,32 @@ def link_remotes(client: Client, link: str) -> list[Remote]:
                     raise CourierError(f"refusing a link off the listing's origin for {path}")
                 return value
 
-            return remotes_from_listing(listing.get("artifacts"), make_url=url)
+            items = list(_listing_pages(client, link, listing))
+            return remotes_from_listing(items, make_url=url)
     name = unquote(PurePosixPath(parts.path).name) or "download"
     return [Remote(safe_relative(name), link)]
+
+
+def _listing_pages(client: Client, link: str, first: dict):
+    """The artifacts of every page of a share listing, from its first page on, following
+    ``next`` while it stays on the link's origin and never comes back to a page seen."""
+    page, seen = first, {link}
+    while True:
+        artifacts = page.get("artifacts")
+        if not isinstance(artifacts, list):
+            raise CourierError("the server answered a listing in an unexpected shape")
+        yield from artifacts
+        following = page.get("next")
+        if following is None:
+            return
+        if not isinstance(following, str) or not same_origin(following, link):
+            raise CourierError("the listing's next page is not on the link's origin")
+        if following in seen or len(seen) >= MAX_PAGES:
+            raise CourierError("the listing's pages loop (a next link seen before)")
+        seen.add(following)
+        page = client.get_json(following, auth=False, headers={"Accept": "application/json"})
+        if not isinstance(page, dict):
+            raise CourierError("the server answered a listing in an unexpected shape")
 
 
 def download(

@@ -11,8 +11,9 @@ Runs as an AWS Lambda function behind a function URL (`lambda_handler`), or loca
    every artifact link must be on it), it refuses every delivery (fail closed); a delivery
    id accepted before (a replay) is not acted on again;
 2. reports `pending` on the build with the delivery's `status_token` (build:status only);
-3. fetches the artifacts through the payload's pre-signed links, each verified against its
-   SHA-256, into a fresh directory (paths that would leave it are refused);
+3. fetches the artifacts through the payload's pre-signed links (every page of its
+   listing_url when the payload lists only the first, `artifacts_truncated`), each verified
+   against its SHA-256, into a fresh directory (paths that would leave it are refused);
 4. runs its own work (`RECEIVER_COMMAND`, run in that directory with a plain environment:
    not the webhook secret nor the function's credentials, only the variables named in
    `RECEIVER_COMMAND_ENV`; without one it only checks the files arrived) and reports
@@ -48,7 +49,7 @@ from urllib.parse import urlsplit
 from standardwebhooks import Webhook
 
 from courier.client import Client, Config, CourierError, same_origin
-from courier.download import download, remotes_from_listing
+from courier.download import download, link_remotes, remotes_from_listing
 from courier.output import Reporter
 
 log = logging.getLogger("receiver")
@@ -70,6 +71,8 @@ class Delivery:
     status_token: str
     artifacts: list
     payload: dict
+    # The payload lists the first artifacts only (artifacts_truncated): the listing has them all.
+    listing_url: str | None = None
 
 
 class Rejected(Exception):
@@ -125,11 +128,14 @@ def parse(payload: dict) -> Delivery | None:
     if not same_origin(status_url, pinned):
         # Even a signed payload only gets our status token sent to the service we know.
         raise Rejected(400, "status_url is not on COURIER_URL")
+    listing_url = data.get("listing_url") if data.get("artifacts_truncated") is True else None
     links = [a.get("url") for a in artifacts if isinstance(a, dict)]
+    if listing_url is not None:
+        links.append(listing_url)
     if not all(isinstance(u, str) and same_origin(u, pinned) for u in links):
         # ... and makes us fetch nothing but the service's own links.
         raise Rejected(400, "an artifact link is not on COURIER_URL")
-    return Delivery(build_id, status_url, str(status_token), artifacts, payload)
+    return Delivery(build_id, status_url, str(status_token), artifacts, payload, listing_url)
 
 
 def report(delivery: Delivery, state: str, description: str) -> None:
@@ -181,8 +187,15 @@ def work(delivery: Delivery) -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="receiver-") as tmp:
             root = Path(tmp)
-            remotes = remotes_from_listing(delivery.artifacts, make_url=lambda item: item["url"])
             client = Client(Config(url="", token=None, retries=3))
+            if delivery.listing_url is not None:
+                # More files than a payload lists: every page of the listing, each file's link
+                # on the listing's origin (checked by link_remotes).
+                remotes = link_remotes(client, delivery.listing_url)
+            else:
+                remotes = remotes_from_listing(
+                    delivery.artifacts, make_url=lambda item: item["url"]
+                )
             outcomes = download(
                 client=client, remotes=remotes, root=root, jobs=4, reporter=Reporter(quiet=True)
             )

@@ -74,6 +74,10 @@ def server_env(data_dir: Path, **extra) -> dict:
         **os.environ,
         "AC_DATA_DIR": str(data_dir),
         "STORAGE_BACKEND": "filesystem",
+        # Small pages and payloads, so the trees the tests upload span several listing pages
+        # and a delivery lists only part of them: clients must follow `next` and listing_url.
+        "SHARE_LISTING_PAGE_SIZE": "5",
+        "WEBHOOK_PAYLOAD_MAX_ARTIFACTS": "3",
         **extra,
     }
     env.pop("DATABASE_URL", None)

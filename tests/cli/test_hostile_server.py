@@ -273,3 +273,46 @@ def test_a_file_links_encoded_name_cannot_escape(tmp_path, name):
     assert result.code == 1, result.output
     assert "refusing" in result.stderr
     assert files_under(tmp_path) in ([], ["t"])
+
+
+@contextmanager
+def serve_pages(pages: list[list[str]], nexts):
+    """A stub share listed in pages: page i (``/listing``, then ``/page<i>``) names
+    ``pages[i]``; its ``next`` is ``nexts(base)[i]``."""
+    routes = {("GET", "/f"): file_route(CONTENT)}
+    with stub_server(routes) as (base, seen):
+        for i, (paths, following) in enumerate(zip(pages, nexts(base), strict=True)):
+            body = {**listing(base, paths), "next": following}
+            routes[("GET", "/listing" if i == 0 else f"/page{i}")] = lambda h, body=body: (
+                200,
+                {},
+                json_body(body),
+            )
+        yield base, seen
+
+
+def test_a_listing_in_pages_downloads_the_files_of_every_page(tmp_path):
+    pages = [["a.txt", "b.txt"], ["c/d.txt"], ["e.txt"]]
+    with serve_pages(pages, lambda base: [f"{base}/page1", f"{base}/page2", None]) as (base, _):
+        result = courier("download", f"{base}/listing", "-o", str(tmp_path / "t"))
+    assert result.code == 0, result.output
+    assert files_under(tmp_path / "t") == ["a.txt", "b.txt", "c", "c/d.txt", "e.txt"]
+
+
+@pytest.mark.parametrize(
+    ("nexts", "said"),
+    [
+        (lambda base: [f"{base}/page1", f"{base}/listing"], "loop"),
+        (lambda base: [f"{base}/page1", f"{base}/page1"], "loop"),
+        (lambda base: ["http://127.0.0.2:9/page1", None], "origin"),
+        (lambda base: [f"{base}/page1", 7], "origin"),
+    ],
+    ids=["back-to-the-first", "itself", "another-origin", "not-a-link"],
+)
+def test_listing_pages_that_loop_or_leave_the_origin_write_nothing(tmp_path, nexts, said):
+    with serve_pages([["a.txt"], ["b.txt"]], nexts) as (base, seen):
+        result = courier("download", f"{base}/listing", "-o", str(tmp_path / "t"))
+    assert result.code == 1, result.output
+    assert said in result.stderr
+    assert files_under(tmp_path) in ([], ["t"])
+    assert all(path != "/f" for _, path, _ in seen)  # no file fetched before the listing is whole

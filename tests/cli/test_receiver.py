@@ -383,3 +383,17 @@ def test_a_caller_that_sends_slowly_or_not_at_all_is_cut_off(drip):
             took = time.monotonic() - started
     assert answer == b"" or answer.startswith(b"HTTP/1.0 408"), answer
     assert took < 10
+
+
+def test_a_truncated_payloads_listing_off_the_pinned_service_is_not_fetched():
+    with (
+        downstream_world() as (base, artifacts, statuses, seen),
+        receiver(WEBHOOK_SECRET=SECRET, COURIER_URL=base) as url,
+    ):
+        body = payload(base, artifacts)
+        body["data"]["artifacts_truncated"] = True
+        body["data"]["listing_url"] = "http://127.0.0.1:1/elsewhere/"
+        data, headers = signed(body)
+        answer = requests.post(url, data=data, headers=headers, timeout=30)
+    assert answer.status_code == 400
+    assert statuses == [] and seen == []

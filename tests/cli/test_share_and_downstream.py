@@ -102,7 +102,9 @@ def test_a_real_delivery_reaches_the_reference_receiver_which_reports_back(
         **os.environ,
         "WEBHOOK_SECRET": response.json()["signing_secret"],
         "COURIER_URL": courier_server.url,
-        "RECEIVER_COMMAND": "test -s dist/a.bin",
+        # Past the payload's 3 links and the listing's first page (5): the receiver must have
+        # followed listing_url through its pages.
+        "RECEIVER_COMMAND": "test -s dist/nested/deeper/b.txt",
     }
     worker = [
         sys.executable, "-m", "celery", "-A", "artifactcourier", "worker", "--pool=solo",
