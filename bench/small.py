@@ -4,7 +4,9 @@ of the same files, and how upload and listing times grow with the project's size
 - single PUTs: N files of 4 KiB, PUT one by one over keep-alive, on 1 and on 8 connections,
   to the app (gunicorn as `make run` serves it: gunicorn.conf.py when present, else 2 sync
   workers), to nginx's WebDAV module (writes the body to disk, no hash, no database), and to
-  the floor: the same gunicorn serving bench/floor.py, which only reads the body;
+  the floor: the same gunicorn serving bench/floor.py, which only reads the body; and the
+  Django floors (8 connections): bench/floor_django.py, a Django project that only reads it,
+  through a plain view and through a DRF view (no middleware, authentication or database);
 - batch: N files as one tar stream to POST …/artifacts/batch, in files per second against
   nginx's best per-file rate: new random bytes every round (the goal's figure), and the very
   files the PUT rounds stored (what a CI re-run sends: members whose bytes the project already
@@ -132,6 +134,12 @@ def run(args, work: Path, procs: list) -> None:
     floor, floor_port = start_gunicorn(env, *options, app="bench.floor:application")
     procs.append(floor)
     floor_url = f"http://127.0.0.1:{floor_port}"
+    # ... and with a Django project that does nothing (plain view, and DRF view).
+    django_floor, django_floor_port = start_gunicorn(
+        env, *options, app="bench.floor_django:application"
+    )
+    procs.append(django_floor)
+    django_floor_url = f"http://127.0.0.1:{django_floor_port}"
     nginx, nginx_port = start_nginx(nginx_binary(), work, Path(settings.ARTIFACT_ROOT))
     procs.append(nginx)
     app_url, nginx_url = f"http://127.0.0.1:{app_port}", f"http://127.0.0.1:{nginx_port}"
@@ -151,6 +159,13 @@ def run(args, work: Path, procs: list) -> None:
     def floor_puts(connections: int):
         def variant() -> float:
             base = f"{floor_url}/r{next(counter)}/"
+            return curl_many([(str(files / n), base + n) for n in names], [], connections)
+
+        return variant
+
+    def django_floor_puts(kind: str, connections: int):
+        def variant() -> float:
+            base = f"{django_floor_url}/{kind}/r{next(counter)}/"
             return curl_many([(str(files / n), base + n) for n in names], [], connections)
 
         return variant
@@ -203,7 +218,7 @@ def run(args, work: Path, procs: list) -> None:
         return time.perf_counter() - start
 
     # Warm up every path once.
-    for warm in [app_puts(1), nginx_puts(1)]:
+    for warm in [app_puts(1), nginx_puts(1), django_floor_puts("drf", 1)]:
         warm()
     variants = {
         "app PUT, 1 connection": app_puts(1),
@@ -212,6 +227,8 @@ def run(args, work: Path, procs: list) -> None:
         "app PUT, 8 connections": app_puts(8),
         "nginx PUT, 8 connections": nginx_puts(8),
         "floor PUT, 8 connections": floor_puts(8),
+        "Django floor PUT, 8 connections": django_floor_puts("django", 8),
+        "DRF floor PUT, 8 connections": django_floor_puts("drf", 8),
         "app batch, new bytes (one tar)": app_batch(fresh=True),
         "app batch, bytes the project holds": app_batch(fresh=False),
     }
@@ -223,6 +240,8 @@ def run(args, work: Path, procs: list) -> None:
         "floor PUT, 1 connection": rates["nginx PUT, 1 connection"],
         "app PUT, 8 connections": rates["nginx PUT, 8 connections"],
         "floor PUT, 8 connections": rates["nginx PUT, 8 connections"],
+        "Django floor PUT, 8 connections": rates["nginx PUT, 8 connections"],
+        "DRF floor PUT, 8 connections": rates["nginx PUT, 8 connections"],
         "app batch, new bytes (one tar)": nginx_best,
         "app batch, bytes the project holds": nginx_best,
     }
@@ -230,7 +249,9 @@ def run(args, work: Path, procs: list) -> None:
         f"{args.files} x 4 KiB on loopback, median of {args.rounds} interleaved rounds "
         "(goals: 8 connections >= 0.1x nginx, batch of new bytes >= 0.5x nginx's best per-file "
         "rate; the batch of bytes the project already holds, as a CI re-run sends, is shown "
-        "for information; 'floor' is the same gunicorn serving an app that only reads the body)",
+        "for information; 'floor' is the same gunicorn serving an app that only reads the body; "
+        "'Django floor' and 'DRF floor', a Django project that only reads it: a plain view, "
+        "and a DRF view without authentication, no middleware, no database)",
         ["variant", "files/s (median)", "vs nginx"],
         [
             [name, f"{rate:.0f}", f"{rate / baseline[name]:.3f}x" if name in baseline else ""]
