@@ -640,8 +640,9 @@ _ROWS_PER_STATEMENT = 500
 
 
 def _link(*, build: Build, key: ApiKey | None, members: list[StoredMember]) -> BatchResult:
-    # Blob rows first (no lock held across it): one upsert per 500 distinct digests. A digest
-    # twice in the batch, or already stored: the extra objects are deleted at once.
+    # Blob rows first, in one transaction (one commit): an upsert per 500 distinct digests, in
+    # digest order, so two batches sharing digests take their rows' locks in the same order.
+    # A digest twice in the batch, or already stored: the extra objects are deleted at once.
     first: dict[str, StoredMember] = {}
     duplicates = []
     for m in members:
@@ -652,12 +653,13 @@ def _link(*, build: Build, key: ApiKey | None, members: list[StoredMember]) -> B
         else:
             first[m.sha256] = m
     _objects_delete(duplicates)
-    unique = list(first.values())
+    unique = sorted(first.values(), key=lambda m: m.sha256)
     holders: dict[str, str] = {}
     now = timezone.now()
-    for i in range(0, len(unique), _ROWS_PER_STATEMENT):
-        chunk = unique[i : i + _ROWS_PER_STATEMENT]
-        holders.update(Blob.objects.publish([(m.sha256, m.size, m.name) for m in chunk], now=now))
+    with transaction.atomic():
+        for i in range(0, len(unique), _ROWS_PER_STATEMENT):
+            chunk = [(m.sha256, m.size, m.name) for m in unique[i : i + _ROWS_PER_STATEMENT]]
+            holders.update(Blob.objects.publish(chunk, now=now))
     _objects_delete([m.name for m in unique if holders[m.sha256] != m.name])
     try:
         return _link_rows(build=build, key=key, members=members)
@@ -684,7 +686,9 @@ def _link_rows(*, build: Build, key: ApiKey | None, members: list[StoredMember])
                 raise BuildNotWritable()
             project = Project.objects.select_for_update(no_key=True).get(pk=locked.project_id)
             existing = {}
-            for i in range(0, len(paths), _ROWS_PER_STATEMENT):
+            # The build's file count is kept in the same transactions as its rows, and its row
+            # is locked: a build that holds nothing needs no look for its paths.
+            for i in range(0, len(paths) if locked.used_files else 0, _ROWS_PER_STATEMENT):
                 chunk = paths[i : i + _ROWS_PER_STATEMENT]
                 existing.update(
                     Artifact.objects.filter(build_id=build.pk, path__in=chunk).values_list(

@@ -145,3 +145,63 @@ def test_two_builds_uploading_at_once_cannot_together_exceed_the_project_quota(
         for b in (build, other_build)
     ]
     assert sum(listed) == 1
+
+
+def test_two_batches_sharing_new_bytes_in_opposite_orders_both_succeed(
+    api, build, other_project_build, settings, monkeypatch, tmp_path
+):
+    """Both batches record the same new digests at once, one listing them backwards: their
+    rows' locks are taken in one order (digest order), so neither waits on the other in a
+    cycle that PostgreSQL would break by failing one of them."""
+    import io
+    import tarfile
+
+    from artifacts import batch
+
+    store = Store("filesystem", root=tmp_path / "store")
+    settings.STORAGES = {**settings.STORAGES, "default": store.storage_options()}
+    datas = [os.urandom(64) for _ in range(1200)]  # three upsert statements each
+
+    def body(order) -> bytes:
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w") as tar:
+            for i in order:
+                info = tarfile.TarInfo(f"f{i:04}")
+                info.size = len(datas[i])
+                tar.addfile(info, io.BytesIO(datas[i]))
+        return out.getvalue()
+
+    both_there = threading.Barrier(2, timeout=30)
+    link = batch._link
+
+    def link_with_the_other(**kwargs):
+        both_there.wait()
+        return link(**kwargs)
+
+    monkeypatch.setattr(batch, "_link", link_with_the_other)
+    forward, backward = list(range(len(datas))), list(reversed(range(len(datas))))
+    responses = [None, None]
+
+    def post(index, created, order):
+        client = api.as_key(created.token)
+        client.raise_request_exception = False
+        try:
+            responses[index] = client.generic(
+                "POST",
+                f"/api/v1/builds/{created.build.pk}/artifacts/batch",
+                body(order),
+                content_type="application/x-tar",
+            )
+        finally:
+            connections.close_all()
+
+    threads = [
+        threading.Thread(target=post, args=(0, build, forward)),
+        threading.Thread(target=post, args=(1, other_project_build, backward)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [r.status_code for r in responses] == [201, 201], [r.content[:300] for r in responses]
+    assert Blob.objects.count() == len(datas)
