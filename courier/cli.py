@@ -18,6 +18,7 @@ from .client import (
     EXIT_FAILURE,
     EXIT_OK,
     EXIT_USAGE,
+    ApiError,
     Client,
     Config,
     CourierError,
@@ -457,7 +458,23 @@ def _print_build(build: dict) -> None:
 
 def cmd_build_finish(args) -> int:
     build_id = require_build(args)
-    build = make_client(args).post_json(f"api/v1/builds/{build_id}/finish", {"state": args.state})
+    client = make_client(args)
+    try:
+        # Retried like a PUT: a second attempt after a lost answer finds the build finished.
+        build = client.post_json(
+            f"api/v1/builds/{build_id}/finish", {"state": args.state}, idempotent=True
+        )
+    except ApiError as exc:
+        if exc.code != "build_finished":
+            raise
+        # Finished already: by an attempt whose answer was lost (a proxy's 502, a dropped
+        # connection, a re-run CI step), which is done if it set the state asked for now.
+        build = client.get_json(f"api/v1/builds/{build_id}/")
+        if not isinstance(build, dict) or build.get("state") != args.state:
+            state = printable(str(build.get("state") if isinstance(build, dict) else "?"))
+            raise CourierError(f"build {build_id} has already finished as {state}") from None
+        if not args.json:
+            say(f"build {build_id} had already finished as {args.state}")
     if args.json:
         emit_json(build)
     else:

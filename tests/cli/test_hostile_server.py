@@ -316,3 +316,30 @@ def test_listing_pages_that_loop_or_leave_the_origin_write_nothing(tmp_path, nex
     assert said in result.stderr
     assert files_under(tmp_path) in ([], ["t"])
     assert all(path != "/f" for _, path, _ in seen)  # no file fetched before the listing is whole
+
+
+def test_finish_whose_answer_was_lost_is_retried_and_found_done():
+    """A proxy's 502 after the service finished the build: the retry's 409 is checked against
+    the build's state, which is the one asked for, so the job goes on (exit 0)."""
+    attempts = []
+
+    def finish(handler):
+        attempts.append(handler.body)
+        if len(attempts) == 1:
+            return 502, {"Content-Type": "text/html"}, b"<html>Bad Gateway</html>"
+        return 409, {}, json_body({"detail": "already finished", "code": "build_finished"})
+
+    build = {"id": 7, "number": 1, "state": "succeeded", "ref": "r", "commit": "c"}
+    routes = {
+        ("POST", "/api/v1/builds/7/finish"): finish,
+        ("GET", "/api/v1/builds/7/"): lambda h: (200, {}, json_body(build)),
+    }
+    env = {"COURIER_TOKEN": "acb_" + "t" * 40, "COURIER_BUILD": "7"}
+    with stub_server(routes) as (base, _):
+        done = courier("build", "finish", "--state", "succeeded", env={**env, "COURIER_URL": base})
+        other = courier("build", "finish", "--state", "failed", env={**env, "COURIER_URL": base})
+    assert done.code == 0, done.output
+    assert "already finished as succeeded" in done.stdout
+    assert len(attempts) == 3  # the lost answer, its retry, then the other state's one attempt
+    assert other.code == 1
+    assert "already finished as succeeded" in other.stderr

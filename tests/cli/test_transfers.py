@@ -159,6 +159,11 @@ def test_whoami_finish_and_a_derived_key(started, tmp_path):
     finished = courier("build", "finish", "--state", "succeeded", env=started)
     assert finished.code == 0, finished.output
     assert "succeeded" in finished.stdout
+    # A re-run step finishing it the same way is done; another way is a failure.
+    again = courier("build", "finish", "--state", "succeeded", env=started)
+    assert again.code == 0 and "already finished as succeeded" in again.stdout, again.output
+    other = courier("build", "finish", "--state", "failed", env=started)
+    assert other.code == 1 and "already finished as succeeded" in other.stderr, other.output
     (tmp_path / "late.txt").write_text("too late")
     late = courier("upload", str(tmp_path / "late.txt"), env=started)
     assert late.code in (1, 3)
