@@ -3,7 +3,9 @@ API error becomes an exit code. Talks to the service over HTTP only."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import os
 import random
 import re
 import threading
@@ -150,6 +152,24 @@ def check_url(url: str, what: str) -> str:
     return url
 
 
+def cleartext_check(url: str) -> None:
+    """A token goes over plain http only to this machine (a service on loopback, a test), or
+    where COURIER_ALLOW_HTTP=1 says the network is trusted: anyone on the way could read it."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or os.environ.get("COURIER_ALLOW_HTTP") == "1":
+        return
+    host = parts.hostname or ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise UsageError(
+            f"refusing to send the token over plain http to {_origin(url)}: use https, or set "
+            "COURIER_ALLOW_HTTP=1 if that network is trusted"
+        )
+
+
 def same_origin(a: str, b: str) -> bool:
     sa, sb = urlsplit(a), urlsplit(b)
     return (sa.scheme, sa.hostname, sa.port) == (sb.scheme, sb.hostname, sb.port)
@@ -253,6 +273,7 @@ class Client:
                 )
             if not same_origin(url, self.base):
                 raise CourierError(f"refusing to send the token to another origin: {_origin(url)}")
+            cleartext_check(url)
             all_headers["Authorization"] = f"Bearer {self.config.token}"
         attempt = 0
         while True:

@@ -343,3 +343,36 @@ def test_finish_whose_answer_was_lost_is_retried_and_found_done():
     assert len(attempts) == 3  # the lost answer, its retry, then the other state's one attempt
     assert other.code == 1
     assert "already finished as succeeded" in other.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("http://courier.example:8000", False),
+        ("http://10.1.2.3", False),
+        ("http://[::1]:9", True),
+        ("http://localhost:9", True),
+        ("http://127.0.0.2:9", True),
+    ],
+)
+def test_a_token_goes_over_plain_http_only_to_this_machine_unless_allowed(url, allowed):
+    """Nothing is connected to: the refusal comes first; a loopback address is refused a
+    connection (nothing listens on port 9), which is exit 1, not 2."""
+    env = {"COURIER_URL": url, "COURIER_TOKEN": "acb_" + "t" * 40, "COURIER_RETRIES": "0"}
+    result = courier("whoami", "--retries", "0", env=env)
+    if allowed:
+        assert result.code == 1 and "cannot reach" in result.stderr, result.output
+    else:
+        assert result.code == 2, result.output
+        assert "plain http" in result.stderr and "COURIER_ALLOW_HTTP=1" in result.stderr
+
+
+def test_courier_allow_http_lets_a_token_go_over_plain_http(monkeypatch):
+    """The decision alone (connecting would leave the machine)."""
+    from courier.client import UsageError, cleartext_check
+
+    with pytest.raises(UsageError):
+        cleartext_check("http://courier.example:8000/api/v1/keys/self")
+    monkeypatch.setenv("COURIER_ALLOW_HTTP", "1")
+    cleartext_check("http://courier.example:8000/api/v1/keys/self")
+    cleartext_check("https://courier.example/api/v1/keys/self")
