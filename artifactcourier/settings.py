@@ -352,6 +352,11 @@ BUILD_ARTIFACTS_QUOTA = env_int("BUILD_ARTIFACTS_QUOTA", 50 * 1024 * MiB)
 PROJECT_ARTIFACTS_QUOTA = env_int("PROJECT_ARTIFACTS_QUOTA", 1024 * 1024 * MiB)
 ARTIFACT_PATH_MAX_LENGTH = 1024
 ARTIFACT_PATH_SEGMENT_MAX_LENGTH = 255
+# ... and at most this many bytes once percent-encoded in a URL (UTF-8, everything but
+# unreserved characters and '/' encoded: a 3-byte character takes 9). Every stored path must
+# fit in a request line with room for the rest (gunicorn takes lines of up to 4094 bytes): a
+# batch member could otherwise become an artifact that no GET could ever name.
+ARTIFACT_PATH_MAX_URL_BYTES = 3000
 # Bytes read from the request body per step (one reused buffer; hashed inline).
 ARTIFACT_UPLOAD_CHUNK_SIZE = env_int("ARTIFACT_UPLOAD_CHUNK_SIZE", 4 * MiB)
 ARTIFACT_S3_PART_SIZE = env_int("ARTIFACT_S3_PART_SIZE", 16 * MiB)

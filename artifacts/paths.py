@@ -4,6 +4,8 @@ The policy itself is ``artifactcourier.paths.path_problem`` (shared with ``token
 key and share prefixes); this module turns its verdict into the API's 400.
 """
 
+from urllib.parse import quote
+
 from django.conf import settings
 
 from artifactcourier.paths import path_problem
@@ -24,7 +26,20 @@ def artifact_path_clean(path: str) -> str:
         )
     if problem := path_problem(path):
         raise InvalidArtifactPath(f"The artifact path {problem}.")
+    _url_length_check(path, "artifact path", code="invalid_path")
     return path
+
+
+def _url_length_check(path: str, what: str, *, code: str) -> None:
+    # Measured as clients encode it: a character outside ASCII takes up to 9 bytes, a reserved
+    # ASCII one ('?', '#', '%', ...) 3.
+    encoded = len(quote(path, safe="/"))
+    if encoded > settings.ARTIFACT_PATH_MAX_URL_BYTES:
+        raise InvalidArtifactPath(
+            f"The {what} takes {encoded} bytes in a URL (percent-encoded), more than "
+            f"{settings.ARTIFACT_PATH_MAX_URL_BYTES}: no request could name it. Shorten it.",
+            code=code,
+        )
 
 
 def artifact_prefix_clean(prefix: str) -> str:
@@ -38,4 +53,5 @@ def artifact_prefix_clean(prefix: str) -> str:
         )
     if problem := path_problem(prefix, prefix=True):
         raise InvalidArtifactPath(f"The prefix {problem}.", code="invalid_prefix")
+    _url_length_check(prefix, "prefix", code="invalid_prefix")
     return prefix

@@ -417,3 +417,13 @@ def test_an_archive_cut_at_or_in_a_header_is_refused(api, build, store, encoding
     assert response.status_code == 400, response.content
     assert response.json()["code"] == "invalid_archive"
     assert nothing_stored(build, store)
+
+
+def test_a_member_whose_path_no_url_could_name_is_refused_with_nothing_stored(api, build, store):
+    """A path reaching the service in a tar member, not a URL, is held to what a URL can carry:
+    stored, it could never be downloaded."""
+    body = files(("ok.txt", b"fine"), ("/".join(["字" * 100] * 4), b"unreachable"))
+    response = post(api, build, body)
+    assert response.status_code == 400, response.content
+    assert response.json()["code"] == "invalid_path" and "URL" in response.json()["detail"]
+    assert nothing_stored(build, store)

@@ -120,3 +120,18 @@ def test_a_path_that_is_not_utf8_is_400_and_nothing_is_stored(api, build, target
     listing = api.as_key(build.token).get(f"{artifact_url(build.build.pk)}?prefix={target}")
     assert listing.status_code == 400
     assert listing.json()["code"] == "invalid_prefix"
+
+
+def test_a_path_too_long_for_a_url_is_refused_before_anything_is_stored(api, build):
+    """1024 characters are allowed, but not 1024 that take 9 bytes each in a URL: no GET could
+    name that artifact (request lines end at 4094 bytes). 332 of them (2996 bytes) are fine."""
+    fits = "dist/" + "/".join(["字" * 83] * 4)
+    too_long = "dist/" + "/".join(["字" * 85] * 4)
+    assert upload(api, build.token, build.build.pk, fits, b"x").status_code == 201
+    refused = upload(api, build.token, build.build.pk, too_long, b"x")
+    assert refused.status_code == 400 and refused.json()["code"] == "invalid_path"
+    assert "3000" in refused.json()["detail"]
+    listed = api.as_key(build.token).get(
+        f"/api/v1/builds/{build.build.pk}/artifacts/", {"prefix": too_long}
+    )
+    assert listed.status_code == 400 and listed.json()["code"] == "invalid_prefix"

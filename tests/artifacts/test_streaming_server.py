@@ -216,3 +216,28 @@ def test_after_an_upload_fails_mid_body_the_same_connection_serves_the_next_requ
     assert (downloaded.status, downloaded.read()) == (200, b"small")
     assert conn.sock is sock  # one connection throughout
     conn.close()
+
+
+def test_the_longest_path_a_url_may_carry_goes_up_and_comes_back_through_gunicorn(server):
+    """The path limit in URL bytes (3000) fits gunicorn's request line with room to spare,
+    for the API and for a signed link to the same file."""
+    from urllib.parse import quote, urlsplit
+
+    path = "long/" + "/".join(["字" * 83] * 4)  # 2996 bytes once encoded
+    assert len(quote(path, safe="/")) <= 3000
+    url = server.artifact(quote(path, safe="/"))
+    response, _ = server.request("PUT", url, b"far", {"Content-Type": "application/octet-stream"})
+    assert response.status == 201
+    response, data = server.request("GET", url)
+    assert (response.status, data) == (200, b"far")
+    response, body = server.request(
+        "POST",
+        f"/api/v1/builds/{server.build_id}/share",
+        json.dumps({"paths": [path]}).encode(),
+        {"Content-Type": "application/json"},
+    )
+    assert response.status == 201, body
+    (item,) = json.loads(body)["artifacts"]
+    link = urlsplit(item["url"])
+    response, data = server.request("GET", f"{link.path}?{link.query}", headers={})
+    assert (response.status, data) == (200, b"far")
