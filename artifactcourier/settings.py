@@ -191,10 +191,17 @@ else:
         )
     }
     if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        # Django's, with the query deadline on what it sends past its cursors.
+        DATABASES["default"]["ENGINE"] = "artifactcourier.postgresql"
         # An unreachable server fails a request in seconds (503), not after the OS's timeout.
         DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
             "connect_timeout", env_int("DATABASE_CONNECT_TIMEOUT", 5)
         )
+# A web request's statements get this many seconds each (PostgreSQL; 0: no limit): the server
+# cancels one that runs or waits on a lock that long, and one a hung server never answers is
+# abandoned a second later, 503 (artifactcourier/query_deadline.py). The worker and management
+# commands are not limited.
+DATABASE_QUERY_TIMEOUT = env_int("DATABASE_QUERY_TIMEOUT", 20)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -1,5 +1,7 @@
-"""A misbehaving object store on loopback: an HTTP proxy in front of a real S3 server (moto)
-that passes calls through, or holds, delays, drops or never answers the ones a rule picks.
+"""Misbehaving dependencies on loopback. ``FaultyS3``: an HTTP proxy in front of a real S3 server
+(moto) that passes calls through, or holds, delays, drops or never answers the ones a rule
+picks. ``FreezingTcpProxy``: a TCP relay in front of any server (PostgreSQL) that can hang,
+refuse or slow every connection.
 
 Rules see ``(method, path_and_query)`` and return ``None`` (pass through), ``"hold"`` (wait
 until ``release()`` or ``stop()``, then pass), a number of seconds to delay, ``"drop"`` (close
@@ -9,6 +11,9 @@ until ``stop()``). Everything is bounded: a held or blackholed call waits at mos
 """
 
 import http.client
+import select
+import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -112,3 +117,106 @@ class FaultyS3:
         handler.end_headers()
         if method != "HEAD":
             handler.wfile.write(data)
+
+
+class FreezingTcpProxy:
+    """A TCP relay on loopback in front of a server (PostgreSQL in the tests), for the failures
+    an HTTP proxy cannot play:
+
+    - ``freeze()``: no byte moves either way and every connection stays open, new ones
+      included: a server that hangs (its kernel still accepts and acknowledges, nothing
+      answers). ``thaw()`` lets the bytes move again.
+    - ``refuse()``: every connection is reset, new ones as soon as they arrive: a server that
+      is down. ``restore()`` undoes it.
+    - ``delay``: seconds added before each piece relayed: a slow link that still works.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.upstream = (host, port)
+        self.delay = 0.0
+        self._moving = threading.Event()
+        self._moving.set()
+        self._refusing = False
+        self._stopped = False
+        self._lock = threading.Lock()
+        self._sockets: list = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def __enter__(self) -> "FreezingTcpProxy":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def freeze(self) -> None:
+        self._moving.clear()
+
+    def thaw(self) -> None:
+        self._moving.set()
+
+    def refuse(self) -> None:
+        self._refusing = True
+        self._reset_all()
+
+    def restore(self) -> None:
+        self._refusing = False
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._moving.set()
+        self.listener.close()
+        self._reset_all()
+
+    def _reset_all(self) -> None:
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            _reset(sock)
+
+    def _accept(self) -> None:
+        while not self._stopped:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self._refusing:
+                _reset(client)
+                continue
+            try:
+                server = socket.create_connection(self.upstream, timeout=5)
+            except OSError:
+                _reset(client)
+                continue
+            with self._lock:
+                self._sockets += [client, server]
+            for source, target in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
+
+    def _pump(self, source, target) -> None:
+        try:
+            while not self._stopped:
+                self._moving.wait()
+                readable, _, _ = select.select([source], [], [], 0.2)
+                if not readable or not self._moving.is_set():
+                    continue
+                data = source.recv(65536)
+                if not data:
+                    break
+                if self.delay:
+                    time.sleep(self.delay)
+                target.sendall(data)
+        except (OSError, ValueError):  # reset, or closed (fd -1) by stop() or the other pump
+            pass
+        _reset(source)
+        _reset(target)
+
+
+def _reset(sock) -> None:
+    """Close ``sock`` with a reset (RST), as a dead peer's host would answer."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+    except OSError:
+        pass

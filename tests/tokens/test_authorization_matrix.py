@@ -82,6 +82,7 @@ MANAGE_WEBHOOKS = row(
 EXPECTED: dict[tuple[str, str], dict[str, int]] = {
     ("landing", "GET"): same_for_all(200),
     ("healthz", "GET"): same_for_all(200),
+    ("readyz", "GET"): same_for_all(200),
     ("schema", "GET"): same_for_all(200),
     ("schema", "OPTIONS"): same_for_all(405),
     ("docs", "GET"): same_for_all(200),
