@@ -1,10 +1,14 @@
 import re
+from urllib.parse import urlsplit, urlunsplit
 
+from django.http import QueryDict
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import exceptions, serializers, status
+from rest_framework.exceptions import NotFound
 from rest_framework.generics import ListAPIView
+from rest_framework.pagination import Cursor
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -18,6 +22,7 @@ from tokens.scopes import Scope
 
 from . import batch, services
 from .downloads import api_hand_off, artifact_response
+from .errors import InvalidArtifactPath
 from .models import Artifact
 from .paths import artifact_path_clean, artifact_prefix_clean
 from .serializers import ArtifactSerializer
@@ -35,11 +40,53 @@ def artifacts_for_key(request, build: Build):
     )
 
 
+class PathPagination(KeysetPagination):
+    """Keyset pages on the path, with links no longer than the link to the path they start
+    after: the cursor is ``<f|r><offset>[.<position>]`` (forward or reverse; the position, the
+    last path shown, after the listing's ``prefix``), and a link is encoded as a path is in a
+    URL ('/' kept). DRF's own cursor (the whole path urlencoded, then base64) with every '/' of
+    the query escaped made links of over 6000 bytes, refused by gunicorn (4094-byte request
+    line), for a path within ARTIFACT_PATH_MAX_URL_BYTES."""
+
+    _CURSOR = re.compile(r"(?P<direction>[fr])(?P<offset>[0-9]{1,9})(?:\.(?P<position>.*))?", re.S)
+
+    def _prefix(self, request) -> str:
+        return request.query_params.get("prefix", "")
+
+    def encode_cursor(self, cursor):
+        value = f"{'r' if cursor.reverse else 'f'}{cursor.offset}"
+        if cursor.position is not None:
+            value += "." + cursor.position.removeprefix(self._prefix(self.request))
+        parts = urlsplit(self.base_url)
+        query = QueryDict(parts.query, mutable=True)
+        query[self.cursor_query_param] = value
+        return urlunsplit(parts._replace(query=query.urlencode(safe="/")))
+
+    def decode_cursor(self, request):
+        """The page a cursor names, or 404 for one no link of ours carries: a position that is
+        no artifact path (a NUL would fail the query on PostgreSQL), an offset past the cutoff."""
+        value = request.query_params.get(self.cursor_query_param)
+        if value is None:
+            return None
+        match = self._CURSOR.fullmatch(value)
+        if match is None or int(match["offset"]) > self.offset_cutoff:
+            raise NotFound(self.invalid_cursor_message)
+        position = match["position"]
+        if position is not None:
+            try:
+                position = artifact_path_clean(self._prefix(request) + position)
+            except InvalidArtifactPath:
+                raise NotFound(self.invalid_cursor_message) from None
+        return Cursor(
+            offset=int(match["offset"]), reverse=match["direction"] == "r", position=position
+        )
+
+
 class ArtifactListView(ListAPIView):
     required_scopes = {Scope.ARTIFACTS_READ}
     serializer_class = ArtifactSerializer
     # Paths are unique within a build: keyset pages on (build, path), the unique index.
-    pagination_class = KeysetPagination
+    pagination_class = PathPagination
 
     def get_queryset(self):
         build = build_for_key(self.request, self.kwargs["build_id"])

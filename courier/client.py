@@ -17,6 +17,7 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 from requests.auth import AuthBase
+from urllib3.util import parse_url
 
 from . import __version__, pace
 
@@ -139,15 +140,36 @@ def log_line(text: str) -> str:
     return line
 
 
-def check_url(url: str, what: str) -> str:
-    """``url`` if it is an http(s) URL that parses, a UsageError naming ``what`` otherwise;
-    the URL itself is never repeated (a link's query is its credential)."""
+def _endpoint(url: str) -> tuple[str, str, int | None] | None:
+    """Where a request for ``url`` goes: (scheme, host, port) as requests (urllib3) reads the
+    URL, the reading every request follows; None if Python's own parser reads another host or
+    port. The two disagree on some URLs (``http://a.example\\@127.0.0.1/``: urllib3 ends the
+    host at the backslash), and a decision made on the reading that is not followed would let
+    such a URL pass for loopback or for the service's origin while it goes elsewhere."""
     try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 (raises on a port out of range)
+        ours, theirs = urlsplit(url), parse_url(url)
+        port, our_host = ours.port, ours.hostname or ""
+        if not our_host.isascii():  # an international name, sent in its IDNA form
+            our_host = parse_url(f"http://{our_host}").host or ""
     except ValueError:
-        raise UsageError(f"{what} is not a valid URL") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    host = (theirs.host or "").lower()
+    if host.startswith("["):
+        host = host[1:-1]
+    if our_host != host or port != theirs.port:
+        return None
+    return (theirs.scheme or "").lower(), host, theirs.port
+
+
+def check_url(url: str, what: str) -> str:
+    """``url`` if it is an http(s) URL that parses (one way: see ``_endpoint``), a UsageError
+    naming ``what`` otherwise; the URL itself is never repeated (a link's query is its
+    credential)."""
+    endpoint = _endpoint(url)
+    if endpoint is None:
+        raise UsageError(f"{what} is not a valid URL")
+    scheme, host, _ = endpoint
+    if scheme not in ("http", "https") or not host:
         raise UsageError(f"{what} must be an http(s) URL")
     return url
 
@@ -155,10 +177,12 @@ def check_url(url: str, what: str) -> str:
 def cleartext_check(url: str) -> None:
     """A token goes over plain http only to this machine (a service on loopback, a test), or
     where COURIER_ALLOW_HTTP=1 says the network is trusted: anyone on the way could read it."""
-    parts = urlsplit(url)
-    if parts.scheme != "http" or os.environ.get("COURIER_ALLOW_HTTP") == "1":
+    endpoint = _endpoint(url)
+    if endpoint is not None and endpoint[0] != "http":
         return
-    host = parts.hostname or ""
+    if endpoint is not None and os.environ.get("COURIER_ALLOW_HTTP") == "1":
+        return
+    host = endpoint[1] if endpoint is not None else ""
     try:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -171,8 +195,10 @@ def cleartext_check(url: str) -> None:
 
 
 def same_origin(a: str, b: str) -> bool:
-    sa, sb = urlsplit(a), urlsplit(b)
-    return (sa.scheme, sa.hostname, sa.port) == (sb.scheme, sb.hostname, sb.port)
+    """Do requests for ``a`` and ``b`` go to one origin (scheme, host, port)? Never for a URL
+    the two parsers read differently."""
+    ea, eb = _endpoint(a), _endpoint(b)
+    return ea is not None and ea == eb
 
 
 @dataclass

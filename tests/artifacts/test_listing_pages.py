@@ -1,5 +1,7 @@
 """Artifact listings page by key (the path), not by offset: clients follow ``next``."""
 
+from urllib.parse import quote, urlsplit
+
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -88,3 +90,38 @@ def test_a_late_page_is_a_keyset_query_without_offset_or_count(api, build):
     page = [q["sql"] for q in queries.captured_queries if "artifacts_artifact" in q["sql"]]
     assert len(page) == 1
     assert "OFFSET" not in page[0].upper() and "COUNT(" not in page[0].upper()
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    ["cD0lMDA=", "f0.a\x00b", "f0.../x", "f0.a//b", "r99999999999999999999.a", "x", "f0.a%41"],
+    ids=["base64-nul", "nul", "dot-dot", "empty-segment", "huge-offset", "shape", "escape"],
+)
+def test_a_cursor_no_page_could_carry_is_refused_before_any_query(api, build, cursor):
+    """A NUL reached the query, which PostgreSQL refuses (a 500)."""
+    upload(api, build.token, build.build.pk, "a", b"a")
+    response = api.as_key(build.token).get(artifact_url(build.build.pk), {"cursor": cursor})
+    assert response.status_code == 404, response.content
+
+
+# The longest links a listing can hand out: a path of 3000 bytes percent-encoded (the most any
+# may take), of short segments (a '/' took 3 bytes in a query), listed under most of it.
+LONGEST_PREFIX = "é" * 240 + "/" + "é" * 130 + "/" + "a/" * 300
+LONGEST = LONGEST_PREFIX + "b" * 5 + "/" + "é" * 25
+# gunicorn reads request lines of up to 4094 bytes: "GET <target> HTTP/1.1".
+REQUEST_LINE_MAX = 4094
+
+
+def test_every_page_link_fits_a_request_line(api, build, settings):
+    assert len(quote(LONGEST + "1", safe="/")) <= settings.ARTIFACT_PATH_MAX_URL_BYTES
+    for path in (LONGEST + "1", LONGEST + "2", LONGEST + "3"):
+        assert upload(api, build.token, build.build.pk, path, b"x").status_code == 201
+    client = api.as_key(build.token)
+    first = client.get(artifact_url(build.build.pk), {"prefix": LONGEST_PREFIX, "page_size": 1})
+    second = client.get(first.json()["next"]).json()
+    assert [a["path"] for a in second["results"]] == [LONGEST + "2"]
+    for url in (first.json()["next"], second["next"], second["previous"]):
+        target = urlsplit(url)._replace(scheme="", netloc="").geturl()
+        assert len(f"GET {target} HTTP/1.1") <= REQUEST_LINE_MAX
+    back = client.get(second["previous"]).json()
+    assert [a["path"] for a in back["results"]] == [LONGEST + "1"]

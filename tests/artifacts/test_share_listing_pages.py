@@ -4,7 +4,7 @@ build holds, and a page's cursor only says where it starts (it grants nothing)."
 import html
 import re
 import shlex
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import quote, urlsplit
 
 import pytest
 
@@ -51,11 +51,12 @@ def test_a_cursor_grants_nothing_beyond_the_signed_listing(api, stocked):
     body = share(api, stocked.token, stocked.build.pk, paths=[PATHS[1], PATHS[3]]).json()
     (only,) = pages(body["url"])
     assert [a["path"] for a in only["artifacts"]] == [PATHS[1], PATHS[3]]
-    # A cursor from a wider listing, placed before everything: still only what was shared.
+    # A cursor placed anywhere positions the page within what was shared, and only there.
+    positions = [("a", PATHS[1::2]), ("out/a.txt", PATHS[1::2]), ("out/b.txt", PATHS[3:4])]
+    for cursor, shown in positions:
+        moved = fetch(altered(body["url"], cursor=cursor), HTTP_ACCEPT="application/json")
+        assert [a["path"] for a in moved.json()["artifacts"]] == shown
     wide = share(api, stocked.token, stocked.build.pk, prefix="out/").json()
-    cursor = dict(parse_qsl(urlsplit(pages(wide["url"])[0]["next"]).query))["cursor"]
-    moved = fetch(altered(body["url"], cursor=cursor), HTTP_ACCEPT="application/json").json()
-    assert [a["path"] for a in moved["artifacts"]] == [PATHS[3]]
     # Revoking the share withdraws every page.
     next_page = pages(wide["url"])[0]["next"]
     revoked = api.as_key(stocked.token).delete(f"/api/v1/keys/{wide['key_id']}")
@@ -66,14 +67,42 @@ def test_a_cursor_grants_nothing_beyond_the_signed_listing(api, stocked):
 
 @pytest.mark.parametrize(
     "cursor",
-    ["", "%%%", "b3V0L2EudHh0=", "b3V0L2EudHh0 ", "_w", "b3V0L2EudHh0" * 200],
-    ids=["empty", "not-base64", "padded", "space", "not-utf8", "too-long"],
+    ["", "a.txt/", "../x", "a//b", "a\x00b", "\u202e.txt", "x" * 1100, "a%41"],
+    ids=["empty", "a-dir", "dot-dot", "empty-segment", "nul", "control", "too-long", "escape"],
 )
 def test_a_damaged_cursor_is_a_clear_400(api, stocked, cursor):
+    """No path could follow such a cursor: refused before any query (PostgreSQL refuses a NUL
+    in any query: it was a 500)."""
     body = share(api, stocked.token, stocked.build.pk, prefix="out/").json()
     response = fetch(altered(body["url"], cursor=cursor), HTTP_ACCEPT="application/json")
     assert response.status_code == 400, response.content
     assert response.json()["code"] == "invalid_cursor"
+
+
+def test_the_cursor_names_the_last_path_shown_relative_to_the_listing(api, stocked):
+    body = share(api, stocked.token, stocked.build.pk, prefix="out/").json()
+    next_url = pages(body["url"])[0]["next"]
+    assert next_url == f"{body['url']}&cursor=b.txt"
+
+
+# The longest links the service can be made to hand out: a path of 3000 bytes percent-encoded
+# (the most any may take), under the longest prefix a share takes, nearly all of it.
+LONGEST_PREFIX = "é" * 255 + "/" + "é" * 200 + "/"
+LONGEST = LONGEST_PREFIX + "b" * 133 + "/" + "b" * 133
+# gunicorn reads request lines of up to 4094 bytes: "GET <target> HTTP/1.1".
+REQUEST_LINE_MAX = 4094
+
+
+def test_every_link_of_a_listing_fits_a_request_line(api, build, settings):
+    assert len(quote(LONGEST + "1", safe="/")) == settings.ARTIFACT_PATH_MAX_URL_BYTES
+    settings.SHARE_LISTING_PAGE_SIZE = 1
+    for path in (LONGEST + "1", LONGEST + "2"):
+        assert upload(api, build.token, build.build.pk, path, b"x").status_code == 201
+    body = share(api, build.token, build.build.pk, prefix=LONGEST_PREFIX).json()
+    first = pages(body["url"])[0]
+    for url in [body["url"], first["next"], *(a["url"] for a in first["artifacts"])]:
+        target = urlsplit(url)._replace(scheme="", netloc="").geturl()
+        assert len(f"GET {target} HTTP/1.1") <= REQUEST_LINE_MAX
 
 
 def test_the_page_links_to_the_next_page_and_offers_a_command_for_every_page(api, stocked):

@@ -376,3 +376,36 @@ def test_courier_allow_http_lets_a_token_go_over_plain_http(monkeypatch):
     monkeypatch.setenv("COURIER_ALLOW_HTTP", "1")
     cleartext_check("http://courier.example:8000/api/v1/keys/self")
     cleartext_check("https://courier.example/api/v1/keys/self")
+
+
+def test_a_listing_link_read_two_ways_is_not_followed(tmp_path):
+    """``http://B\\@A/f`` is on A for Python's URL parser and on B for the one requests
+    connects with: a listing on A must not send courier to B (an address only the job can
+    reach). Both are loopback stubs here."""
+    with stub_server({("GET", "/f"): file_route(CONTENT)}) as (elsewhere, reached):
+        body = listing("", ["a.txt"])  # its link is set once the listing's origin is known
+        with serve_listing([], body=body) as (hostile, _):
+            body["artifacts"][0]["url"] = f"{elsewhere}\\@{hostile.removeprefix('http://')}/f"
+            result = courier("download", f"{hostile}/listing", "-o", str(tmp_path / "t"))
+    assert result.code == 1, result.output
+    assert "off the listing's origin" in result.stderr
+    assert reached == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://courier.example\\@127.0.0.1:8000/api/v1/keys/self",
+        "http://courier.example\\@localhost/api/v1/keys/self",
+        "http://courier.example\\@[::1]/api/v1/keys/self",
+    ],
+)
+def test_a_url_on_another_host_for_requests_is_not_taken_for_loopback(url):
+    """requests connects to courier.example for these (a backslash ends its host): the
+    decision is made on the host the request goes to (nothing is connected to)."""
+    from courier.client import CourierError, cleartext_check, same_origin
+
+    with pytest.raises(CourierError):
+        cleartext_check(url)
+    assert not same_origin(url, "http://127.0.0.1:8000/")
+    assert not same_origin(url, url.replace("courier.example\\@", ""))
