@@ -40,6 +40,34 @@ MAX_JSON = 64 * 1024 * 1024
 MAX_REDIRECT_BODY = 64 * 1024
 # Pages of one listing followed at most (1000 artifacts each).
 MAX_PAGES = 10_000
+# JSON read for one listing, all its pages together: a build's 100,000 files take about 30 MiB.
+# A hostile server's pages, each within MAX_JSON, must not add up to more than memory holds.
+MAX_LISTING_JSON = 256 * 1024 * 1024
+
+
+class ListingBudget:
+    """What one listing may still read, across its pages (MAX_LISTING_JSON bytes, MAX_PAGES
+    pages), and the pages it has read, so a next link that comes back is a loop."""
+
+    def __init__(self) -> None:
+        self.left = MAX_LISTING_JSON
+        self.seen: set[str] = set()
+
+    def page(self, url: str) -> None:
+        """Before reading the page at ``url``."""
+        if url in self.seen:
+            raise CourierError("the listing's pages loop (a next link seen before)")
+        if len(self.seen) >= MAX_PAGES:
+            raise CourierError(f"the listing has more than {MAX_PAGES} pages")
+        self.seen.add(url)
+
+    def charge(self, size: int, origin: str) -> None:
+        self.left -= size
+        if self.left < 0:
+            raise CourierError(
+                f"{origin} answered a listing larger than courier reads "
+                f"({MAX_LISTING_JSON // (1024 * 1024)} MiB of JSON)"
+            )
 
 
 class CourierError(Exception):
@@ -388,12 +416,12 @@ class Client:
         pagination alike) as long as they stay on the service's origin."""
         url: str | None = self.absolute(path)
         first = True
-        seen: set[str] = set()
+        budget = ListingBudget()
         while url:
-            if url in seen or len(seen) >= MAX_PAGES:
-                raise CourierError("the service's listing pages loop (a next link seen before)")
-            seen.add(url)
-            page = self.get_json(url, params=params if first else None, **kwargs)
+            budget.page(url)
+            page = read_json(
+                self.request("GET", url, params=params if first else None, **kwargs), budget
+            )
             first = False
             if isinstance(page, list):
                 yield from page
@@ -435,14 +463,17 @@ def _watch_until_closed(response: requests.Response, watch: pace.Pace) -> None:
     response.close = close_and_unwatch  # type: ignore[method-assign]
 
 
-def read_json(response: requests.Response) -> Any:
+def read_json(response: requests.Response, budget: ListingBudget | None = None) -> Any:
     """The answer's JSON document, read up to MAX_JSON bytes (a hostile server's endless
-    listing must not exhaust memory); a body cut short or not JSON is a CourierError."""
+    listing must not exhaust memory), and charged to ``budget`` (a listing's pages together);
+    a body cut short or not JSON is a CourierError."""
     with response:
         body = bytearray()
         try:
             for chunk in pace.iter_body(response):
                 body += chunk
+                if budget is not None:
+                    budget.charge(len(chunk), _origin(response.url))
                 if len(body) > MAX_JSON:
                     raise CourierError(f"{_origin(response.url)} answered more JSON than expected")
         except requests.RequestException as exc:

@@ -26,9 +26,9 @@ import requests
 from . import pace
 from .client import (
     EXIT_FAILURE,
-    MAX_PAGES,
     Client,
     CourierError,
+    ListingBudget,
     backoff,
     check_url,
     printable,
@@ -430,7 +430,9 @@ def link_remotes(client: Client, link: str) -> list[Remote]:
         if announced_digest(response) is None and "json" in response.headers.get(
             "Content-Type", ""
         ):
-            listing = read_json(response)
+            budget = ListingBudget()
+            budget.page(link)
+            listing = read_json(response, budget)
             if not isinstance(listing, dict):
                 raise CourierError("the link answered neither a file nor a listing")
 
@@ -444,16 +446,16 @@ def link_remotes(client: Client, link: str) -> list[Remote]:
                     raise CourierError(f"refusing a link off the listing's origin for {path}")
                 return value
 
-            items = list(_listing_pages(client, link, listing))
+            items = list(_listing_pages(client, link, listing, budget))
             return remotes_from_listing(items, make_url=url)
     name = unquote(PurePosixPath(parts.path).name) or "download"
     return [Remote(safe_relative(name), link)]
 
 
-def _listing_pages(client: Client, link: str, first: dict):
+def _listing_pages(client: Client, link: str, first: dict, budget: ListingBudget):
     """The artifacts of every page of a share listing, from its first page on, following
-    ``next`` while it stays on the link's origin and never comes back to a page seen."""
-    page, seen = first, {link}
+    ``next`` while it stays on the link's origin, within the listing's ``budget``."""
+    page = first
     while True:
         artifacts = page.get("artifacts")
         if not isinstance(artifacts, list):
@@ -464,10 +466,11 @@ def _listing_pages(client: Client, link: str, first: dict):
             return
         if not isinstance(following, str) or not same_origin(following, link):
             raise CourierError("the listing's next page is not on the link's origin")
-        if following in seen or len(seen) >= MAX_PAGES:
-            raise CourierError("the listing's pages loop (a next link seen before)")
-        seen.add(following)
-        page = client.get_json(following, auth=False, headers={"Accept": "application/json"})
+        budget.page(following)
+        answer = client.request(
+            "GET", following, auth=False, headers={"Accept": "application/json"}
+        )
+        page = read_json(answer, budget)
         if not isinstance(page, dict):
             raise CourierError("the server answered a listing in an unexpected shape")
 

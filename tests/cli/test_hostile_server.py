@@ -409,3 +409,38 @@ def test_a_url_on_another_host_for_requests_is_not_taken_for_loopback(url):
         cleartext_check(url)
     assert not same_origin(url, "http://127.0.0.1:8000/")
     assert not same_origin(url, url.replace("courier.example\\@", ""))
+
+
+@pytest.mark.parametrize(
+    ("limits", "said"),
+    [
+        ({"MAX_LISTING_JSON": 3 * 1024 * 1024}, "larger than courier reads"),
+        ({"MAX_PAGES": 5}, "more than 5 pages"),
+    ],
+    ids=["bytes", "pages"],
+)
+def test_a_listing_of_endless_pages_is_cut_at_the_listing_budget(monkeypatch, limits, said):
+    """Each page within MAX_JSON, each next link new: what the pages add up to is bounded
+    (in-process, with the limits lowered; the real ones are 256 MiB and 10,000 pages)."""
+    from courier import client as client_module
+    from courier.client import Client, Config, CourierError
+    from courier.download import link_remotes
+
+    for name, value in limits.items():
+        monkeypatch.setattr(client_module, name, value)
+    served = []
+
+    class EndlessPages(dict):
+        def get(self, key, default=None):
+            def page(handler):
+                served.append(handler.path)
+                number = len(served)
+                paths = [f"p{number}/{i:04}-{'x' * 900}" for i in range(1000)]
+                body = {**listing(base, paths), "next": f"{base}/page{number}"}
+                return 200, {}, json_body(body)
+
+            return page
+
+    with stub_server(EndlessPages()) as (base, _), pytest.raises(CourierError, match=said):
+        link_remotes(Client(Config(url="", token=None, retries=0)), f"{base}/listing")
+    assert len(served) <= 5
