@@ -11,6 +11,7 @@ import json
 import os
 import secrets
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -89,6 +90,14 @@ ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 # Absolute base for links the service hands out (pre-signed URLs, status_url in webhooks).
 PUBLIC_BASE_URL = os.environ.get("PUBLIC_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
+# Every link starts with it: its own path leaves the rest of a request line (4094 bytes in all)
+# to the longest artifact path (ARTIFACT_PATH_MAX_URL_BYTES) and a signature.
+_public = urlsplit(PUBLIC_BASE_URL)
+if _public.scheme not in {"http", "https"} or not _public.hostname or len(_public.path) > 512:
+    raise ImproperlyConfigured(
+        "PUBLIC_BASE_URL must be an http(s) URL whose path is at most 512 characters: links "
+        "under it must fit a request line."
+    )
 
 INSTALLED_APPS = [
     "artifactcourier.apps.AdminConfig",
