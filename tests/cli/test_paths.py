@@ -86,3 +86,49 @@ def test_the_token_stays_on_a_redirect_within_the_origin():
     previous.request = requests.Request("GET", "https://svc.example/a").prepare()
     _Session().rebuild_auth(prepared, previous)
     assert prepared.headers["Authorization"] == "Bearer t"
+
+
+class _FailingFile:
+    """A file that takes ``room`` bytes, then fails as a full disk does."""
+
+    def __init__(self, room: int) -> None:
+        self.room, self.written = room, b""
+
+    def write(self, data: bytes) -> int:
+        if len(self.written) + len(data) > self.room:
+            raise OSError(28, "No space left on device")
+        self.written += data
+        return len(data)
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+def test_a_sink_writes_and_hashes_every_piece_in_order(threaded):
+    import hashlib
+
+    from courier.download import _Sink
+
+    pieces = [bytes([i]) * (1000 + i) for i in range(50)]
+    out, digest = _FailingFile(room=10**9), hashlib.sha256()
+    sink = _Sink(out, digest, threaded=threaded)
+    for piece in pieces:
+        sink.put(piece)
+    sink.close()
+    sink.close()  # a second close changes nothing
+    assert out.written == b"".join(pieces)
+    assert digest.hexdigest() == hashlib.sha256(b"".join(pieces)).hexdigest()
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+def test_a_sink_that_cannot_write_says_so_to_the_reader(threaded):
+    import hashlib
+
+    from courier.download import _Sink
+
+    sink = _Sink(_FailingFile(room=5000), hashlib.sha256(), threaded=threaded)
+    with pytest.raises(OSError, match="No space"):
+        for _ in range(100):  # the reader goes on until it hears, a few pieces at most
+            sink.put(b"x" * 1000)
+        sink.close()
+    if threaded:  # the error stays the verdict: a later close raises it again
+        with pytest.raises(OSError, match="No space"):
+            sink.close()

@@ -70,8 +70,15 @@ def test_a_resumed_download_is_verified_whole(started, tmp_path):
     assert (out / "big.bin").read_bytes() == data
 
 
-def test_a_download_cut_in_the_middle_resumes_in_the_same_run(started, courier_server, tmp_path):
-    data = upload_one(started, tmp_path, size=6 * MiB)
+# Small, and above courier's HEAVY (32 MiB): written and hashed on a thread of their own.
+SIZES = pytest.mark.parametrize("size", [6 * MiB, 40 * MiB], ids=["small", "heavy"])
+
+
+@SIZES
+def test_a_download_cut_in_the_middle_resumes_in_the_same_run(
+    started, courier_server, tmp_path, size
+):
+    data = upload_one(started, tmp_path, size=size)
     port = int(courier_server.url.rsplit(":", 1)[1])
     with cutting_proxy(port, cut_after=2 * MiB) as (proxy_port, state):
         env = {**started, "COURIER_URL": f"http://127.0.0.1:{proxy_port}"}
@@ -84,8 +91,9 @@ def test_a_download_cut_in_the_middle_resumes_in_the_same_run(started, courier_s
     assert (tmp_path / "out" / "big.bin").read_bytes() == data
 
 
-def test_a_byte_corrupted_on_the_server_is_detected(started, courier_server, tmp_path):
-    data = upload_one(started, tmp_path, name="victim.bin", size=MiB)
+@SIZES
+def test_a_byte_corrupted_on_the_server_is_detected(started, courier_server, tmp_path, size):
+    data = upload_one(started, tmp_path, name="victim.bin", size=size)
     blobs = [
         p
         for p in (courier_server.data_dir / "artifacts").rglob("*")
