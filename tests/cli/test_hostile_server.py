@@ -444,3 +444,18 @@ def test_a_listing_of_endless_pages_is_cut_at_the_listing_budget(monkeypatch, li
     with stub_server(EndlessPages()) as (base, _), pytest.raises(CourierError, match=said):
         link_remotes(Client(Config(url="", token=None, retries=0)), f"{base}/listing")
     assert len(served) <= 5
+
+
+def test_a_partial_file_is_emptied_when_the_server_sends_the_whole_file(tmp_path):
+    """A server that ignores Range answers the whole file (200): what the partial file held,
+    here more bytes than the file has, is dropped, not left behind the new bytes (they alone
+    are hashed, so a stale tail would be kept under a verified name)."""
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / ".x.txt.courier-part").write_bytes(b"stale " * 50)
+    with serve_listing(["x.txt"]) as (base, seen):
+        result = courier("download", f"{base}/listing", "-o", str(target))
+    assert result.code == 0, result.output
+    assert [h.get("Range") for _, path, h in seen if path == "/f"] == ["bytes=300-"]
+    assert (target / "x.txt").read_bytes() == CONTENT
+    assert files_under(target) == ["x.txt"]
