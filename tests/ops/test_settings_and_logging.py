@@ -135,8 +135,16 @@ def test_configured_handlers_redact_messages_and_tracebacks(capsys):
 def test_a_public_base_url_no_link_could_start_with_refuses_to_start(tmp_path, base):
     """Every link the service hands out starts with PUBLIC_BASE_URL: not a URL, or a path
     leaving no room in a request line for the longest artifact path, is refused at start."""
-    result = start_django({"PUBLIC_BASE_URL": base}, tmp_path)
+    strong = "s" * 40
+    deployment = {
+        "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/test",
+        "SECRET_KEY": strong,
+        "TOKEN_PEPPER": strong,
+    }
+    result = start_django({**deployment, "PUBLIC_BASE_URL": base}, tmp_path)
     assert result.returncode != 0
     assert "PUBLIC_BASE_URL" in result.stderr
-    fine = start_django({"PUBLIC_BASE_URL": "https://courier.example/courier/"}, tmp_path)
+    fine = start_django(
+        {**deployment, "PUBLIC_BASE_URL": "https://courier.example/courier/"}, tmp_path
+    )
     assert fine.stdout.strip() == "started", fine.stderr
