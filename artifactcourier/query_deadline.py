@@ -43,15 +43,17 @@ class _Watchdog:
         self.armed: dict[int, tuple[float, int]] = {}  # token -> (deadline, socket fd)
         self.tokens = itertools.count()
         self.thread: threading.Thread | None = None
-        self.pid = 0
+        # A thread does not survive a fork (gunicorn forks its workers): a child starts afresh.
+        os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self) -> None:
+        self.lock, self.armed, self.thread = threading.Lock(), {}, None
 
     def arm(self, fd: int, seconds: float) -> int:
         token = next(self.tokens)
         with self.lock:
             self.armed[token] = (time.monotonic() + seconds, fd)
-            # The thread does not survive a fork (gunicorn forks its workers after import).
-            if self.thread is None or self.pid != os.getpid():
-                self.pid = os.getpid()
+            if self.thread is None:
                 self.thread = threading.Thread(target=self._run, name="query-deadline", daemon=True)
                 self.thread.start()
         return token

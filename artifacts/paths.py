@@ -55,3 +55,17 @@ def artifact_prefix_clean(prefix: str) -> str:
         raise InvalidArtifactPath(f"The prefix {problem}.", code="invalid_prefix")
     _url_length_check(prefix, "prefix", code="invalid_prefix")
     return prefix
+
+
+def page_cursor(path: str, prefix: str) -> str:
+    """Where a listing's next page starts, as its cursor says it: the last path shown, after the
+    listing's ``prefix`` (which every path it lists starts with), so that a page link is no
+    longer than the link to that path. Read back by ``page_after``."""
+    return path.removeprefix(prefix)
+
+
+def page_after(cursor: str, prefix: str) -> str:
+    """The path a page starts after, from ``page_cursor``'s value: only a string that could be
+    an artifact path (a NUL, which PostgreSQL refuses in any query, or a '..' raises
+    InvalidArtifactPath before any query)."""
+    return artifact_path_clean(prefix + cursor)

@@ -35,7 +35,7 @@ from . import sharing, signing
 from .downloads import signed_artifact_response
 from .errors import DependencyUnavailable, InvalidArtifactPath
 from .models import Share
-from .paths import artifact_path_clean
+from .paths import artifact_path_clean, page_after, page_cursor
 from .views import build_for_key
 
 
@@ -263,22 +263,18 @@ class SignedLinkView(View):
 
 
 def _cursor_write(path: str, prefix: str) -> str:
-    """The cursor of a page following ``path``: the path after the listing's ``prefix`` (which
-    every path it lists starts with), percent-encoded as in the path of a link. The ``next``
-    link is then no longer than the link to ``path`` itself (plus ``&cursor=``), which every
-    stored path fits in a request line (ARTIFACT_PATH_MAX_URL_BYTES); a whole path in base64
-    after the listing's own took up to 4400 bytes, over what gunicorn reads."""
-    return quote(path.removeprefix(prefix), safe="/")
+    """The cursor, percent-encoded as in the path of a link: the ``next`` link is then no
+    longer than the link to ``path`` itself (plus ``&cursor=``), which every stored path fits
+    in a request line (ARTIFACT_PATH_MAX_URL_BYTES)."""
+    return quote(page_cursor(path, prefix), safe="/")
 
 
 def _cursor_read(value: str | None, *, prefix: str) -> str | None:
-    """The path a listing page starts after, from the ``cursor`` its ``next`` link carries.
-    Only a string that could be an artifact path positions a page: anything else (a NUL, which
-    PostgreSQL refuses in any query, a `..`, a control character) is refused before a query."""
+    """The path a listing page starts after, from the ``cursor`` its ``next`` link carries."""
     if value is None:
         return None
     try:
-        return artifact_path_clean(prefix + value)
+        return page_after(value, prefix)
     except InvalidArtifactPath:
         raise _Refusal(
             "invalid_cursor",

@@ -24,7 +24,7 @@ from . import batch, services
 from .downloads import api_hand_off, artifact_response
 from .errors import InvalidArtifactPath
 from .models import Artifact
-from .paths import artifact_path_clean, artifact_prefix_clean
+from .paths import artifact_path_clean, artifact_prefix_clean, page_after, page_cursor
 from .serializers import ArtifactSerializer
 
 _CONTENT_TYPE = re.compile(r"^[\w.+-]+/[\w.+-]+(\s*;[ -~]*)?$")
@@ -56,7 +56,7 @@ class PathPagination(KeysetPagination):
     def encode_cursor(self, cursor):
         value = f"{'r' if cursor.reverse else 'f'}{cursor.offset}"
         if cursor.position is not None:
-            value += "." + cursor.position.removeprefix(self._prefix(self.request))
+            value += "." + page_cursor(cursor.position, self._prefix(self.request))
         parts = urlsplit(self.base_url)
         query = QueryDict(parts.query, mutable=True)
         query[self.cursor_query_param] = value
@@ -74,7 +74,7 @@ class PathPagination(KeysetPagination):
         position = match["position"]
         if position is not None:
             try:
-                position = artifact_path_clean(self._prefix(request) + position)
+                position = page_after(position, self._prefix(request))
             except InvalidArtifactPath:
                 raise NotFound(self.invalid_cursor_message) from None
         return Cursor(

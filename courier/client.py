@@ -411,31 +411,41 @@ class Client:
     def post_json(self, path: str, payload: Any, **kwargs) -> Any:
         return read_json(self.request("POST", path, json=payload, **kwargs))
 
-    def paginate(self, path: str, params: dict | None = None, **kwargs) -> Iterator[dict]:
-        """Every item of a paginated listing, following ``next`` links (page or cursor
-        pagination alike) as long as they stay on the service's origin."""
-        url: str | None = self.absolute(path)
-        first = True
-        budget = ListingBudget()
-        while url:
-            budget.page(url)
-            page = read_json(
-                self.request("GET", url, params=params if first else None, **kwargs), budget
-            )
-            first = False
+    def paginate(
+        self,
+        path: str,
+        params: dict | None = None,
+        *,
+        items: str = "results",
+        first_page: Any = None,
+        budget: ListingBudget | None = None,
+        **kwargs,
+    ) -> Iterator[dict]:
+        """Every item of a paginated listing (under ``items`` on each page), following ``next``
+        links (page or cursor pagination alike) while they stay on the origin of ``path``,
+        within one ListingBudget. ``first_page``: the page at ``path``, already read (with
+        ``budget``)."""
+        url = self.absolute(path)
+        origin = url
+        budget = budget or ListingBudget()
+        page = first_page
+        while True:
+            if page is None:
+                budget.page(url)
+                page = read_json(self.request("GET", url, params=params, **kwargs), budget)
+                params = None  # the next links carry their own
             if isinstance(page, list):
                 yield from page
                 return
-            if not isinstance(page, dict) or not isinstance(page.get("results"), list):
-                raise CourierError("the service answered a listing in an unexpected shape")
-            yield from page["results"]
-            url = page.get("next")
-            if url is not None and not isinstance(url, str):
-                raise CourierError("the service answered a listing in an unexpected shape")
-            if url:
-                url = self.absolute(url)
-                if not same_origin(url, self.base):
-                    raise CourierError("the service's next page points to another origin")
+            if not isinstance(page, dict) or not isinstance(page.get(items), list):
+                raise CourierError("the server answered a listing in an unexpected shape")
+            yield from page[items]
+            following = page.get("next")
+            if following is None or following == "":
+                return
+            if not isinstance(following, str) or not same_origin(urljoin(url, following), origin):
+                raise CourierError("the listing's next page is not a link on its origin")
+            url, page = urljoin(url, following), None
 
 
 def _bounded_redirect_body(response: requests.Response, **kwargs) -> requests.Response:

@@ -506,33 +506,17 @@ def link_remotes(client: Client, link: str) -> list[Remote]:
                     raise CourierError(f"refusing a link off the listing's origin for {path}")
                 return value
 
-            items = list(_listing_pages(client, link, listing, budget))
-            return remotes_from_listing(items, make_url=url)
+            pages = client.paginate(
+                link,
+                items="artifacts",
+                first_page=listing,
+                budget=budget,
+                auth=False,
+                headers={"Accept": "application/json"},
+            )
+            return remotes_from_listing(list(pages), make_url=url)
     name = unquote(PurePosixPath(parts.path).name) or "download"
     return [Remote(safe_relative(name), link)]
-
-
-def _listing_pages(client: Client, link: str, first: dict, budget: ListingBudget):
-    """The artifacts of every page of a share listing, from its first page on, following
-    ``next`` while it stays on the link's origin, within the listing's ``budget``."""
-    page = first
-    while True:
-        artifacts = page.get("artifacts")
-        if not isinstance(artifacts, list):
-            raise CourierError("the server answered a listing in an unexpected shape")
-        yield from artifacts
-        following = page.get("next")
-        if following is None:
-            return
-        if not isinstance(following, str) or not same_origin(following, link):
-            raise CourierError("the listing's next page is not on the link's origin")
-        budget.page(following)
-        answer = client.request(
-            "GET", following, auth=False, headers={"Accept": "application/json"}
-        )
-        page = read_json(answer, budget)
-        if not isinstance(page, dict):
-            raise CourierError("the server answered a listing in an unexpected shape")
 
 
 def download(

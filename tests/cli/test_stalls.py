@@ -67,6 +67,20 @@ def send_json(h, data) -> None:
     h.wfile.write(body)
 
 
+def listing_or_file_head(h, base: str, data: bytes) -> bool:
+    """Answer ``/listing`` (one file, a.bin, linked at ``/f``) and return True; for any other
+    path send the file's head (its body is the caller's to send) and return False."""
+    if h.path == "/listing":
+        item = {"path": "a.bin", "size": len(data), "sha256": sha256(data)}
+        send_json(h, {"artifacts": [{**item, "url": f"{base}/f"}]})
+        return True
+    h.send_response(200)
+    h.send_header("Content-Length", str(len(data)))
+    h.send_header("X-Checksum-Sha256", sha256(data))
+    h.end_headers()
+    return False
+
+
 def run(*args, env):
     return courier(*args, "--timeout", TIMEOUT, "--retries", "1", env=env, timeout=BOUND)
 
@@ -75,13 +89,8 @@ def test_a_download_dripping_its_body_is_given_up(tmp_path):
     data = os.urandom(1024 * 1024)
 
     def handle(h, stop):
-        if h.path == "/listing":
-            item = {"path": "a.bin", "size": len(data), "sha256": sha256(data)}
-            return send_json(h, {"artifacts": [{**item, "url": f"{base}/f"}]})
-        h.send_response(200)
-        h.send_header("Content-Length", str(len(data)))
-        h.send_header("X-Checksum-Sha256", sha256(data))
-        h.end_headers()
+        if listing_or_file_head(h, base, data):
+            return
         drip(h, stop, data)
 
     with drip_server(handle) as base:
@@ -147,13 +156,8 @@ def test_a_slow_but_steady_download_is_not_a_stall(tmp_path):
     data = os.urandom(5 * rate)
 
     def handle(h, stop):
-        if h.path == "/listing":
-            item = {"path": "a.bin", "size": len(data), "sha256": sha256(data)}
-            return send_json(h, {"artifacts": [{**item, "url": f"{base}/f"}]})
-        h.send_response(200)
-        h.send_header("Content-Length", str(len(data)))
-        h.send_header("X-Checksum-Sha256", sha256(data))
-        h.end_headers()
+        if listing_or_file_head(h, base, data):
+            return
         piece = rate // 10
         for at in range(0, len(data), piece):
             h.wfile.write(data[at : at + piece])

@@ -13,6 +13,15 @@ from tokens.logging import RedactSecretsFilter
 ROOT = Path(__file__).resolve().parents[2]
 
 
+# A deployment (PostgreSQL) with secrets strong enough to start.
+STRONG = "s" * 40
+DEPLOYMENT = {
+    "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/test",
+    "SECRET_KEY": STRONG,
+    "TOKEN_PEPPER": STRONG,
+}
+
+
 def start_django(env_overrides: dict, tmp_path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "TOKEN_PEPPER"}}
     env.update({"AC_DATA_DIR": str(tmp_path), **env_overrides})
@@ -48,17 +57,11 @@ def test_deployment_with_a_weak_secret_refuses_to_start(tmp_path):
 def test_deployment_with_a_weak_link_signing_secret_refuses_to_start(tmp_path, secrets):
     """Each signed link is an offline test of a guessed secret (its message is in the URL): a
     guessable one lets anyone holding a link forge links for every build."""
-    strong = "s" * 40
-    deployment = {
-        "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/test",
-        "SECRET_KEY": strong,
-        "TOKEN_PEPPER": strong,
-    }
-    result = start_django({**deployment, "SHARE_SIGNING_SECRETS": secrets}, tmp_path)
+    result = start_django({**DEPLOYMENT, "SHARE_SIGNING_SECRETS": secrets}, tmp_path)
     assert result.returncode != 0
     assert "SHARE_SIGNING_SECRETS" in result.stderr and "too weak" in result.stderr
     assert secrets.split(",")[-1] not in result.stderr
-    fine = start_django({**deployment, "SHARE_SIGNING_SECRETS": f"{strong},{'t' * 32}"}, tmp_path)
+    fine = start_django({**DEPLOYMENT, "SHARE_SIGNING_SECRETS": f"{STRONG},{'t' * 32}"}, tmp_path)
     assert fine.stdout.strip() == "started", fine.stderr
 
 
@@ -135,16 +138,10 @@ def test_configured_handlers_redact_messages_and_tracebacks(capsys):
 def test_a_public_base_url_no_link_could_start_with_refuses_to_start(tmp_path, base):
     """Every link the service hands out starts with PUBLIC_BASE_URL: not a URL, or a path
     leaving no room in a request line for the longest artifact path, is refused at start."""
-    strong = "s" * 40
-    deployment = {
-        "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/test",
-        "SECRET_KEY": strong,
-        "TOKEN_PEPPER": strong,
-    }
-    result = start_django({**deployment, "PUBLIC_BASE_URL": base}, tmp_path)
+    result = start_django({**DEPLOYMENT, "PUBLIC_BASE_URL": base}, tmp_path)
     assert result.returncode != 0
     assert "PUBLIC_BASE_URL" in result.stderr
     fine = start_django(
-        {**deployment, "PUBLIC_BASE_URL": "https://courier.example/courier/"}, tmp_path
+        {**DEPLOYMENT, "PUBLIC_BASE_URL": "https://courier.example/courier/"}, tmp_path
     )
     assert fine.stdout.strip() == "started", fine.stderr
