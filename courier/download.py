@@ -266,8 +266,13 @@ class Downloader:
             if mode is not None:
                 with _open_part(part, mode) as out:
                     sink = _Sink(out, digest, threaded=remote.size is None or remote.size >= HEAVY)
+                    body = (
+                        pace.iter_body_into(response, sink.buffers)
+                        if sink.buffers is not None
+                        else pace.iter_body(response, CHUNK)
+                    )
                     try:
-                        for chunk in pace.iter_body(response, CHUNK):
+                        for chunk in body:
                             if remote.size is not None and size + len(chunk) > remote.size:
                                 # Never more than announced on disk: an endless body stops.
                                 sink.close()
@@ -308,14 +313,23 @@ class _Retry(Exception):
 class _Sink:
     """Writes and hashes a transfer's pieces. ``threaded``: on a thread of its own, while the
     next piece is received, so that receiving, hashing and writing a large file overlap instead
-    of taking turns (at most _SINK_PIECES pieces wait in between). ``close()`` waits for the
-    pieces sent, and raises what writing them raised; it may be called more than once."""
+    of taking turns (at most _SINK_PIECES pieces wait in between). Threaded, it also lends
+    ``buffers`` to receive into (pace.iter_body_into): a piece that is a view of one goes back
+    to them once written, so that a large file costs no new memory per piece (fresh memory
+    is pages the kernel must map and clear, each MiB of the file again). ``close()`` waits
+    for the pieces sent, and raises what writing them raised; it may be called more than
+    once."""
 
     def __init__(self, out, digest, *, threaded: bool) -> None:
         self.out, self.digest = out, digest
         self.error: BaseException | None = None
         self.thread = None
+        self.buffers: queue.Queue[bytearray] | None = None
         if threaded:
+            # One per piece that can wait, one being written, one being received.
+            self.buffers = queue.Queue()
+            for _ in range(_SINK_PIECES + 2):
+                self.buffers.put(bytearray(CHUNK))
             self.queue: queue.Queue = queue.Queue(maxsize=_SINK_PIECES)
             self.thread = threading.Thread(target=self._run, name="courier-sink", daemon=True)
             self.thread.start()
@@ -345,6 +359,8 @@ class _Sink:
                     self.digest.update(chunk)
                 except BaseException as exc:  # a full disk: raised to the reader
                     self.error = exc
+            if isinstance(chunk, memoryview):
+                self.buffers.put(chunk.obj)
 
 
 # Pieces (of up to CHUNK bytes) received and not yet written, per transfer.

@@ -19,6 +19,8 @@ classes this module gives the session (``mount``)."""
 from __future__ import annotations
 
 import contextlib
+import http.client
+import queue
 import socket
 import threading
 import time
@@ -220,6 +222,67 @@ def iter_body(response: requests.Response, chunk: int = READ_CHUNK) -> Iterator[
         raise requests.ConnectionError("stalled")
 
 
+def iter_body_into(
+    response: requests.Response, buffers: queue.Queue[bytearray]
+) -> Iterator[bytes | memoryview]:
+    """iter_body, without a new object per piece where the answer allows: each piece is then
+    a view of a buffer taken from ``buffers``, received straight into it (as curl reuses one
+    buffer), which the caller puts back once done with it; reading waits for a free buffer.
+    A body it cannot read that way (chunked, or with a content coding to undo) comes as
+    iter_body gives it, in pieces of the buffers' size."""
+    raw = response.raw
+    original = getattr(raw, "_original_response", None)
+    direct = (
+        isinstance(original, _Response)
+        and original.direct()
+        and raw.tell() == 0
+        and response.headers.get("Content-Encoding", "identity").strip().lower() == "identity"
+    )
+    if not direct:
+        buffer = buffers.get()
+        buffers.put(buffer)
+        yield from iter_body(response, len(buffer))
+        return
+    while True:
+        buffer = buffers.get()
+        try:
+            n = original.readinto1(buffer)
+        except OSError as exc:  # a timeout, a reset, the watchdog's shutdown
+            raise requests.ConnectionError(exc) from None
+        if not n or stalled():
+            buffers.put(buffer)
+            break
+        count(n)
+        yield memoryview(buffer)[:n]
+    if stalled():
+        raise requests.ConnectionError("stalled")
+    if original.length == 0:  # read to its end: the connection can serve the next request
+        raw.release_conn()
+
+
+class _Response(http.client.HTTPResponse):
+    """http.client's answer, which can also receive its body into a buffer the caller owns."""
+
+    def direct(self) -> bool:
+        """Whether readinto1 can read this body: one of a known length, sent as it is."""
+        return not self.chunked and self.length is not None and self._method != "HEAD"
+
+    def readinto1(self, buffer: bytearray) -> int:
+        """As readinto, with at most one read from the connection (what has arrived, as
+        read1), for a body that is ``direct()``; 0 at its end or once the connection closed."""
+        if self.fp is None or not self.length:
+            return 0
+        view = memoryview(buffer)[: self.length]
+        n = self.fp.readinto1(view)
+        if not n:
+            self._close_conn()  # closed before the end: the caller compares with the length
+            return 0
+        self.length -= n
+        if not self.length:
+            self._close_conn()
+        return n
+
+
 # -- the session's connections: their sockets, known to the request's watch ----------------
 
 
@@ -253,11 +316,11 @@ class _Watched:
 
 
 class _HTTPConnection(_Watched, HTTPConnection):
-    pass
+    response_class = _Response
 
 
 class _HTTPSConnection(_Watched, HTTPSConnection):
-    pass
+    response_class = _Response
 
 
 class _HTTPPool(HTTPConnectionPool):

@@ -1,0 +1,123 @@
+"""How courier receives a body: into buffers it reuses where the answer allows, as it comes
+otherwise. A loopback server that also says on which connection each request came."""
+
+import gzip
+import os
+import queue
+import threading
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import requests
+
+from courier import pace
+
+DATA = os.urandom(3 * 1024 * 1024 + 17)
+BUFFER = 256 * 1024
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    connections: list  # the client port of each request
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.connections.append(self.client_address[1])
+        self.send_response(200)
+        if self.path == "/chunked":
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for start in range(0, len(DATA), 100_000):
+                piece = DATA[start : start + 100_000]
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.write(b"0\r\n\r\n")
+            return
+        body = DATA
+        if self.path == "/gzip":
+            body = gzip.compress(DATA, compresslevel=1)
+            self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.path == "/cut":
+            self.wfile.write(body[: len(body) // 2])
+            self.close_connection = True
+            return
+        self.wfile.write(body)
+
+
+@contextmanager
+def server():
+    connections: list = []
+    handler = type("H", (Handler,), {"connections": connections})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", connections
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def buffers(n: int = 3) -> queue.Queue:
+    pool: queue.Queue = queue.Queue()
+    for _ in range(n):
+        pool.put(bytearray(BUFFER))
+    return pool
+
+
+def session() -> requests.Session:
+    s = requests.Session()
+    pace.mount(s)
+    return s
+
+
+def read_all(response, pool) -> tuple[bytes, list]:
+    """What a caller does: use each piece, then give its buffer back."""
+    received, kinds = bytearray(), []
+    for piece in pace.iter_body_into(response, pool):
+        received += piece
+        kinds.append(piece.obj if isinstance(piece, memoryview) else type(piece))
+        if isinstance(piece, memoryview):
+            pool.put(piece.obj)
+    return bytes(received), kinds
+
+
+def test_a_body_of_known_length_is_received_into_the_callers_buffers():
+    pool = buffers()
+    own = set(map(id, list(pool.queue)))
+    with server() as (url, connections), session() as s:
+        with s.get(f"{url}/file", stream=True) as response:
+            received, kinds = read_all(response, pool)
+        assert received == DATA
+        assert len(kinds) >= len(DATA) // BUFFER  # at most a buffer per piece
+        assert all(id(kind) in own for kind in kinds)  # no new object per piece
+        # Read to its end, the connection serves the next request.
+        with s.get(f"{url}/file", stream=True) as response:
+            assert read_all(response, pool)[0] == DATA
+    assert len(connections) == 2 and connections[0] == connections[1]
+
+
+def test_a_body_cut_short_ends_early_and_its_connection_is_not_reused():
+    pool = buffers()
+    with server() as (url, connections), session() as s:
+        with s.get(f"{url}/cut", stream=True) as response:
+            received, _ = read_all(response, pool)
+        # The caller compares what came with Content-Length: half of it, nothing invented.
+        assert received == DATA[: len(DATA) // 2]
+        with s.get(f"{url}/file", stream=True) as response:
+            assert read_all(response, pool)[0] == DATA
+    assert len(connections) == 2 and connections[0] != connections[1]
+
+
+@pytest.mark.parametrize("path", ["/chunked", "/gzip"])
+def test_a_body_sent_chunked_or_encoded_comes_as_before(path):
+    """Those are read the ordinary way: http.client joins the chunks, urllib3 undoes the
+    coding (a server may send one though courier asks for none)."""
+    pool = buffers()
+    with server() as (url, _), session() as s, s.get(f"{url}{path}", stream=True) as response:
+        received, kinds = read_all(response, pool)
+    assert kinds and set(kinds) == {bytes}
+    assert received == DATA
