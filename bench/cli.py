@@ -12,7 +12,9 @@ parallel transfers (`--jobs`, default 4) and, for downloads, verifying every dig
 
 Every round uploads into a fresh build; variants alternate order round by round and medians
 are reported as ratios (curl time / courier time: above 1 means courier is faster).
-Options: --rounds N, --small N, --small-mib N, --large N, --large-mib N, --jobs N.
+Options: --rounds N (default 5: on a shared 2-core machine one round's 1 GiB download can take
+a third longer than the next, so a median needs several), --small N, --small-mib N, --large N,
+--large-mib N, --jobs N.
 """
 
 import argparse
@@ -142,7 +144,7 @@ def run_once(tool, url, project_token, src, digests, work, jobs) -> tuple[float,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--small", type=int, default=200)
     parser.add_argument("--small-mib", type=float, default=1)
     parser.add_argument("--large", type=int, default=4)
