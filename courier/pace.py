@@ -228,8 +228,9 @@ def iter_body_into(
     """iter_body, without a new object per piece where the answer allows: each piece is then
     a view of a buffer taken from ``buffers``, received straight into it (as curl reuses one
     buffer), which the caller puts back once done with it; reading waits for a free buffer.
-    A body it cannot read that way (chunked, or with a content coding to undo) comes as
-    iter_body gives it, in pieces of the buffers' size."""
+    A body that ends before its length is an error, as in iter_body. A body it cannot read
+    that way (chunked, or with a content coding to undo) comes as iter_body gives it, in
+    pieces of the buffers' size."""
     raw = response.raw
     original = getattr(raw, "_original_response", None)
     direct = (
@@ -256,8 +257,12 @@ def iter_body_into(
         yield memoryview(buffer)[:n]
     if stalled():
         raise requests.ConnectionError("stalled")
-    if original.length == 0:  # read to its end: the connection can serve the next request
-        raw.release_conn()
+    if original.length:
+        # Closed before the end: an error, as urllib3 makes it of a body it reads (the
+        # caller's own look at the Content-Length header would miss one it cannot parse,
+        # sent twice for instance, and take what came for the whole body).
+        raise requests.ConnectionError("the connection closed before the end of the body")
+    raw.release_conn()  # read to its end: the connection can serve the next request
 
 
 class _Response(http.client.HTTPResponse):
@@ -269,7 +274,8 @@ class _Response(http.client.HTTPResponse):
 
     def readinto1(self, buffer: bytearray) -> int:
         """As readinto, with at most one read from the connection (what has arrived, as
-        read1), for a body that is ``direct()``; 0 at its end or once the connection closed."""
+        read1), for a body that is ``direct()``; 0 at its end or once the connection closed
+        (``length`` then says what is missing)."""
         if self.fp is None or not self.length:
             return 0
         view = memoryview(buffer)[: self.length]
