@@ -276,7 +276,10 @@ class _Response(http.client.HTTPResponse):
         """As readinto, with at most one read from the connection (what has arrived, as
         read1), for a body that is ``direct()``; 0 at its end or once the connection closed
         (``length`` then says what is missing)."""
-        if self.fp is None or not self.length:
+        if self.fp is None:
+            return 0
+        if not self.length:  # an empty body: complete, as a read of it makes it
+            self._close_conn()
             return 0
         view = memoryview(buffer)[: self.length]
         n = self.fp.readinto1(view)

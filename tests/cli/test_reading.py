@@ -38,7 +38,7 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
             self.wfile.write(b"0\r\n\r\n")
             return
-        body = DATA
+        body = b"" if self.path == "/empty" else DATA
         if self.path == "/gzip":
             body = gzip.compress(DATA, compresslevel=1)
             self.send_header("Content-Encoding", "gzip")
@@ -119,6 +119,21 @@ def test_a_body_cut_short_is_an_error_and_its_connection_is_not_reused():
         with s.get(f"{url}/file", stream=True) as response:
             assert read_all(response, pool)[0] == DATA
     assert len(connections) == 2 and connections[0] != connections[1]
+
+
+def test_an_empty_body_leaves_its_connection_fit_for_the_next_request():
+    """Read to its end, the connection is back in the pool: the next request that takes it
+    (another of the session's, before this answer is closed) gets its answer on it."""
+    pool = buffers()
+    with (
+        server() as (url, connections),
+        session() as s,
+        s.get(f"{url}/empty", stream=True) as response,
+    ):
+        assert read_all(response, pool)[0] == b""
+        with s.get(f"{url}/file", stream=True) as following:
+            assert read_all(following, pool)[0] == DATA
+    assert len(connections) == 2 and connections[0] == connections[1]
 
 
 @pytest.mark.parametrize("path", ["/chunked", "/gzip"])
