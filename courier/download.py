@@ -327,9 +327,7 @@ class _Sink:
         self.buffers: queue.Queue[bytearray] | None = None
         if threaded:
             # One per piece that can wait, one being written, one being received.
-            self.buffers = queue.Queue()
-            for _ in range(_SINK_PIECES + 2):
-                self.buffers.put(bytearray(CHUNK))
+            self.buffers = _Buffers(_SINK_PIECES + 2, CHUNK)
             self.queue: queue.Queue = queue.Queue(maxsize=_SINK_PIECES)
             self.thread = threading.Thread(target=self._run, name="courier-sink", daemon=True)
             self.thread.start()
@@ -361,6 +359,22 @@ class _Sink:
                     self.error = exc
             if isinstance(chunk, memoryview):
                 self.buffers.put(chunk.obj)
+
+
+class _Buffers(queue.Queue):
+    """Up to ``limit`` buffers of ``size`` bytes, each made when none is free: a transfer
+    that needs one (a small file, a slow link) costs one, not the whole pool (a new buffer
+    is zeroed: resident memory, whatever the file's size)."""
+
+    def __init__(self, limit: int, size: int) -> None:
+        super().__init__()
+        self.left, self.size = limit, size
+
+    def get(self, block: bool = True, timeout: float | None = None) -> bytearray:
+        with self.mutex:
+            make = not self._qsize() and self.left > 0
+            self.left -= make
+        return bytearray(self.size) if make else super().get(block, timeout)
 
 
 # Pieces (of up to CHUNK bytes) received and not yet written, per transfer.

@@ -4,6 +4,8 @@ otherwise. A loopback server that also says on which connection each request cam
 import gzip
 import os
 import queue
+import subprocess
+import sys
 import threading
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,11 +15,12 @@ import requests
 
 from courier import pace
 
-from .conftest import courier
-from .stub import sha256
+from .conftest import COURIER, courier
+from .stub import file_route, json_body, sha256, stub_server
 
 DATA = os.urandom(3 * 1024 * 1024 + 17)
 BUFFER = 256 * 1024
+MiB = 1024 * 1024
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -191,3 +194,49 @@ def test_a_file_cut_short_resumes_however_its_length_is_written(tmp_path, length
     assert result.code == 0, result.output
     assert "resumed at" in result.stderr
     assert (tmp_path / "big.bin").read_bytes() == DATA
+
+
+# Runs a command and prints its peak resident memory: from a process of its own, since a
+# child's peak counts the memory of the process it was forked from (this one: large).
+PEAK = """import os, subprocess, sys
+p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+_, status, usage = os.wait4(p.pid, 0)
+print(os.waitstatus_to_exitcode(status), usage.ru_maxrss * 1024)  # KiB on Linux"""
+
+
+def peak_memory(*args: str) -> tuple[int, int]:
+    """Runs `courier *args`: its exit code and its peak resident memory, in bytes."""
+    env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "LC_ALL") if k in os.environ}
+    out = subprocess.run(
+        [sys.executable, "-c", PEAK, str(COURIER), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    code, peak = map(int, out.split())
+    return code, peak
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss in KiB: Linux")
+def test_many_small_files_of_unknown_size_do_not_each_cost_the_whole_buffer_pool(tmp_path):
+    """A listing may give no sizes: each file then goes the way of a large one, received
+    into buffers of 1 MiB. A small file costs the one it needs, not the pool's six (new
+    ones are zeroed: resident, however few bytes the file has)."""
+    small = os.urandom(1000)
+    routes = {("GET", "/f"): file_route(small)}
+    with stub_server(routes) as (base, _):
+        items = [
+            {"path": f"f{i}.bin", "sha256": sha256(small), "url": f"{base}/f"} for i in range(200)
+        ]
+        routes[("GET", "/listing")] = lambda h: (200, {}, json_body({"artifacts": items}))
+        code, alone = peak_memory(
+            "download", f"{base}/listing", "-o", str(tmp_path / "a"), "-j", "1"
+        )
+        assert code == 0
+        code, together = peak_memory(
+            "download", f"{base}/listing", "-o", str(tmp_path / "b"), "-j", "32"
+        )
+        assert code == 0
+    assert len(list((tmp_path / "b").iterdir())) == 200
+    assert together - alone < 32 * 3 * MiB
