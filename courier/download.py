@@ -295,7 +295,8 @@ class Downloader:
                     finally:
                         sink.close()  # every piece received is written (or the error raised)
                 length = response.headers.get("Content-Length")
-                if length and length.isdigit() and size - offset < int(length):
+                short = length and length.isdigit() and size - offset < int(length)
+                if short and not pace.content_coded(response):
                     raise _Retry("the connection closed before the end of the file")
         actual = digest.hexdigest()
         if actual != expected:

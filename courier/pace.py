@@ -237,7 +237,7 @@ def iter_body_into(
         isinstance(original, _Response)
         and original.direct()
         and raw.tell() == 0
-        and response.headers.get("Content-Encoding", "identity").strip().lower() == "identity"
+        and not content_coded(response)
     )
     if not direct:
         buffer = buffers.get()
@@ -263,6 +263,12 @@ def iter_body_into(
         # sent twice for instance, and take what came for the whole body).
         raise requests.ConnectionError("the connection closed before the end of the body")
     raw.release_conn()  # read to its end: the connection can serve the next request
+
+
+def content_coded(response: requests.Response) -> bool:
+    """Whether the body comes in a content coding urllib3 undoes (a server may send one though
+    courier asks for none): what is read then is not what Content-Length counts."""
+    return response.headers.get("Content-Encoding", "identity").strip().lower() != "identity"
 
 
 class _Response(http.client.HTTPResponse):

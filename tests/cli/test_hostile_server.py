@@ -1,6 +1,8 @@
 """A hostile or broken server, played by a loopback stub speaking the agreed contract: what
 it names must not make `courier` write outside its target, forge log lines or lose bytes."""
 
+import gzip
+import os
 from contextlib import contextmanager
 
 import pytest
@@ -459,3 +461,21 @@ def test_a_partial_file_is_emptied_when_the_server_sends_the_whole_file(tmp_path
     assert [h.get("Range") for _, path, h in seen if path == "/f"] == ["bytes=300-"]
     assert (target / "x.txt").read_bytes() == CONTENT
     assert files_under(target) == ["x.txt"]
+
+
+@pytest.mark.parametrize("data", [os.urandom(300_000), b"compressible " * 30_000])
+def test_a_file_sent_gzip_encoded_though_none_was_asked_for_is_kept(tmp_path, data):
+    """Its Content-Length counts the encoded bytes: random bytes come out fewer than were
+    sent, which is no cut transfer. The digest is of the file, as decoded."""
+    body = gzip.compress(data)
+    routes = {
+        ("GET", "/f.bin"): lambda h: (
+            200,
+            {"Content-Encoding": "gzip", "X-Checksum-Sha256": sha256(data)},
+            body,
+        )
+    }
+    with stub_server(routes) as (base, _):
+        result = courier("download", f"{base}/f.bin", "-o", str(tmp_path))
+    assert result.code == 0, result.output
+    assert (tmp_path / "f.bin").read_bytes() == data
