@@ -366,6 +366,11 @@ class Client:
             except requests.TooManyRedirects:
                 watch.finish()
                 raise CourierError(f"{_origin(url)} redirects in a loop") from None
+            except requests.exceptions.InvalidHeader:
+                watch.finish()
+                # Also a ValueError (below): here, headers no reader can take as meant, such
+                # as two different Content-Lengths.
+                raise CourierError(f"{_origin(url)} sent a broken answer (its headers)") from None
             except (
                 requests.exceptions.InvalidURL,
                 requests.exceptions.InvalidSchema,

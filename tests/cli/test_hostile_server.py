@@ -479,3 +479,13 @@ def test_a_file_sent_gzip_encoded_though_none_was_asked_for_is_kept(tmp_path, da
         result = courier("download", f"{base}/f.bin", "-o", str(tmp_path))
     assert result.code == 0, result.output
     assert (tmp_path / "f.bin").read_bytes() == data
+
+
+def test_an_answer_with_two_lengths_is_called_broken_not_a_bad_redirect(tmp_path):
+    routes = {("GET", "/f.bin"): lambda h: (200, {"Content-Length": "3"}, CONTENT)}
+    with stub_server(routes) as (base, _):
+        result = courier("download", f"{base}/f.bin", "-o", str(tmp_path))
+    assert result.code == 1
+    assert "sent a broken answer (its headers)" in result.output
+    assert "redirect" not in result.output
+    assert not (tmp_path / "f.bin").exists()
