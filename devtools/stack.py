@@ -54,29 +54,40 @@ class Stack:
         self.start_worker(concurrency=concurrency, pool=pool)
         return self
 
+    @property
+    def worker_log(self) -> Path:
+        """What the workers this stack started wrote (when quiet), one after the other."""
+        return self.data_dir / "worker.log"
+
+    def worker_log_tail(self, lines: int = 80) -> str:
+        if not self.worker_log.exists():
+            return "(no worker log)"
+        return "\n".join(self.worker_log.read_text(errors="replace").splitlines()[-lines:])
+
     def start_worker(self, concurrency: int = 2, pool: str = "prefork") -> subprocess.Popen:
-        self.worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "artifactcourier",
-                "worker",
-                "--beat",
-                f"--schedule={self.data_dir / 'beat-schedule'}",
-                f"--pool={pool}",
-                f"--concurrency={concurrency}",
-                "--loglevel=WARNING",
-                "--without-gossip",
-                "--without-mingle",
-            ],
-            cwd=ROOT,
-            env=self.env,
-            stdout=subprocess.DEVNULL if self.quiet else None,
-            stderr=subprocess.DEVNULL if self.quiet else None,
-            start_new_session=True,  # its own process group: the pool's children die with it
-        )
+        with open(self.worker_log, "ab") as log:
+            self.worker = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "artifactcourier",
+                    "worker",
+                    "--beat",
+                    f"--schedule={self.data_dir / 'beat-schedule'}",
+                    f"--pool={pool}",
+                    f"--concurrency={concurrency}",
+                    "--loglevel=WARNING",
+                    "--without-gossip",
+                    "--without-mingle",
+                ],
+                cwd=ROOT,
+                env=self.env,
+                stdout=log if self.quiet else None,
+                stderr=subprocess.STDOUT if self.quiet else None,
+                start_new_session=True,  # its own process group: the pool's children die with it
+            )
         return self.worker
 
     def kill_worker(self) -> None:

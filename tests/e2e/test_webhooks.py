@@ -2,6 +2,7 @@
 on 127.0.0.1. Also the faults: the broker down while builds finish, a worker killed mid-send."""
 
 import hashlib
+import json
 import subprocess
 import threading
 import time
@@ -84,6 +85,24 @@ def wait_until(predicate, timeout=60, what="condition"):
             return value
         time.sleep(0.2)
     raise TimeoutError(f"{what} not reached within {timeout}s")
+
+
+def wait_for_builds(stack: Stack, receiver: Receiver, builds: list[dict], timeout=90) -> None:
+    """Until a delivery of every build in ``builds`` reached ``receiver``. A timeout says whether
+    the worker is still running and how its log ends: a worker that exited delivers nothing."""
+    wanted = {build["id"] for build in builds}
+
+    def delivered() -> set[int]:
+        return {json.loads(r.body)["data"]["build"]["id"] for r in list(receiver.received)}
+
+    try:
+        wait_until(lambda: wanted <= delivered(), timeout, f"deliveries of builds {sorted(wanted)}")
+    except TimeoutError as error:
+        worker = "is running" if stack.worker.poll() is None else "exited"
+        raise AssertionError(
+            f"{error}, got {sorted(delivered())}; the worker {worker}, its log ends:\n"
+            + stack.worker_log_tail()
+        ) from None
 
 
 def stack_keys(stack: Stack) -> tuple[str, str]:
@@ -198,10 +217,10 @@ def test_builds_finishing_while_the_broker_is_down_are_all_delivered_after_it_re
             time.sleep(2)
             assert receiver.received == []
             redis = start_redis(port, tmp_path)
-            received = receiver.wait_for(3, timeout=90)
+            wait_for_builds(stack, receiver, builds)
             time.sleep(3)  # anything extra would arrive now
             ids = {r.headers["webhook-id"] for r in receiver.received}
-            assert len(ids) == 3 == len(received)
+            assert len(ids) == 3 == len(receiver.received)
     finally:
         stop(redis)
 
