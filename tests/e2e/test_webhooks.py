@@ -225,6 +225,34 @@ def test_builds_finishing_while_the_broker_is_down_are_all_delivered_after_it_re
         stop(redis)
 
 
+def test_the_broker_going_away_while_a_task_holds_its_message_does_not_end_the_worker(tmp_path):
+    """A delivery in flight (its message taken, acknowledged only once it is done) when the
+    broker goes: the worker reconnects when it is back and goes on delivering."""
+    port = free_port()
+    redis = start_redis(port, tmp_path)
+    release = threading.Event()
+    try:
+        with (
+            Stack(tmp_path, f"redis://127.0.0.1:{port}/0", FAST_RETRIES) as stack,
+            Receiver(Answer(200, hang=release), Answer(200)) as receiver,
+        ):
+            stack.start()
+            manager, builder = stack_keys(stack)
+            client = Client(stack)
+            client.subscribe(manager, receiver.url)
+            first, second = client.build(builder), client.build(builder)
+            client.upload_and_finish(first)
+            receiver.wait_for(1)  # the worker is inside the send: its message is not acked yet
+            stop(redis)
+            release.set()  # the send ends, and its message is acked, with the broker away
+            client.upload_and_finish(second)
+            redis = start_redis(port, tmp_path)
+            wait_for_builds(stack, receiver, [first, second])
+            assert stack.worker.poll() is None
+    finally:
+        stop(redis)
+
+
 def test_a_worker_killed_mid_delivery_does_not_lose_it(tmp_path):
     require_redis()
     release = threading.Event()
