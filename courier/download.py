@@ -267,7 +267,7 @@ class Downloader:
                 with _open_part(part, mode) as out:
                     sink = _Sink(out, digest, threaded=remote.size is None or remote.size >= HEAVY)
                     body = (
-                        pace.iter_body_into(response, sink.buffers)
+                        pace.iter_body_into(response, sink.buffers, CHUNK)
                         if sink.buffers is not None
                         else pace.iter_body(response, CHUNK)
                     )

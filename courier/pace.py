@@ -223,14 +223,14 @@ def iter_body(response: requests.Response, chunk: int = READ_CHUNK) -> Iterator[
 
 
 def iter_body_into(
-    response: requests.Response, buffers: queue.Queue[bytearray]
+    response: requests.Response, buffers: queue.Queue[bytearray], chunk: int = READ_CHUNK
 ) -> Iterator[bytes | memoryview]:
     """iter_body, without a new object per piece where the answer allows: each piece is then
     a view of a buffer taken from ``buffers``, received straight into it (as curl reuses one
     buffer), which the caller puts back once done with it; reading waits for a free buffer.
     A body that ends before its length is an error, as in iter_body. A body it cannot read
     that way (chunked, or with a content coding to undo) comes as iter_body gives it, in
-    pieces of the buffers' size."""
+    pieces of at most ``chunk`` bytes."""
     raw = response.raw
     original = getattr(raw, "_original_response", None)
     direct = (
@@ -240,9 +240,7 @@ def iter_body_into(
         and not content_coded(response)
     )
     if not direct:
-        buffer = buffers.get()
-        buffers.put(buffer)
-        yield from iter_body(response, len(buffer))
+        yield from iter_body(response, chunk)
         return
     while True:
         buffer = buffers.get()

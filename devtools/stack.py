@@ -11,6 +11,15 @@ from pathlib import Path
 from .servers import ROOT, manage, start_gunicorn, stop
 
 
+def celery_worker(*options: str) -> list[str]:
+    """The command line of a Celery worker of this project: alone on its broker (no gossip, no
+    mingle), whatever ``options`` add (pool, concurrency, beat, log level)."""
+    return [
+        sys.executable, "-m", "celery", "-A", "artifactcourier", "worker", *options,
+        "--without-gossip", "--without-mingle",
+    ]  # fmt: skip
+
+
 class Stack:
     def __init__(
         self, data_dir: Path, broker_url: str, extra_env: dict | None = None, quiet: bool = True
@@ -67,21 +76,13 @@ class Stack:
     def start_worker(self, concurrency: int = 2, pool: str = "prefork") -> subprocess.Popen:
         with open(self.worker_log, "ab") as log:
             self.worker = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "artifactcourier",
-                    "worker",
+                celery_worker(
                     "--beat",
                     f"--schedule={self.data_dir / 'beat-schedule'}",
                     f"--pool={pool}",
                     f"--concurrency={concurrency}",
                     "--loglevel=WARNING",
-                    "--without-gossip",
-                    "--without-mingle",
-                ],
+                ),
                 cwd=ROOT,
                 env=self.env,
                 stdout=log if self.quiet else None,

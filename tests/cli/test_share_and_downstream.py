@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from devtools.servers import free_port, stop
+from devtools.stack import celery_worker
 
 from .conftest import ROOT, courier
 from .test_roundtrip import make_tree, tree
@@ -106,10 +107,7 @@ def test_a_real_delivery_reaches_the_reference_receiver_which_reports_back(
         # followed listing_url through its pages.
         "RECEIVER_COMMAND": "test -s dist/nested/deeper/b.txt",
     }
-    worker = [
-        sys.executable, "-m", "celery", "-A", "artifactcourier", "worker", "--pool=solo",
-        "--without-gossip", "--without-mingle", "--loglevel=WARNING",
-    ]  # fmt: skip
+    worker = celery_worker("--pool=solo", "--loglevel=WARNING")
     with (
         process(
             [sys.executable, "examples/receiver/handler.py", "--port", str(receiver_port)],

@@ -3,12 +3,12 @@
 import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from devtools.servers import stop
+from devtools.stack import celery_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -43,18 +43,7 @@ def celery_worker_process(tmp_path):
     }
     env.pop("DATABASE_URL", None)
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "artifactcourier",
-            "worker",
-            "--pool=solo",
-            "--loglevel=INFO",
-            "--without-gossip",
-            "--without-mingle",
-        ],
+        celery_worker("--pool=solo", "--loglevel=INFO"),
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
