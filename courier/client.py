@@ -3,6 +3,7 @@ API error becomes an exit code. Talks to the service over HTTP only."""
 
 from __future__ import annotations
 
+import http.client
 import ipaddress
 import json
 import os
@@ -362,6 +363,11 @@ class Client:
                     raise CourierError(f"{_origin(url)} stalled: {watch.reason}") from None
                 if isinstance(exc, requests.Timeout) and not nothing_sent:
                     raise CourierError(f"{_origin(url)} did not answer in time") from None
+                broken = _broken_answer(exc)
+                if broken is not None:
+                    raise CourierError(
+                        f"{_origin(url)} sent a broken answer ({type(broken).__name__})"
+                    ) from None
                 raise CourierError(f"cannot reach {_origin(url)}: {_reason(exc)}") from None
             except requests.TooManyRedirects:
                 watch.finish()
@@ -538,6 +544,20 @@ def _refused(exc: Exception) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def _broken_answer(exc: BaseException) -> BaseException | None:
+    """The http.client error inside a connection error when the server did answer, but not
+    in HTTP (a status line that is none, a header line too long, endless interim answers);
+    None when the connection itself failed (refused, reset, closed before any answer)."""
+    for _ in range(8):  # requests' error, urllib3's, then http.client's
+        if isinstance(exc, http.client.HTTPException) and not isinstance(exc, OSError):
+            return exc
+        inner = [a for a in exc.args if isinstance(a, BaseException)]
+        exc = inner[0] if inner else exc.__cause__ or exc.__context__
+        if exc is None:
+            return None
+    return None
 
 
 def _reason(exc: Exception) -> str:

@@ -269,8 +269,38 @@ def content_coded(response: requests.Response) -> bool:
     return response.headers.get("Content-Encoding", "identity").strip().lower() != "identity"
 
 
+_INTERIM_ANSWERS = 20  # 1xx answers before the final one, at most
+
+
+class TooManyInterimAnswers(http.client.HTTPException):
+    """A server kept sending interim (1xx) answers instead of its answer."""
+
+
 class _Response(http.client.HTTPResponse):
-    """http.client's answer, which can also receive its body into a buffer the caller owns."""
+    """http.client's answer, which also skips interim answers and can receive its body into a
+    buffer the caller owns."""
+
+    def _read_status(self) -> tuple[str, int, str]:
+        """The status line of the final answer. http.client skips only ``100 Continue``; any
+        other interim answer (``103 Early Hints``, RFC 8297, or ``102 Processing``) would be
+        taken for the answer itself. ``101 Switching Protocols`` is final: courier never
+        asks for it. (http.client's own hook; its ``begin`` then skips a 100.)"""
+        for _ in range(_INTERIM_ANSWERS):
+            version, status, reason = super()._read_status()
+            if not 100 < status < 200 or status == 101:
+                return version, status, reason
+            self._skip_headers()
+        raise TooManyInterimAnswers(f"more than {_INTERIM_ANSWERS} interim answers")
+
+    def _skip_headers(self) -> None:
+        """Read an interim answer's headers up to its blank line, as http.client bounds them."""
+        for _ in range(http.client._MAXHEADERS + 1):
+            line = self.fp.readline(http.client._MAXLINE + 1)
+            if len(line) > http.client._MAXLINE:
+                raise http.client.LineTooLong("header line")
+            if line in (b"\r\n", b"\n", b""):
+                return
+        raise http.client.HTTPException(f"got more than {http.client._MAXHEADERS} headers")
 
     def direct(self) -> bool:
         """Whether readinto1 can read this body: one of a known length, sent as it is."""

@@ -619,3 +619,29 @@ def test_hidden_files_of_an_uploaded_directory_stay_behind_unless_asked_for(tmp_
     assert "3 hidden files" in plain.stderr and "--include-hidden" in plain.stderr
     assert hidden.code == 0, hidden.output
     assert len(put_paths) == 4
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"garbage\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-Long: " + b"a" * 70_000 + b"\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\n" + b"X-Many: y\r\n" * 101 + b"\r\n",
+        b"HTTP/1.1 103 Early Hints\r\n" + b"X-Many: y\r\n" * 101 + b"\r\n",
+    ],
+    ids=["no-status-line", "a-header-too-long", "too-many-headers", "an-interim-too-long"],
+)
+def test_an_answer_that_is_not_http_is_a_broken_answer_not_an_unreachable_server(
+    tmp_path, answer
+):
+    def handle(handler):
+        handler.wfile.write(answer)
+        handler.wfile.flush()
+        handler.close_connection = True
+
+    with raw_server(handle) as base:
+        result = courier("download", f"{base}/f.bin", "-o", str(tmp_path), "--retries", "0")
+    assert result.code == 1
+    assert f"{base} sent a broken answer" in result.stderr, result.output
+    assert "cannot reach" not in result.output and "aaaa" not in result.output
+    assert files_under(tmp_path) == []

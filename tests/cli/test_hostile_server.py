@@ -489,3 +489,33 @@ def test_an_answer_with_two_lengths_is_called_broken_not_a_bad_redirect(tmp_path
     assert "sent a broken answer (its headers)" in result.output
     assert "redirect" not in result.output
     assert not (tmp_path / "f.bin").exists()
+
+
+def early_hints(count: int):
+    """A file route that sends ``count`` interim 103 Early Hints answers before the file."""
+
+    def route(handler):
+        for _ in range(count):
+            handler.wfile.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
+        handler.wfile.flush()
+        return file_route(CONTENT)(handler)
+
+    return route
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_early_hints_before_a_file_are_skipped_not_taken_for_the_answer(tmp_path, count):
+    routes = {("GET", "/f.bin"): early_hints(count)}
+    with stub_server(routes) as (base, _):
+        result = courier("download", f"{base}/f.bin", "-o", str(tmp_path))
+    assert result.code == 0, result.output
+    assert (tmp_path / "f.bin").read_bytes() == CONTENT
+
+
+def test_endless_interim_answers_are_a_broken_answer(tmp_path):
+    routes = {("GET", "/f.bin"): early_hints(200)}
+    with stub_server(routes) as (base, _):
+        result = courier("download", f"{base}/f.bin", "-o", str(tmp_path))
+    assert result.code == 1
+    assert "sent a broken answer" in result.output
+    assert not (tmp_path / "f.bin").exists()
