@@ -554,7 +554,8 @@ def _broken_answer(exc: BaseException) -> BaseException | None:
         if isinstance(exc, http.client.HTTPException) and not isinstance(exc, OSError):
             return exc
         inner = [a for a in exc.args if isinstance(a, BaseException)]
-        exc = inner[0] if inner else exc.__cause__ or exc.__context__
+        context = None if exc.__suppress_context__ else exc.__context__
+        exc = inner[0] if inner else exc.__cause__ or context
         if exc is None:
             return None
     return None

@@ -276,18 +276,28 @@ class TooManyInterimAnswers(http.client.HTTPException):
     """A server kept sending interim (1xx) answers instead of its answer."""
 
 
+class ClosedAfterInterimAnswer(http.client.HTTPException):
+    """A server closed the connection after an interim answer, before its final one."""
+
+
 class _Response(http.client.HTTPResponse):
     """http.client's answer, which also skips interim answers and can receive its body into a
     buffer the caller owns."""
 
     def _read_status(self) -> tuple[str, int, str]:
-        """The status line of the final answer. http.client skips only ``100 Continue``; any
-        other interim answer (``103 Early Hints``, RFC 8297, or ``102 Processing``) would be
-        taken for the answer itself. ``101 Switching Protocols`` is final: courier never
-        asks for it. (http.client's own hook; its ``begin`` then skips a 100.)"""
-        for _ in range(_INTERIM_ANSWERS):
-            version, status, reason = super()._read_status()
-            if not 100 < status < 200 or status == 101:
+        """The status line of the final answer. http.client skips only ``100 Continue`` and
+        would take any other interim answer (``103 Early Hints``, RFC 8297; ``102``) for the
+        answer itself. Every 1xx but 101 (final; courier never asks for it) is skipped here,
+        100 too, so that ``begin()`` never starts the count afresh: at most
+        ``_INTERIM_ANSWERS`` in all. A close after one is a broken answer: it was reached."""
+        for seen in range(_INTERIM_ANSWERS + 1):
+            try:
+                version, status, reason = super()._read_status()
+            except http.client.RemoteDisconnected:
+                if seen:  # it answered, then closed before its final answer
+                    raise ClosedAfterInterimAnswer("closed after an interim answer") from None
+                raise
+            if not 100 <= status < 200 or status == 101:
                 return version, status, reason
             self._skip_headers()
         raise TooManyInterimAnswers(f"more than {_INTERIM_ANSWERS} interim answers")
@@ -346,6 +356,16 @@ class _Watched:
             pace.sending()  # one request of this call (a redirect's next one too)
             pace.attach(self.sock)  # type: ignore[attr-defined]  (a kept-alive connection)
         return super().request(*args, **kwargs)  # type: ignore[misc]
+
+    def _tunnel(self) -> None:
+        # A proxy's answer to CONNECT: what is broken there is the proxy's, not the origin's
+        # (an OSError: the origin was not reached).
+        try:
+            super()._tunnel()  # type: ignore[misc]
+        except http.client.HTTPException as exc:
+            if isinstance(exc, OSError):
+                raise
+            raise OSError(f"the proxy sent a broken answer ({type(exc).__name__})") from None
 
     def getresponse(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         pace = current()

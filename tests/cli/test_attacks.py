@@ -631,9 +631,7 @@ def test_hidden_files_of_an_uploaded_directory_stay_behind_unless_asked_for(tmp_
     ],
     ids=["no-status-line", "a-header-too-long", "too-many-headers", "an-interim-too-long"],
 )
-def test_an_answer_that_is_not_http_is_a_broken_answer_not_an_unreachable_server(
-    tmp_path, answer
-):
+def test_an_answer_that_is_not_http_is_a_broken_answer_not_an_unreachable_server(tmp_path, answer):
     def handle(handler):
         handler.wfile.write(answer)
         handler.wfile.flush()
@@ -644,4 +642,69 @@ def test_an_answer_that_is_not_http_is_a_broken_answer_not_an_unreachable_server
     assert result.code == 1
     assert f"{base} sent a broken answer" in result.stderr, result.output
     assert "cannot reach" not in result.output and "aaaa" not in result.output
+    assert files_under(tmp_path) == []
+
+
+# -- whose answer is broken ---------------------------------------------------------------
+
+
+@contextmanager
+def raw_socket_server(answer: bytes):
+    """A loopback server that reads a request's head, writes ``answer`` and closes: for what
+    http.server cannot play (an answer to CONNECT)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    seen: list[bytes] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                head = b""
+                while b"\r\n\r\n" not in head and (data := conn.recv(4096)):
+                    head += data
+                seen.append(head.split(b"\r\n", 1)[0])
+                conn.sendall(answer)
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}", seen
+    finally:
+        listener.close()
+
+
+def test_a_proxy_that_answers_garbage_is_not_blamed_on_the_service(tmp_path):
+    # The origin was never reached: the proxy answered CONNECT with what is not HTTP. Saying
+    # "https://artifacts.example.com sent a broken answer" sends the user after the service.
+    with raw_socket_server(b"garbage\r\n\r\n") as (proxy, seen):
+        result = courier(
+            "download",
+            "https://artifacts.example.com/f.bin",
+            "-o",
+            str(tmp_path),
+            "--retries",
+            "0",
+            env={"HTTPS_PROXY": proxy},
+        )
+    assert seen and seen[0].startswith(b"CONNECT artifacts.example.com:443")
+    assert result.code == 1
+    assert "artifacts.example.com sent a broken answer" not in result.stderr, result.output
+    assert "proxy" in result.stderr.lower(), result.output
+    assert files_under(tmp_path) == []
+
+
+def test_a_server_that_closes_after_an_interim_answer_was_reached(tmp_path):
+    # It answered (103 Early Hints), then closed before its final answer: a broken answer,
+    # not "cannot reach" (which sends the user after DNS, firewalls, the service being down).
+    answer = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+    with raw_socket_server(answer) as (base, seen):
+        result = courier("download", f"{base}/f.bin", "-o", str(tmp_path), "--retries", "0")
+    assert len(seen) == 1
+    assert result.code == 1
+    assert f"{base} sent a broken answer" in result.stderr, result.output
+    assert "cannot reach" not in result.output
     assert files_under(tmp_path) == []

@@ -519,3 +519,39 @@ def test_endless_interim_answers_are_a_broken_answer(tmp_path):
     assert result.code == 1
     assert "sent a broken answer" in result.output
     assert not (tmp_path / "f.bin").exists()
+
+
+# -- interim answers, counted ------------------------------------------------------------
+
+
+def interim_then_file(interim: bytes):
+    """A file route that sends the raw ``interim`` answers before the file."""
+
+    def route(handler):
+        handler.wfile.write(interim)
+        handler.wfile.flush()
+        return file_route(CONTENT)(handler)
+
+    return route
+
+
+def test_twenty_interim_answers_are_still_skipped(tmp_path):
+    # At most 20 interim answers: the 20th is still skipped (the final answer is not one).
+    routes = {("GET", "/f.bin"): early_hints(20)}
+    with stub_server(routes) as (base, _):
+        result = courier("download", f"{base}/f.bin", "-o", str(tmp_path))
+    assert result.code == 0, result.output
+    assert (tmp_path / "f.bin").read_bytes() == CONTENT
+
+
+def test_interim_answers_are_bounded_even_with_a_100_continue_between_them(tmp_path):
+    # http.client's begin() skips a 100 Continue itself and reads the status again: were the
+    # count to start afresh there, a 100 after every 19 early hints would make the bound none.
+    hint = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+    interim = (hint * 19 + b"HTTP/1.1 100 Continue\r\n\r\n") * 50  # 1000 interim answers
+    routes = {("GET", "/f.bin"): interim_then_file(interim)}
+    with stub_server(routes) as (base, _):
+        result = courier("download", f"{base}/f.bin", "-o", str(tmp_path), "--retries", "0")
+    assert result.code == 1, result.output
+    assert f"{base} sent a broken answer (TooManyInterimAnswers)" in result.stderr
+    assert not (tmp_path / "f.bin").exists()
