@@ -280,9 +280,42 @@ class ClosedAfterInterimAnswer(http.client.HTTPException):
     """A server closed the connection after an interim answer, before its final one."""
 
 
+class HeadCutShort(http.client.HTTPException):
+    """The connection closed inside an answer's head, before the blank line that ends it."""
+
+
+class _HeadLines:
+    """The connection's reader while an answer's head is parsed: whether the last line read
+    ended the head. (http.client stops at the end of the connection as at a blank line, so a
+    head cut short would pass for a whole one with the headers it got so far.)"""
+
+    def __init__(self, fp) -> None:  # type: ignore[no-untyped-def]
+        self.fp = fp
+        self.ended = False
+
+    def readline(self, limit: int = -1) -> bytes:
+        line = self.fp.readline(limit)
+        self.ended = line in (b"\r\n", b"\n")
+        return line
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self.fp, name)
+
+
 class _Response(http.client.HTTPResponse):
-    """http.client's answer, which also skips interim answers and can receive its body into a
-    buffer the caller owns."""
+    """http.client's answer, which also skips interim answers, refuses a head cut short, and
+    can receive its body into a buffer the caller owns."""
+
+    def begin(self) -> None:
+        head = _HeadLines(self.fp)
+        self.fp = head
+        try:
+            super().begin()
+        finally:
+            if self.fp is head:  # (not when http.client closed it, for an error)
+                self.fp = head.fp
+        if not head.ended:
+            raise HeadCutShort("the connection closed inside the answer's head")
 
     def _read_status(self) -> tuple[str, int, str]:
         """The status line of the final answer. http.client skips only ``100 Continue`` and
@@ -308,8 +341,10 @@ class _Response(http.client.HTTPResponse):
             line = self.fp.readline(http.client._MAXLINE + 1)
             if len(line) > http.client._MAXLINE:
                 raise http.client.LineTooLong("header line")
-            if line in (b"\r\n", b"\n", b""):
+            if line in (b"\r\n", b"\n"):
                 return
+            if not line:
+                raise HeadCutShort("the connection closed inside an interim answer's head")
         raise http.client.HTTPException(f"got more than {http.client._MAXHEADERS} headers")
 
     def direct(self) -> bool:

@@ -16,6 +16,7 @@ from .stub import file_route, json_body, sha256, stub_server
 from .test_hostile_server import CONTENT, files_under, listing, serve_listing
 
 TOKEN = "acb_" + "t" * 40
+EMPTY_SHA = sha256(b"").encode()
 
 
 @contextmanager
@@ -628,8 +629,22 @@ def test_hidden_files_of_an_uploaded_directory_stay_behind_unless_asked_for(tmp_
         b"HTTP/1.1 200 OK\r\nX-Long: " + b"a" * 70_000 + b"\r\n\r\n",
         b"HTTP/1.1 200 OK\r\n" + b"X-Many: y\r\n" * 101 + b"\r\n",
         b"HTTP/1.1 103 Early Hints\r\n" + b"X-Many: y\r\n" * 101 + b"\r\n",
+        # Heads cut short: whatever they held so far must not pass for a whole answer.
+        b"HTTP/1.1 200 OK",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Checksum-Sha256: " + EMPTY_SHA + b"\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Checksum-Sha256: " + EMPTY_SHA + b"\r\nX-Ot",
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=pre",
     ],
-    ids=["no-status-line", "a-header-too-long", "too-many-headers", "an-interim-too-long"],
+    ids=[
+        "no-status-line",
+        "a-header-too-long",
+        "too-many-headers",
+        "an-interim-too-long",
+        "a-status-line-alone",
+        "a-head-without-its-blank-line",
+        "a-head-cut-mid-line",
+        "an-interim-cut-mid-line",
+    ],
 )
 def test_an_answer_that_is_not_http_is_a_broken_answer_not_an_unreachable_server(tmp_path, answer):
     def handle(handler):
