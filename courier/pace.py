@@ -276,25 +276,24 @@ class TooManyInterimAnswers(http.client.HTTPException):
     """A server kept sending interim (1xx) answers instead of its answer."""
 
 
-class ClosedAfterInterimAnswer(http.client.HTTPException):
-    """A server closed the connection after an interim answer, before its final one."""
-
-
 class HeadCutShort(http.client.HTTPException):
-    """The connection closed inside an answer's head, before the blank line that ends it."""
+    """The connection closed inside an answer's head (an interim one's too), which had begun."""
 
 
 class _HeadLines:
-    """The connection's reader while an answer's head is parsed: whether the last line read
-    ended the head. (http.client stops at the end of the connection as at a blank line, so a
-    head cut short would pass for a whole one with the headers it got so far.)"""
+    """The connection's reader while an answer's head is parsed: whether anything came, and
+    whether the last line read ended the head. (http.client stops at the end of the
+    connection as at a blank line, so a head cut short would pass for a whole one with the
+    headers it got so far.)"""
 
     def __init__(self, fp) -> None:  # type: ignore[no-untyped-def]
         self.fp = fp
+        self.received = False
         self.ended = False
 
     def readline(self, limit: int = -1) -> bytes:
         line = self.fp.readline(limit)
+        self.received = self.received or bool(line)
         self.ended = line in (b"\r\n", b"\n")
         return line
 
@@ -311,6 +310,10 @@ class _Response(http.client.HTTPResponse):
         self.fp = head
         try:
             super().begin()
+        except http.client.RemoteDisconnected:
+            if head.received:  # it answered (an interim answer), then closed: it was reached
+                raise HeadCutShort("the connection closed before the final answer") from None
+            raise
         finally:
             if self.fp is head:  # (not when http.client closed it, for an error)
                 self.fp = head.fp
@@ -322,30 +325,13 @@ class _Response(http.client.HTTPResponse):
         would take any other interim answer (``103 Early Hints``, RFC 8297; ``102``) for the
         answer itself. Every 1xx but 101 (final; courier never asks for it) is skipped here,
         100 too, so that ``begin()`` never starts the count afresh: at most
-        ``_INTERIM_ANSWERS`` in all. A close after one is a broken answer: it was reached."""
-        for seen in range(_INTERIM_ANSWERS + 1):
-            try:
-                version, status, reason = super()._read_status()
-            except http.client.RemoteDisconnected:
-                if seen:  # it answered, then closed before its final answer
-                    raise ClosedAfterInterimAnswer("closed after an interim answer") from None
-                raise
+        ``_INTERIM_ANSWERS`` in all."""
+        for _ in range(_INTERIM_ANSWERS + 1):
+            version, status, reason = super()._read_status()
             if not 100 <= status < 200 or status == 101:
                 return version, status, reason
-            self._skip_headers()
+            http.client.parse_headers(self.fp)  # its headers, bounded as the answer's are
         raise TooManyInterimAnswers(f"more than {_INTERIM_ANSWERS} interim answers")
-
-    def _skip_headers(self) -> None:
-        """Read an interim answer's headers up to its blank line, as http.client bounds them."""
-        for _ in range(http.client._MAXHEADERS + 1):
-            line = self.fp.readline(http.client._MAXLINE + 1)
-            if len(line) > http.client._MAXLINE:
-                raise http.client.LineTooLong("header line")
-            if line in (b"\r\n", b"\n"):
-                return
-            if not line:
-                raise HeadCutShort("the connection closed inside an interim answer's head")
-        raise http.client.HTTPException(f"got more than {http.client._MAXHEADERS} headers")
 
     def direct(self) -> bool:
         """Whether readinto1 can read this body: one of a known length, sent as it is."""

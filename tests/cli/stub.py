@@ -69,12 +69,51 @@ def file_route(data: bytes, digest: str | None = None):
 
 
 @contextmanager
-def cutting_proxy(upstream_port: int, cut_after: int):
-    """A TCP proxy to ``upstream_port`` that, once, closes a connection after forwarding
-    ``cut_after`` bytes of answers on it: a download cut in the middle. Yields its port."""
+def tcp_server(handle: Callable[[socket.socket], None]):
+    """A loopback TCP listener on a free port; each connection goes to ``handle`` on a thread
+    of its own. Yields the port."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
+
+    def accept() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=handle, args=(connection,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()
+
+
+@contextmanager
+def answering_server(answer: bytes):
+    """A loopback server that reads a request's head, writes ``answer`` as it is and closes:
+    for what http.server cannot play (a broken head, an answer to CONNECT). Yields its base
+    URL and the request lines it saw."""
+    seen: list[bytes] = []
+
+    def handle(connection: socket.socket) -> None:
+        with connection:
+            head = b""
+            while b"\r\n\r\n" not in head and (data := connection.recv(4096)):
+                head += data
+            seen.append(head.split(b"\r\n", 1)[0])
+            connection.sendall(answer)
+
+    with tcp_server(handle) as port:
+        yield f"http://127.0.0.1:{port}", seen
+
+
+@contextmanager
+def cutting_proxy(upstream_port: int, cut_after: int):
+    """A TCP proxy to ``upstream_port`` that, once, closes a connection after forwarding
+    ``cut_after`` bytes of answers on it: a download cut in the middle. Yields its port."""
     state = {"cut": False, "cuts": 0}
     lock = threading.Lock()
 
@@ -100,18 +139,10 @@ def cutting_proxy(upstream_port: int, cut_after: int):
                 with suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
 
-    def accept() -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", upstream_port))
-            threading.Thread(target=pump, args=(client, upstream, False), daemon=True).start()
-            threading.Thread(target=pump, args=(upstream, client, True), daemon=True).start()
+    def connect(client: socket.socket) -> None:
+        upstream = socket.create_connection(("127.0.0.1", upstream_port))
+        threading.Thread(target=pump, args=(client, upstream, False), daemon=True).start()
+        pump(upstream, client, True)
 
-    threading.Thread(target=accept, daemon=True).start()
-    try:
-        yield listener.getsockname()[1], state
-    finally:
-        listener.close()
+    with tcp_server(connect) as port:
+        yield port, state

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from .conftest import COURIER, courier
-from .stub import file_route, json_body, sha256, stub_server
+from .stub import answering_server, file_route, json_body, sha256, stub_server
 from .test_hostile_server import CONTENT, files_under, listing, serve_listing
 
 TOKEN = "acb_" + "t" * 40
@@ -647,12 +647,7 @@ def test_hidden_files_of_an_uploaded_directory_stay_behind_unless_asked_for(tmp_
     ],
 )
 def test_an_answer_that_is_not_http_is_a_broken_answer_not_an_unreachable_server(tmp_path, answer):
-    def handle(handler):
-        handler.wfile.write(answer)
-        handler.wfile.flush()
-        handler.close_connection = True
-
-    with raw_server(handle) as base:
+    with answering_server(answer) as (base, _):
         result = courier("download", f"{base}/f.bin", "-o", str(tmp_path), "--retries", "0")
     assert result.code == 1
     assert f"{base} sent a broken answer" in result.stderr, result.output
@@ -660,42 +655,10 @@ def test_an_answer_that_is_not_http_is_a_broken_answer_not_an_unreachable_server
     assert files_under(tmp_path) == []
 
 
-# -- whose answer is broken ---------------------------------------------------------------
-
-
-@contextmanager
-def raw_socket_server(answer: bytes):
-    """A loopback server that reads a request's head, writes ``answer`` and closes: for what
-    http.server cannot play (an answer to CONNECT)."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    seen: list[bytes] = []
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            with conn:
-                head = b""
-                while b"\r\n\r\n" not in head and (data := conn.recv(4096)):
-                    head += data
-                seen.append(head.split(b"\r\n", 1)[0])
-                conn.sendall(answer)
-
-    threading.Thread(target=serve, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}", seen
-    finally:
-        listener.close()
-
-
 def test_a_proxy_that_answers_garbage_is_not_blamed_on_the_service(tmp_path):
     # The origin was never reached: the proxy answered CONNECT with what is not HTTP. Saying
     # "https://artifacts.example.com sent a broken answer" sends the user after the service.
-    with raw_socket_server(b"garbage\r\n\r\n") as (proxy, seen):
+    with answering_server(b"garbage\r\n\r\n") as (proxy, seen):
         result = courier(
             "download",
             "https://artifacts.example.com/f.bin",
@@ -716,7 +679,7 @@ def test_a_server_that_closes_after_an_interim_answer_was_reached(tmp_path):
     # It answered (103 Early Hints), then closed before its final answer: a broken answer,
     # not "cannot reach" (which sends the user after DNS, firewalls, the service being down).
     answer = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
-    with raw_socket_server(answer) as (base, seen):
+    with answering_server(answer) as (base, seen):
         result = courier("download", f"{base}/f.bin", "-o", str(tmp_path), "--retries", "0")
     assert len(seen) == 1
     assert result.code == 1

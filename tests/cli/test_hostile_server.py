@@ -491,37 +491,7 @@ def test_an_answer_with_two_lengths_is_called_broken_not_a_bad_redirect(tmp_path
     assert not (tmp_path / "f.bin").exists()
 
 
-def early_hints(count: int):
-    """A file route that sends ``count`` interim 103 Early Hints answers before the file."""
-
-    def route(handler):
-        for _ in range(count):
-            handler.wfile.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
-        handler.wfile.flush()
-        return file_route(CONTENT)(handler)
-
-    return route
-
-
-@pytest.mark.parametrize("count", [1, 3])
-def test_early_hints_before_a_file_are_skipped_not_taken_for_the_answer(tmp_path, count):
-    routes = {("GET", "/f.bin"): early_hints(count)}
-    with stub_server(routes) as (base, _):
-        result = courier("download", f"{base}/f.bin", "-o", str(tmp_path))
-    assert result.code == 0, result.output
-    assert (tmp_path / "f.bin").read_bytes() == CONTENT
-
-
-def test_endless_interim_answers_are_a_broken_answer(tmp_path):
-    routes = {("GET", "/f.bin"): early_hints(200)}
-    with stub_server(routes) as (base, _):
-        result = courier("download", f"{base}/f.bin", "-o", str(tmp_path))
-    assert result.code == 1
-    assert "sent a broken answer" in result.output
-    assert not (tmp_path / "f.bin").exists()
-
-
-# -- interim answers, counted ------------------------------------------------------------
+HINT = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
 
 
 def interim_then_file(interim: bytes):
@@ -535,20 +505,29 @@ def interim_then_file(interim: bytes):
     return route
 
 
-def test_twenty_interim_answers_are_still_skipped(tmp_path):
-    # At most 20 interim answers: the 20th is still skipped (the final answer is not one).
-    routes = {("GET", "/f.bin"): early_hints(20)}
+# At most 20 interim answers: the 20th is still skipped (the final answer is not one).
+@pytest.mark.parametrize("count", [1, 3, 20])
+def test_early_hints_before_a_file_are_skipped_not_taken_for_the_answer(tmp_path, count):
+    routes = {("GET", "/f.bin"): interim_then_file(HINT * count)}
     with stub_server(routes) as (base, _):
         result = courier("download", f"{base}/f.bin", "-o", str(tmp_path))
     assert result.code == 0, result.output
     assert (tmp_path / "f.bin").read_bytes() == CONTENT
 
 
+def test_endless_interim_answers_are_a_broken_answer(tmp_path):
+    routes = {("GET", "/f.bin"): interim_then_file(HINT * 200)}
+    with stub_server(routes) as (base, _):
+        result = courier("download", f"{base}/f.bin", "-o", str(tmp_path))
+    assert result.code == 1
+    assert "sent a broken answer" in result.output
+    assert not (tmp_path / "f.bin").exists()
+
+
 def test_interim_answers_are_bounded_even_with_a_100_continue_between_them(tmp_path):
     # http.client's begin() skips a 100 Continue itself and reads the status again: were the
     # count to start afresh there, a 100 after every 19 early hints would make the bound none.
-    hint = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
-    interim = (hint * 19 + b"HTTP/1.1 100 Continue\r\n\r\n") * 50  # 1000 interim answers
+    interim = (HINT * 19 + b"HTTP/1.1 100 Continue\r\n\r\n") * 50  # 1000 interim answers
     routes = {("GET", "/f.bin"): interim_then_file(interim)}
     with stub_server(routes) as (base, _):
         result = courier("download", f"{base}/f.bin", "-o", str(tmp_path), "--retries", "0")
